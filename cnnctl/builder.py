@@ -1,0 +1,184 @@
+"""`Config` -> a compiled `keras.Sequential`, from allow-lists of Keras classes.
+
+Only classes named here can be built: no `Lambda`, nothing imported by a
+string, no nested objects that Keras would deserialize. Every mistake is a
+`ConfigError` that points at the layer in the config file, raised before
+training starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+
+from cnnctl.config import Config, ObjectSpec, suggest
+from cnnctl.errors import ConfigError
+
+# Layers that fit a Sequential image classifier and take only plain values.
+LAYERS = (
+    # convolution
+    "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D",
+    "SeparableConv1D", "SeparableConv2D",
+    # pooling
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "MaxPool2D", "AvgPool2D",
+    # core, reshaping, regularization
+    "Dense", "Activation", "Flatten", "Reshape", "Permute", "Identity", "Dropout",
+    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout", "GaussianNoise",
+    "AlphaDropout", "ActivityRegularization", "Cropping2D", "ZeroPadding2D", "UpSampling2D",
+    # normalization and activations
+    "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
+    "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+    # image preprocessing and augmentation (active in training only where Keras says so)
+    "Rescaling", "Resizing", "CenterCrop", "RandomCrop", "RandomFlip", "RandomRotation",
+    "RandomTranslation", "RandomZoom", "RandomContrast", "RandomBrightness",
+)
+
+OPTIMIZERS = (
+    "SGD", "RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "Adafactor", "Nadam",
+    "Ftrl", "Lion", "Lamb",
+)
+
+# Arguments every layer takes through `keras.layers.Layer`.
+_COMMON_LAYER_ARGS = ("name", "trainable", "dtype", "activity_regularizer")
+
+
+def build_model(config: Config, num_classes: int | None = None) -> keras.Sequential:
+    """Build (not compile) the config's network; check its output against `num_classes`."""
+    model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
+    model.add(keras.Input(shape=tuple(config.model.input_shape)))
+    if config.data.normalize:
+        # Inside the model, so that a saved model takes raw 0..255 pixels.
+        model.add(keras.layers.Rescaling(1.0 / 255, name="normalize"))
+    for index, spec in enumerate(config.model.layers):
+        path = ("model", "layers", index)
+        layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path)
+        try:
+            model.add(layer)
+        except (ValueError, TypeError) as error:
+            shape = model.output_shape if model.layers else (None, *config.model.input_shape)
+            raise ConfigError(
+                f"{config.where(path)}: {spec.type} cannot take an input of shape {shape}: "
+                f"{_first_line(error)}",
+                "check the sizes of this layer and of the layers before it",
+            ) from None
+    if num_classes is not None:
+        _check_output(model, config, num_classes)
+    return model
+
+
+def compile_model(model: keras.Model, config: Config) -> None:
+    """Attach the config's optimizer, loss and metrics to `model`."""
+    train = config.train
+    path = ("train", "optimizer")
+    optimizer = _instantiate(train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path)
+    metrics = []
+    for index, name in enumerate(train.metrics):
+        try:
+            metrics.append(name if name in ("accuracy", "acc") else keras.metrics.get(name))
+        except ValueError:
+            known = ["accuracy", *(n for n in keras.metrics.__dict__ if not n.startswith("_"))]
+            raise ConfigError(
+                f"{config.where(('train', 'metrics', index))}: unknown metric '{name}'{suggest(name, known)}",
+                "for classification use accuracy",
+            ) from None
+    model.compile(optimizer=optimizer, loss=train.loss, metrics=metrics)
+
+
+def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
+    """The allowed Keras class named by `spec.type` (optimizers also by lower-case name)."""
+    allowed, module = (LAYERS, keras.layers) if kind == "layer" else (OPTIMIZERS, keras.optimizers)
+    names = {name: name for name in allowed}
+    if kind == "optimizer":
+        names.update({name.lower(): name for name in allowed})
+    if spec.type in names:
+        return getattr(module, names[spec.type])
+    hint = (
+        "Lambda and layers that run custom code cannot be built from a config"
+        if kind == "layer" and spec.type in dir(keras.layers)
+        else f"the {kind} types cnnctl builds are listed in the README"
+        if kind == "layer"
+        else f"choose one of: {', '.join(allowed)}"
+    )
+    raise ConfigError(
+        f"{config.where(path)}: unknown {kind} type '{spec.type}'{suggest(spec.type, allowed)}", hint
+    )
+
+
+def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple) -> Any:
+    """`cls(**spec.args)`, after checking each argument's name and kind of value."""
+    valid = _arguments_of(cls)
+    for key, value in spec.args.items():
+        where = config.where((*path, key), at_key=True)
+        if key not in valid:
+            hint = (
+                "give the input size once, as model.input_shape"
+                if key in ("input_shape", "input_dim", "batch_input_shape")
+                else f"{cls.__name__} takes: {', '.join(sorted(valid))}"
+            )
+            raise ConfigError(
+                f"{where}: unknown argument of {cls.__name__}{suggest(key, valid)}", hint
+            )
+        if not _is_plain(value):
+            raise ConfigError(
+                f"{config.where((*path, key))}: {spec.type}.{key} must be a plain value "
+                f"(number, text, true/false or a list of them), got {type(value).__name__}",
+                "nested objects are not built from configs; use a name such as 'he_normal'",
+            )
+    args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()}
+    try:
+        return cls(**args)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(
+            f"{config.where(path)}: {spec.type}: {_first_line(error)}",
+            f"check the arguments of {spec.type} against the Keras documentation",
+        ) from None
+
+
+def _arguments_of(cls: type) -> set[str]:
+    """Names the class's constructors accept, up the inheritance chain to Keras' base class."""
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if "__init__" not in vars(klass):
+            continue
+        for param in inspect.signature(klass.__init__).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name != "self":
+                names.add(param.name)
+        if klass in (keras.layers.Layer, keras.optimizers.Optimizer):
+            break
+    names.discard("kwargs")
+    if issubclass(cls, keras.layers.Layer):
+        names.update(_COMMON_LAYER_ARGS)
+        names.discard("autocast")
+    return names
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and depth < 2 and all(_is_plain(v, depth + 1) for v in value)
+
+
+def _check_output(model: keras.Model, config: Config, num_classes: int) -> None:
+    """The network must end in one score per class; catch it here, not in `fit`."""
+    shape = model.output_shape
+    last = ("model", "layers", len(config.model.layers) - 1)
+    if len(shape) != 2:
+        raise ConfigError(
+            f"{config.where(last)}: the network ends with shape {shape}, not one score per class",
+            f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with {num_classes} units",
+        )
+    if shape[-1] != num_classes:
+        raise ConfigError(
+            f"{config.where(last)}: the last layer gives {shape[-1]} outputs but the data has "
+            f"{num_classes} classes",
+            f"set units: {num_classes} on the last Dense layer",
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

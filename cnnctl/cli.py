@@ -1,0 +1,199 @@
+"""The `cnnctl` command line: parse, make one call, render. No TensorFlow at import time."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from cnnctl import __version__
+from cnnctl.errors import CnnctlError, InternalError, Interrupted
+
+LATEST = "\0latest"  # `--resume` given without a run name
+
+runs_dir_option = click.option(
+    "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+    envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else.")
+
+
+class CnnctlGroup(click.Group):
+    """Shows our errors as short messages (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug", False)
+        try:
+            return super().invoke(ctx)
+        except CnnctlError:
+            if debug:
+                traceback.print_exc()
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+        except Exception as error:
+            if debug:
+                raise
+            raise InternalError(
+                f"internal error: {type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}",
+                "run again with --debug for the traceback, and report it",
+            ) from error
+
+
+def _tensorflow() -> None:
+    """Import TensorFlow now (quietly unless --verbose): after the cheap checks, before the work."""
+    from cnnctl.runtime import load_tensorflow
+
+    load_tensorflow(verbose=click.get_current_context().find_root().params.get("verbose", False))
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+
+    return Console(quiet=quiet, highlight=False)
+
+
+@click.group(cls=CnnctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnctl")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+@click.option("--verbose", is_flag=True, help="Let TensorFlow and Keras print their own messages.")
+def main(debug: bool, verbose: bool) -> None:
+    """Train convolutional neural networks described in YAML.
+
+    \b
+      cnnctl train configs/mnist.yaml
+      cnnctl evaluate                 # the latest run
+      cnnctl predict image.png        # with the latest run's best model
+    """
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+def validate(config: Path, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG and show the network it builds."""
+    from cnnctl.config import load_config
+
+    cfg = load_config(config, overrides)
+    _tensorflow()
+    from cnnctl import report
+    from cnnctl.builder import build_model, compile_model
+    from cnnctl.data import num_classes_of
+
+    model = build_model(cfg, num_classes_of(cfg))
+    compile_model(model, cfg)
+    console = _console()
+    console.print(report.layers_table(model))
+    console.print(f"[green]ok[/]: {config} is valid")
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path), required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
+@click.option("--name", help="Run name (default: the config's name).")
+@click.option("--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[RUN]",
+              help="Continue an interrupted run (default: the latest).")
+@runs_dir_option
+@json_option
+def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, name: str | None,
+          resume: str | None, runs_dir: Path, as_json: bool) -> None:
+    """Train the network described by CONFIG into a new run folder."""
+    from cnnctl.config import load_config
+    from cnnctl.runs import find_run
+
+    overrides += (f"train.epochs={epochs}",) if epochs else ()
+    overrides += (f"name={json.dumps(name)}",) if name else ()
+    console = _console(quiet=as_json)
+    if resume is not None:
+        run = find_run(None if resume == LATEST else resume, runs_dir)
+        _tensorflow()
+        from cnnctl.train import resume_run
+
+        result = resume_run(run, console, overrides, config)
+    elif config is None:
+        raise click.UsageError("give a CONFIG file to train, or --resume RUN")
+    else:
+        cfg = load_config(config, overrides)
+        _tensorflow()
+        from cnnctl.train import train_run
+
+        result = train_run(cfg, runs_dir, console)
+    from cnnctl import report
+
+    _render(report.training_summary(result.summary()), result.summary(), as_json)
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@runs_dir_option
+@json_option
+def evaluate(run: str | None, split: str, runs_dir: Path, as_json: bool) -> None:
+    """Score RUN's best model (default: the latest run) and write evaluation.json."""
+    from cnnctl.runs import find_run
+
+    found = find_run(run, runs_dir)
+    _tensorflow()
+    from cnnctl import report
+    from cnnctl.evaluate import evaluate_run
+
+    result = evaluate_run(found, split)
+    _render(report.evaluation_table(result), result, as_json)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--run", "run_ref", help="Run whose model to use (default: the latest).")
+@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
+@runs_dir_option
+@json_option
+@click.pass_context
+def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, model_file: Path | None,
+            top_k: int, batch_size: int, invert: bool, runs_dir: Path, as_json: bool) -> None:
+    """Classify image files, folders or globs with a run's best model."""
+    from cnnctl.errors import DataError
+    from cnnctl.runs import Run, find_run
+
+    if model_file is not None:
+        classes = model_file.parent / "classes.json"
+        names = Run(model_file.parent).class_names() if classes.is_file() else None
+    else:
+        run = find_run(run_ref, runs_dir)
+        model_file, names = run.model, run.class_names()
+    _tensorflow()
+    from cnnctl import report
+    from cnnctl.predict import predict_images
+
+    result = predict_images(list(paths), model_file, names, top_k, batch_size, invert)
+    for path, reason in result.failures:
+        click.echo(f"{path}: {reason}", err=True)
+    if not result.items:
+        raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
+    _render(report.predictions_table(result.items), result.items, as_json)
+    if result.failures:
+        ctx.exit(1)
+
+
+def _render(renderable, data, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _console().print(renderable)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The errors cnnctl shows to people, and the exit code each one ends with.
+
+Every error a user can cause is a `CnnctlError`: Click prints its message on
+stderr (never a traceback) and exits with its code. The commands in `cli.py`
+hold no try/except of their own.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+class CnnctlError(click.ClickException):
+    """A problem the user can fix: shown as one or two lines, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def format_message(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(CnnctlError):
+    """The config file, or a `--set` override, is wrong."""
+
+
+class DataError(CnnctlError):
+    """A dataset or an input image cannot be found or read."""
+
+
+class ModelFileError(CnnctlError):
+    """A model file is missing, unreadable or unsafe to load."""
+
+
+class RunError(CnnctlError):
+    """A run folder is missing or unusable."""
+
+
+class TrainingFailed(CnnctlError):
+    """Training started but could not finish (exit code 1)."""
+
+    exit_code = 1
+
+
+class Interrupted(CnnctlError):
+    """The user stopped the work with Ctrl-C or SIGTERM (exit code 130)."""
+
+    exit_code = 130
+
+
+class InternalError(CnnctlError):
+    """A bug in cnnctl, not the user's mistake (exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,170 @@
+"""What people read: Rich tables and lines, and matplotlib figures. Nothing here prints.
+
+Functions return Rich renderables (the caller prints them) or write a figure to
+the path they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+
+def training_progress(console: Console) -> Progress:
+    """A progress bar for the steps of the current epoch (shown on terminals only)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("steps"), TimeElapsedColumn(),
+        console=console, transient=True, disable=console.quiet or not console.is_terminal,
+    )
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def epoch_line(row: dict[str, float], epochs: int, improved: bool) -> Text:
+    """`epoch 3/10  loss 0.2100 accuracy 0.9310 | val_loss ... 12.3s`, best epochs marked."""
+    text = Text(f"epoch {int(row['epoch'])}/{epochs} ", style="bold")
+    names = [k for k in row if k not in ("epoch", "lr", "seconds", "train_seconds")]
+    train = sorted((k for k in names if not k.startswith("val_")), key=lambda k: k != "loss")
+    for key in [*train, *(f"val_{k}" for k in train if f"val_{k}" in row)]:
+        text.append(f" {key} ", style="dim")
+        text.append(f"{row[key]:.4f}")
+    text.append(f"  {row['seconds']:.1f}s", style="dim")
+    if improved:
+        text.append("  best", style="green")
+    return text
+
+
+def layers_table(model: Any) -> Table:
+    """Layers, output shapes and parameter counts, like `model.summary()`."""
+    table = Table(title=f"Model: {model.name}", title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("layer")
+    table.add_column("output shape")
+    table.add_column("params", justify="right")
+    for index, layer in enumerate(model.layers):
+        shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
+        table.add_row(str(index), f"{layer.name} ({type(layer).__name__})", str(shape),
+                      f"{layer.count_params():,}")
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    table.caption = f"total params: {model.count_params():,}  (trainable: {trainable:,})"
+    table.caption_justify = "left"
+    return table
+
+
+def training_summary(summary: dict[str, Any]) -> Group:
+    """The end of `cnnctl train`: where the run went, its best epoch and test results."""
+    lines = [Text.assemble(("run saved to ", "dim"), (summary["run"], "bold"))]
+    if summary.get("best_epoch"):
+        lines.append(Text(f"best epoch {summary['best_epoch']} by {summary['monitor']} "
+                          f"({summary['best_value']:.4f}); "
+                          f"{summary['train_images_per_second']:,.0f} train images/s"))
+    test = summary.get("test") or {}
+    if test:
+        parts = "  ".join(f"{k} {_format(v)}" for k, v in test.items())
+        lines.append(Text.assemble(("test: ", "bold"), parts))
+    return Group(*lines)
+
+
+def evaluation_table(result: dict[str, Any]) -> Group:
+    """Overall metrics, then precision/recall/F1 per class, fitting in 80 columns."""
+    overall = "  ".join(f"{k} {_format(v)}" for k, v in result["metrics"].items())
+    table = Table(title_justify="left", show_edge=False)
+    table.add_column("class", overflow="ellipsis", max_width=24)
+    for column in ("precision", "recall", "f1", "support"):
+        table.add_column(column, justify="right")
+    for name, row in result["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    table.add_section()
+    for name in ("macro avg", "weighted avg"):
+        row = result["averages"][name]
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    header = Text.assemble((f"{result['split']} split of {result['data']}: ", "bold"),
+                           f"{result['examples']:,} images  ", overall)
+    return Group(header, table)
+
+
+def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
+    """One row per image: path, then its top classes with probabilities."""
+    table = Table(show_edge=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("class")
+    table.add_column("prob", justify="right")
+    table.add_column("next", overflow="fold", style="dim")
+    for item in predictions:
+        top = item["top"]
+        rest = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in top[1:])
+        table.add_row(item["path"], top[0]["label"], f"{top[0]['probability']:.3f}", rest)
+    return table
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
+    """Loss and each metric per epoch, training against validation."""
+    plt = _pyplot()
+    names = [k for k in rows[0] if k not in ("epoch", "lr", "seconds", "train_seconds")
+             and not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    epochs = [row["epoch"] for row in rows]
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
+        if f"val_{name}" in rows[0]:
+            ax.plot(epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> None:
+    """The confusion matrix normalised by true class, readable from 2 to 100 classes."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(max(6, n * 0.5), 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(n)
+    font = max(4, min(10, int(400 / max(n, 1))))
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, class_names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=font - 1,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("confusion matrix (rows: true class, normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,164 @@
+"""The run folder: create it (never reuse one), find the latest, name the files inside.
+
+    runs/<name>/  config.yaml  classes.json  model.keras  checkpoints/  metrics.csv ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import RunError
+
+RUNS_DIR = Path("runs")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Paths inside one run folder."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / "config.yaml")
+    classes = property(lambda self: self.path / "classes.json")
+    model = property(lambda self: self.path / "model.keras")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last = property(lambda self: self.path / "checkpoints" / "last.keras")
+    state = property(lambda self: self.path / "checkpoints" / "state.json")
+    metrics_csv = property(lambda self: self.path / "metrics.csv")
+    metrics_json = property(lambda self: self.path / "metrics.json")
+    curves = property(lambda self: self.path / "curves.png")
+    status = property(lambda self: self.path / "run.json")
+    evaluation = property(lambda self: self.path / "evaluation.json")
+    confusion = property(lambda self: self.path / "confusion_matrix.png")
+
+    def read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?") from None
+        except (OSError, ValueError) as error:
+            raise RunError(f"{path}: unreadable ({error})", "the file was damaged; train again") from None
+
+    def class_names(self) -> list[str]:
+        names = self.read_json(self.classes)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RunError(f"{self.classes}: expected a list of class names")
+        return names
+
+
+def create_run(root: Path, name: str) -> Run:
+    """A new, empty run folder: `root/name`, else `name-2`, `name-3`, ...
+
+    `mkdir` either creates the folder or fails, so two runs started at the
+    same instant still get different folders.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{root}: cannot create the runs folder ({error.strerror})") from None
+    for n in range(1, 10_000):
+        path = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise RunError(f"{path}: cannot create the run folder ({error.strerror})",
+                           "choose a writable folder with --runs-dir") from None
+        (path / "checkpoints").mkdir()
+        return Run(path)
+    raise RunError(f"{root}: too many runs named '{name}'", "pass --name to choose another name")
+
+
+def list_runs(root: Path) -> list[Run]:
+    """Run folders under `root`, oldest first (by start time)."""
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if (p / "config.yaml").is_file()]
+    return sorted(runs, key=lambda run: (_started(run), run.name))
+
+
+def _started(run: Run) -> float:
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return float(json.loads(run.status.read_text())["started"])
+    return run.config.stat().st_mtime
+
+
+def find_run(ref: str | None, root: Path) -> Run:
+    """The run named `ref` (a folder path, or a name under `root`), or the latest one."""
+    if ref is None:
+        runs = list_runs(root)
+        if not runs:
+            raise RunError(f"no runs in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
+        return runs[-1]
+    for path in (Path(ref), root / ref):
+        if (path / "config.yaml").is_file():
+            return Run(path)
+    names = [run.name for run in list_runs(root)]
+    close = difflib.get_close_matches(ref, names, n=1)
+    raise RunError(
+        f"{ref}: no such run" + (f" (did you mean '{close[0]}'?)" if close else ""),
+        f"runs in {root}/: {', '.join(names[-5:])}" if names else "train one first with cnnctl train",
+    )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    A kill at any instant leaves either the old file or the new one, never half of one.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run folder is for sharing
+        write(tmp)
+        with open(tmp, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def clean_leftovers(run: Run) -> None:
+    """Remove temporary files a killed process left behind."""
+    for folder in (run.path, run.checkpoints):
+        for tmp in folder.glob(".*.tmp*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def set_status(run: Run, status: str, **extra: Any) -> None:
+    data = {"status": status, "pid": os.getpid(), "updated": time.time()}
+    with contextlib.suppress(OSError, ValueError):
+        data = {**json.loads(run.status.read_text()), **data}
+    data.setdefault("started", time.time())
+    write_json(run.status, {**data, **extra})

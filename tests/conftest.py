@@ -1,0 +1,106 @@
+"""Shared fixtures: real MNIST digits from ../shared/data, offline, in a scratch folder."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an array as an IDX file (uint8), gzipped, as MNIST ships."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST test set: 10,000 digits (28x28 uint8) and labels."""
+    from cnnctl.data.sources import read_idx
+
+    return (read_idx(SHARED_MNIST / "t10k-images-idx3-ubyte.gz"),
+            read_idx(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, mnist_test_set) -> Path:
+    """A $CNNCTL_DATA_DIR whose `mnist/` is the real test set split 8,000 train / 2,000 test."""
+    x, y = mnist_test_set
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "mnist"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte.gz", x[:8000])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", y[:8000])
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", x[8000:])
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", y[8000:])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def offline_scratch(tmp_path, monkeypatch, data_dir):
+    """Every test runs offline, in its own folder, with the MNIST split as its data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNCTL_OFFLINE", "1")
+    monkeypatch.setenv("CNNCTL_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.delenv("CNNCTL_RUNS_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write(tmp_path):
+    """Write a text file into the test's folder and return its path (relative, as a user types)."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return Path(name)
+
+    return _write
+
+
+SMALL = """\
+name: small
+data:
+  dataset: mnist
+  limit: 2000
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - type: Conv2D
+      filters: 8
+      kernel_size: [3, 3]
+      activation: relu
+    - type: MaxPooling2D
+      pool_size: [2, 2]
+    - Flatten
+    - type: Dense
+      units: 10
+      activation: softmax
+train:
+  epochs: 2
+  batch_size: 64
+"""
+
+
+@pytest.fixture
+def small_config(write) -> Path:
+    """A quick config: a tiny CNN on 2,000 real MNIST digits."""
+    return write("small.yaml", SMALL)

@@ -1,0 +1,146 @@
+"""Config loading: YAML with line marks, overrides, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnnctl.config import Config, dump_config, load_config, parse_yaml, Source
+from cnnctl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = "data:\n  dataset: mnist\nmodel:\n  input_shape: [28, 28, 1]\n  layers: [Flatten]\n"
+
+
+def error_of(write, text: str, overrides=()) -> str:
+    path = write("x.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert info.value.exit_code == 2
+    return info.value.format_message()
+
+
+def test_seed_config_is_the_keras_example():
+    config = load_config(REPO / "configs" / "mnist.yaml")
+    assert config.name == "mnist"
+    assert config.data.dataset == "mnist" and config.data.validation == "test"
+    assert [layer.type for layer in config.model.layers] == [
+        "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense"]
+    assert config.model.layers[0].args == {"filters": 32, "kernel_size": [3, 3], "activation": "relu"}
+    assert config.model.layers[4].args == {"rate": 0.5}
+    assert (config.train.epochs, config.train.batch_size, config.train.loss) == (10, 32, "categorical_crossentropy")
+    assert config.train.optimizer.type == "adam" and config.train.metrics == ["accuracy"]
+
+
+def test_name_defaults_to_the_file_stem(write):
+    assert load_config(write("my exp.yaml", BASE)).name == "my-exp"
+
+
+def test_scientific_notation_is_a_number(write):
+    config = load_config(write("x.yaml", BASE + "train:\n  optimizer: {type: Adam, learning_rate: 1e-3}\n"))
+    assert config.train.optimizer.args["learning_rate"] == pytest.approx(0.001)
+
+
+def test_overrides_use_dotted_paths_and_list_indices(write):
+    config = load_config(REPO / "configs" / "mnist.yaml",
+                         ["train.epochs=3", "model.layers.0.filters=64", "data.validation=0.1"])
+    assert config.train.epochs == 3
+    assert config.model.layers[0].args["filters"] == 64
+    assert config.data.validation == 0.1
+
+
+def test_resolved_config_round_trips(write):
+    config = load_config(REPO / "configs" / "mnist.yaml", ["train.epochs=3"])
+    again = load_config(write("resolved.yaml", dump_config(config)))
+    assert again.model_dump() == config.model_dump()
+    assert "kernel_size: [3, 3]" in dump_config(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data: [\n", "x.yaml:2:1: invalid YAML"),
+        ("trian: {}\n" + BASE, "x.yaml:1:1: trian: unknown key (did you mean 'train'?)"),
+        (BASE + "train:\n  epochs: ten\n", "x.yaml:7:11: train.epochs: Input should be a valid integer (got 'ten')"),
+        (BASE + "train:\n  epochs: -3\n", "x.yaml:7:11: train.epochs: Input should be greater than 0"),
+        (BASE + "train:\n  optimzer: adam\n", "x.yaml:7:3: train.optimzer: unknown key (did you mean 'optimizer'?)"),
+        (BASE + "train:\n  loss: categorical_crosentropy\n",
+         "train.loss: unknown value 'categorical_crosentropy' (did you mean 'categorical_crossentropy'?)"),
+        ("data:\n  dataset: mnst\n" + BASE.split("\n", 2)[2], "x.yaml:2:12: data.dataset: unknown value 'mnst' (did you mean 'mnist'?)"),
+        ("data:\n  dataset: mnist\n  dataset: fashion_mnist\n", "x.yaml:3:3: duplicate key 'dataset' in data"),
+        ("data:\n  validation: 2\n  dataset: mnist\n" + BASE.split("\n", 2)[2], "x.yaml:2:15: data.validation: must be `test` or a fraction"),
+        ("data: {}\n" + BASE.split("\n", 2)[2], "data: give exactly one of `dataset:`"),
+        (BASE.replace("  layers: [Flatten]\n", ""), "x.yaml:4:3: model.layers: required but missing"),
+        (BASE.replace("[28, 28, 1]", "[28, 28]"), "model.input_shape: List should have at least 3 items"),
+        (BASE.replace("[Flatten]", "[{units: 3}]"), "x.yaml:5:12: model.layers[0]: needs a `type:`"),
+        ("- 1\n- 2\n", "x.yaml: expected a mapping with data:, model: and train:"),
+        ("data: !!python/object/apply:os.system ['echo hi']\n", "x.yaml:1:7: the tag tag:yaml.org,2002:python/object/apply:os.system is not allowed"),
+        (BASE + "name: 'a/b'\n", "name: String should match pattern"),
+    ],
+    ids=["syntax", "unknown-top-key", "wrong-type", "negative", "near-miss-key", "unknown-loss", "unknown-dataset",
+         "duplicate-key", "bad-validation", "no-source", "missing", "short-shape", "layer-without-type",
+         "not-a-mapping", "python-tag", "bad-name"],
+)
+def test_bad_configs_name_file_line_and_place(write, text, expected):
+    assert expected in error_of(write, text)
+
+
+def test_unknown_key_lists_the_valid_ones(write):
+    message = error_of(write, BASE + "train:\n  epoch: 3\n")
+    assert "did you mean 'epochs'?" in message
+    assert "hint: valid keys here: epochs, batch_size" in message
+
+
+def test_missing_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
+        load_config(Path("nope.yaml"))
+
+
+def test_billion_laughs_is_refused_quickly(write):
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    assert "expands to more than" in error_of(write, "\n".join(lines) + "\n")
+
+
+def test_recursive_alias_is_refused(write):
+    assert "nested more than" in error_of(write, "a: &x [*x]\n")
+
+
+def test_huge_file_is_refused(write):
+    assert "too large for a config" in error_of(write, "# " + "x" * 1_100_000 + "\n")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs", "--set train.epochs: expected KEY=VALUE"),
+        ("train.epochs=ten", "--set train.epochs=ten: train.epochs: Input should be a valid integer"),
+        ("model.layers.7.filters=3", "model.layers[7]: no such list item (the list has 1)"),
+        ("train.epochz=3", "--set train.epochz=3: train.epochz: unknown key (did you mean 'epochs'?)"),
+        ("data.dataset.x=1", "data.dataset is a single value, not a section"),
+    ],
+)
+def test_bad_overrides_name_the_override(write, override, expected):
+    assert expected in error_of(write, BASE, [override])
+
+
+def test_override_values_are_yaml_typed(write):
+    config = load_config(write("x.yaml", BASE), ["train.metrics=[accuracy, top_k_categorical_accuracy]",
+                                                 "data.normalize=false"])
+    assert config.train.metrics == ["accuracy", "top_k_categorical_accuracy"]
+    assert config.data.normalize is False
+
+
+def test_config_is_frozen(write):
+    config = load_config(write("x.yaml", BASE))
+    with pytest.raises(Exception):
+        config.seed = 3  # type: ignore[misc]
+    assert isinstance(config, Config)
+
+
+def test_parse_yaml_keeps_marks():
+    source = Source("f.yaml")
+    assert parse_yaml("a:\n  b: [1, 2]\n", source) == {"a": {"b": [1, 2]}}
+    assert source.marks[("a", "b", 1)] == (2, 10)
