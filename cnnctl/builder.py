@@ -53,13 +53,14 @@ def build_model(config: Config, num_classes: int | None = None) -> keras.Sequent
     if config.data.normalize:
         # Inside the model, so that a saved model takes raw 0..255 pixels.
         model.add(keras.layers.Rescaling(1.0 / 255, name="normalize"))
+    shape = (None, *config.model.input_shape)
     for index, spec in enumerate(config.model.layers):
         path = ("model", "layers", index)
         layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path)
         try:
             model.add(layer)
+            shape = model.output_shape
         except (ValueError, TypeError) as error:
-            shape = model.output_shape if model.layers else (None, *config.model.input_shape)
             raise ConfigError(
                 f"{config.where(path)}: {spec.type} cannot take an input of shape {shape}: "
                 f"{_first_line(error)}",
@@ -104,7 +105,8 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
         else f"choose one of: {', '.join(allowed)}"
     )
     raise ConfigError(
-        f"{config.where(path)}: unknown {kind} type '{spec.type}'{suggest(spec.type, allowed)}", hint
+        f"{config.where((*path, 'type'))}: unknown {kind} type '{spec.type}'{suggest(spec.type, allowed)}",
+        hint,
     )
 
 
@@ -117,7 +119,7 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple) -> An
             hint = (
                 "give the input size once, as model.input_shape"
                 if key in ("input_shape", "input_dim", "batch_input_shape")
-                else f"{cls.__name__} takes: {', '.join(sorted(valid))}"
+                else f"{cls.__name__} takes: {_main_arguments(cls)}"
             )
             raise ConfigError(
                 f"{where}: unknown argument of {cls.__name__}{suggest(key, valid)}", hint
@@ -154,6 +156,12 @@ def _arguments_of(cls: type) -> set[str]:
         names.update(_COMMON_LAYER_ARGS)
         names.discard("autocast")
     return names
+
+
+def _main_arguments(cls: type, shown: int = 8) -> str:
+    """The first arguments of the class's own signature, in the order its docs give them."""
+    names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:

@@ -64,7 +64,7 @@ def class_report(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     per_class = {
         name: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
                "support": int(s)}
-        for name, p, r, f, s in zip(names, precision, recall, f1, support)
+        for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
     }
     weights = support / max(support.sum(), 1)
     averages = {
@@ -76,6 +76,6 @@ def class_report(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     }
     off = matrix.copy()
     np.fill_diagonal(off, 0)
-    pairs = [(int(off[i, j]), names[i], names[j]) for i, j in zip(*np.nonzero(off))]
+    pairs = [(int(off[i, j]), names[i], names[j]) for i, j in zip(*np.nonzero(off), strict=True)]
     confused = [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(pairs, reverse=True)[:5]]
     return {"per_class": per_class, "averages": averages, "most_confused": confused}

@@ -43,7 +43,7 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         if not images:
             continue
         probabilities = model.predict(np.stack(images).astype(np.float32), batch_size=batch_size, verbose=0)
-        result.items.extend(_top(path, p, names, top_k) for path, p in zip(kept, probabilities))
+        result.items.extend(_top(path, p, names, top_k) for path, p in zip(kept, probabilities, strict=True))
     return result
 
 

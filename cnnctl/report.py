@@ -89,8 +89,8 @@ def evaluation_table(result: dict[str, Any]) -> Group:
         row = result["averages"][name]
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
-    header = Text.assemble((f"{result['split']} split of {result['data']}: ", "bold"),
-                           f"{result['examples']:,} images  ", overall)
+    header = Text.assemble((f"{result['split']} split", "bold"), f" ({result['examples']:,} images "
+                           f"of {result['data']})\n", (overall, "bold"))
     return Group(header, table)
 
 
@@ -127,7 +127,7 @@ def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
              and not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     epochs = [row["epoch"] for row in rows]
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
         if f"val_{name}" in rows[0]:
             ax.plot(epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation")

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import signal
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -30,10 +31,16 @@ from cnnctl.builder import build_model, compile_model
 from cnnctl.config import Config, dump_config, load_config
 from cnnctl.data import Dataset, load_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
-from cnnctl.modelfile import load_model
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.modelfile import load_model
 from cnnctl.runs import (
-    Run, atomic_write, clean_leftovers, create_run, set_status, write_json, write_text,
+    Run,
+    atomic_write,
+    clean_leftovers,
+    create_run,
+    set_status,
+    write_json,
+    write_text,
 )
 
 STATE_MEMBER = "cnnctl_state.json"
@@ -153,7 +160,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
         try:
             if first_epoch < train.epochs:
                 model.fit(batches, steps_per_epoch=steps, epochs=train.epochs, initial_epoch=first_epoch,
-                          validation_data=validation, callbacks=callbacks, verbose=0)
+                          validation_data=validation, callbacks=callbacks, shuffle=False, verbose=0)
         except StopRequested:
             set_status(run, "interrupted", epochs_done=recorder.epoch)
             raise Interrupted(
@@ -276,6 +283,9 @@ def _stop_on_signals() -> Iterator[dict[str, bool]]:
             raise KeyboardInterrupt
         stop["requested"] = True
 
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may handle signals
+        return
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
@@ -319,5 +329,5 @@ def _rng_state(model: keras.Model) -> list[list[int]]:
 
 def _restore_rng(model: keras.Model, states: list[list[int]]) -> None:
     layers = [layer for layer in model.layers if hasattr(layer, "seed_generator")]
-    for layer, value in zip(layers, states):
+    for layer, value in zip(layers, states, strict=False):
         layer.seed_generator.state.assign(np.asarray(value, dtype=layer.seed_generator.state.dtype))

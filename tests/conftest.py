@@ -80,7 +80,7 @@ SMALL = """\
 name: small
 data:
   dataset: mnist
-  limit: 2000
+  limit: 4000
 model:
   input_shape: [28, 28, 1]
   layers:
@@ -96,11 +96,11 @@ model:
       activation: softmax
 train:
   epochs: 2
-  batch_size: 64
+  batch_size: 32
 """
 
 
 @pytest.fixture
 def small_config(write) -> Path:
-    """A quick config: a tiny CNN on 2,000 real MNIST digits."""
+    """A quick config: a tiny CNN on 4,000 real MNIST digits."""
     return write("small.yaml", SMALL)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from cnnctl.config import Config, dump_config, load_config, parse_yaml, Source
+from cnnctl.config import Config, Source, dump_config, load_config, parse_yaml
 from cnnctl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_override_values_are_yaml_typed(write):
 
 def test_config_is_frozen(write):
     config = load_config(write("x.yaml", BASE))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.seed = 3  # type: ignore[misc]
     assert isinstance(config, Config)
 

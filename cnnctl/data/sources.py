@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +76,14 @@ def offline() -> bool:
 def load_builtin(name: str) -> Arrays:
     """Load a built-in dataset from the first place that has it, else download it with Keras."""
     for place in builtin_candidates(name):
+        arrays = None
         if place.is_file() and place.suffix == ".npz":
-            return load_npz(place)
-        if place.is_dir():
+            arrays = load_npz(place)
+        elif place.is_dir():
             npz = sorted(place.glob("*.npz"))
-            return load_npz(npz[0]) if npz else load_idx_folder(place)
+            arrays = load_npz(npz[0]) if npz else load_idx_folder(place)
+        if arrays is not None:
+            return replace(arrays, class_names=BUILTINS[name].classes)
     looked = ", ".join(str(p) for p in builtin_candidates(name))
     hint = (
         f"put the four IDX files (train-images-idx3-ubyte.gz, ...) in $CNNCTL_DATA_DIR/{name}/"

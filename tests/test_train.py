@@ -1,0 +1,79 @@
+"""Training into a run folder: files, metrics, best model, resume, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import pytest
+from rich.console import Console
+
+from cnnctl.config import load_config
+from cnnctl.errors import ConfigError
+from cnnctl.train import read_state, resume_run, train_run
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def rows(run) -> list[dict[str, str]]:
+    with open(run.metrics_csv) as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_train_writes_the_run_folder(small_config):
+    result = train_run(load_config(small_config), Path("runs"), quiet())
+    run = result.run
+    assert run.path == Path("runs/small")
+    for path in (run.config, run.classes, run.model, run.last, run.metrics_csv, run.metrics_json, run.curves):
+        assert path.is_file(), path
+    assert json.loads(run.classes.read_text()) == list("0123456789")
+    table = rows(run)
+    assert [r["epoch"] for r in table] == ["1", "2"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(table[0])
+    assert float(table[1]["loss"]) < float(table[0]["loss"])
+    summary = json.loads(run.metrics_json.read_text())
+    assert summary["epochs_done"] == 2 and summary["test"]["accuracy"] > 0.8
+    assert summary["best_epoch"] in (1, 2) and summary["train_images_per_second"] > 0
+    assert keras.saving.load_model(run.model).count_params() > 0
+
+
+def test_best_model_is_the_best_epoch_by_val_loss(small_config):
+    result = train_run(load_config(small_config, ["train.epochs=3"]), Path("runs"), quiet())
+    table = rows(result.run)
+    best = min(range(3), key=lambda i: float(table[i]["val_loss"])) + 1
+    assert result.best_epoch == best
+    assert read_state(result.run.last)["best_epoch"] == best
+
+
+def test_same_seed_gives_identical_losses(small_config):
+    first = train_run(load_config(small_config), Path("runs"), quiet())
+    second = train_run(load_config(small_config), Path("runs"), quiet())
+    assert second.run.name == "small-2"
+    assert [r["loss"] for r in rows(first.run)] == [r["loss"] for r in rows(second.run)]
+
+
+def test_resume_with_more_epochs_continues_the_same_folder(small_config):
+    result = train_run(load_config(small_config), Path("runs"), quiet())
+    resumed = resume_run(result.run, quiet(), ("train.epochs=3",))
+    assert resumed.run.path == result.run.path
+    assert [r["epoch"] for r in rows(resumed.run)] == ["1", "2", "3"]
+    assert load_config(result.run.config).train.epochs == 3
+    assert resumed.test["accuracy"] > 0.8
+
+
+def test_resume_refuses_other_config_changes(small_config):
+    result = train_run(load_config(small_config, ["train.epochs=1"]), Path("runs"), quiet())
+    with pytest.raises(ConfigError, match="the config differs from the run's in train.batch_size"):
+        resume_run(result.run, quiet(), ("train.batch_size=16",))
+
+
+def test_resume_refuses_fewer_epochs(small_config):
+    result = train_run(load_config(small_config), Path("runs"), quiet())
+    with pytest.raises(ConfigError, match=r"train.epochs can only be raised \(was 2\)"):
+        resume_run(result.run, quiet(), ("train.epochs=1",))
+    again = resume_run(result.run, quiet())  # a finished run: nothing to train, tested again
+    assert again.epochs_done == 2 and [r["epoch"] for r in rows(result.run)] == ["1", "2"]
