@@ -188,6 +188,18 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         ctx.exit(1)
 
 
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
+@json_option
+def runs(folder: Path | None, as_json: bool) -> None:
+    """List the runs in FOLDER (default: runs/) with their progress and results."""
+    from cnnctl import report
+    from cnnctl.runs import RUNS_DIR, describe, list_runs
+
+    found = [describe(run) for run in list_runs(folder or Path(os.environ.get("CNNCTL_RUNS_DIR", RUNS_DIR)))]
+    _render(report.runs_table(found), found, as_json)
+
+
 def _render(renderable, data, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))

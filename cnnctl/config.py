@@ -108,12 +108,49 @@ class ModelConfig(_Strict):
         return value
 
 
+def mode_of(monitor: str) -> str:
+    """'max' for metrics that grow as the model improves, else 'min'."""
+    return "max" if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1")) else "min"
+
+
+class CheckpointConfig(_Strict):
+    """Which epoch's model becomes model.keras."""
+
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(default=3, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+    restore_best: bool = True  # false: model.keras is the last epoch's model instead of the best
+
+
+class LRSchedule(_Strict):
+    """Learning rate per epoch. `type` picks the rule; the other keys tune it."""
+
+    type: Literal["constant", "reduce_on_plateau", "cosine", "step", "exponential"]
+    factor: float = Field(default=0.5, gt=0, le=1)  # plateau, step: multiply by; exponential: per epoch
+    patience: int = Field(default=2, ge=0)  # plateau: epochs without improvement first
+    monitor: str = "val_loss"  # plateau
+    min_delta: float = Field(default=0.0, ge=0)
+    step_epochs: int = Field(default=5, gt=0)  # step: every this many epochs
+    warmup_epochs: int = Field(default=0, ge=0)  # cosine: linear warm-up first
+    min_lr: float = Field(default=0.0, ge=0)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(default=10, gt=0, le=100_000)
     batch_size: int = Field(default=32, gt=0, le=65_536)
     optimizer: ObjectSpec = ObjectSpec(type="adam")
     loss: Literal[tuple(LOSSES)] = "categorical_crossentropy"  # type: ignore[valid-type]
     metrics: list[str] = ["accuracy"]
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    lr_schedule: LRSchedule | None = None
+    tensorboard: bool = False
 
     @property
     def one_hot(self) -> bool:
@@ -407,7 +444,22 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     except ValidationError as error:
         raise _explain(error.errors()[0], data, source) from None
     config._source = source
+    _check_monitors(config)
     return config
+
+
+def _check_monitors(config: Config) -> None:
+    """A monitored value must be one that training logs."""
+    train = config.train
+    known = ["loss", *train.metrics]
+    known += [f"val_{name}" for name in known]
+    for section in ("checkpoint", "early_stopping", "lr_schedule"):
+        monitor = getattr(getattr(train, section), "monitor", None)
+        if monitor is not None and monitor not in known:
+            raise ConfigError(
+                f"{config.where(('train', section, 'monitor'))}: '{monitor}' is not logged{suggest(monitor, known)}",
+                f"choose one of: {', '.join(known)}",
+            )
 
 
 def load_config(path: Path, overrides: Sequence[str] = ()) -> Config:

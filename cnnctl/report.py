@@ -108,6 +108,22 @@ def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def runs_table(runs: Sequence[dict[str, Any]]) -> Table:
+    """`cnnctl runs`: one row per run folder, oldest first."""
+    table = Table(show_edge=False)
+    for column, justify in [("run", "left"), ("data", "left"), ("epochs", "right"), ("best val", "right"),
+                            ("test acc", "right"), ("status", "left")]:
+        table.add_column(column, justify=justify, overflow="fold")
+    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow", "damaged": "red", "failed": "red"}
+    for run in runs:
+        best = (f"{run['best_metric'].removeprefix('val_')} {run['best_value']:.4f}"
+                if "best_metric" in run else "-")
+        test = f"{run['test_accuracy']:.4f}" if "test_accuracy" in run else "-"
+        table.add_row(run["name"], str(run.get("dataset", "?")), f"{run['epochs_done']}/{run.get('epochs', '?')}",
+                      best, test, Text(run["status"], style=styles.get(run["status"], "")))
+    return table
+
+
 # --------------------------------------------------------------------------- figures
 
 

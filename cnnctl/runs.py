@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import json
 import os
@@ -162,3 +163,53 @@ def set_status(run: Run, status: str, **extra: Any) -> None:
         data = {**json.loads(run.status.read_text()), **data}
     data.setdefault("started", time.time())
     write_json(run.status, {**data, **extra})
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def running_pid(run: Run) -> int | None:
+    """The pid of the process training `run` right now, if one is."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        status = json.loads(run.status.read_text())
+        if status["status"] == "running" and int(status["pid"]) != os.getpid() and _alive(status["pid"]):
+            return int(status["pid"])
+    return None
+
+
+def describe(run: Run) -> dict[str, Any]:
+    """One line of `cnnctl runs`: what the run trained, how far it got, how good it is."""
+    import yaml
+
+    info: dict[str, Any] = {"name": run.name, "path": str(run.path)}
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        config = yaml.safe_load(run.config.read_text())
+        info["dataset"] = config["data"].get("dataset") or config["data"].get("path")
+        info["epochs"] = config.get("train", {}).get("epochs", 10)
+    status: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        status = json.loads(run.status.read_text())
+    rows = []
+    with contextlib.suppress(OSError):
+        rows = list(csv.DictReader(run.metrics_csv.open()))
+    info["epochs_done"] = len(rows)
+    for key, pick in (("val_accuracy", max), ("val_loss", min)):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if values:
+            info["best_metric"], info["best_value"] = key, pick(values)
+            break
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        info["test_accuracy"] = json.loads(run.metrics_json.read_text())["test"]["accuracy"]
+    state = status.get("status", "unknown")
+    if state == "running" and running_pid(run) is None:
+        state = "interrupted"  # killed without a chance to say so
+    missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]
+    if missing and rows:
+        state, info["problem"] = "damaged", f"missing {', '.join(missing)}"
+    info["status"] = state
+    return info

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -38,10 +40,12 @@ from cnnctl.runs import (
     atomic_write,
     clean_leftovers,
     create_run,
+    running_pid,
     set_status,
     write_json,
     write_text,
 )
+from cnnctl.schedule import early_stop_step, improved, plateau_step, resolve_mode, scheduled_lr
 
 STATE_MEMBER = "cnnctl_state.json"
 
@@ -59,6 +63,7 @@ class TrainResult:
     test: dict[str, float]
     seconds: float
     images_per_second: float
+    stopped_early: int | None = None
     rows: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -67,6 +72,7 @@ class TrainResult:
             "run": str(self.run.path),
             "epochs_done": self.epochs_done,
             "epochs": self.epochs,
+            "stopped_early": self.stopped_early,
             "monitor": self.monitor,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -87,6 +93,7 @@ class StopRequested(Exception):
 
 def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
     """Train `config` from scratch into a new run folder under `runs_root`."""
+    _need_tensorboard(config)
     keras.utils.set_random_seed(config.seed)
     dataset = load_dataset(config)
     model = build_model(config, len(dataset.class_names))
@@ -101,13 +108,20 @@ def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
 def resume_run(run: Run, console: Console, overrides: tuple[str, ...] = (),
                config_file: Path | None = None) -> TrainResult:
     """Continue `run` in its own folder from its last finished epoch."""
+    pid = running_pid(run)
+    if pid is not None:
+        raise RunError(f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first")
     saved = load_config(run.config)
     wanted = load_config(config_file or run.config, overrides) if (overrides or config_file) else saved
     _check_same(saved, wanted, run)
+    _need_tensorboard(wanted)
     if not run.last.is_file():
         raise RunError(f"{run.last}: no checkpoint to resume from", "train the run again from its config")
     clean_leftovers(run)
     state = read_state(run.last)
+    if wanted.train.epochs > saved.train.epochs and state.get("stopped_early"):
+        state["stopped_early"] = None  # more epochs asked for: early stopping starts counting again
+        state.get("rules", {}).get("early_stopping", {})["wait"] = 0
     keras.utils.set_random_seed(wanted.seed + state["epoch"])
     dataset = load_dataset(wanted)
     model = load_model(run.last)
@@ -154,11 +168,13 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     )
     validation = eval_batches(dataset.x_val, dataset.y_val, batch_size=max(train.batch_size, 256),
                               num_classes=num_classes, one_hot=train.one_hot)
-    recorder = EpochRecorder(run, state, len(dataset.x_train), console)
+    recorder = EpochRecorder(run, config, state, len(dataset.x_train), console)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
         callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
+        if train.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
-            if first_epoch < train.epochs:
+            if first_epoch < train.epochs and not state.get("stopped_early"):
                 model.fit(batches, steps_per_epoch=steps, epochs=train.epochs, initial_epoch=first_epoch,
                           validation_data=validation, callbacks=callbacks, shuffle=False, verbose=0)
         except StopRequested:
@@ -173,11 +189,14 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
             f"{run.path}: the loss became NaN in epoch {recorder.failed}",
             "lower train.optimizer.learning_rate (for example {type: Adam, learning_rate: 1e-4})",
         )
+    if train.early_stopping and not train.early_stopping.restore_best:
+        atomic_write(run.model, lambda tmp: shutil.copyfile(run.last, tmp))  # the last epoch, as asked
     tested = time.time()
     test = _test(run, config, dataset)
     result = TrainResult(
         run=run, epochs_done=recorder.epoch, epochs=train.epochs, monitor=recorder.monitor,
         best_epoch=recorder.best_epoch, best_value=recorder.best, test=test,
+        stopped_early=recorder.stopped_early or state.get("stopped_early"),
         seconds=sum(row["seconds"] for row in recorder.rows) + time.time() - tested,
         images_per_second=recorder.images_per_second(), rows=recorder.rows,
     )
@@ -196,20 +215,32 @@ def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Writes metrics.csv, model.keras (best) and checkpoints/last.keras after each epoch."""
+    """After each epoch: metrics.csv, model.keras (when better), schedules, checkpoints/last.keras."""
 
-    def __init__(self, run: Run, state: dict[str, Any], train_images: int, console: Console) -> None:
+    def __init__(self, run: Run, config: Config, state: dict[str, Any], train_images: int,
+                 console: Console) -> None:
         super().__init__()
-        self.run, self.console, self.train_images = run, console, train_images
-        self.monitor, self.mode = "val_loss", "min"
+        self.run, self.train, self.console, self.train_images = run, config.train, console, train_images
+        self.monitor = self.train.checkpoint.monitor
+        self.mode = resolve_mode(self.train.checkpoint.mode, self.monitor)
         self.epoch = int(state.get("epoch", 0))
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.rows: list[dict[str, float]] = list(state.get("rows", []))[: self.epoch]
+        self.rules: dict[str, dict[str, Any]] = state.get("rules", {"plateau": {}, "early_stopping": {}})
+        self.base_lr: float | None = state.get("base_lr")
+        self.stopped_early: int | None = None
         self.failed: int | None = None
         self._started = self._validation_started = 0.0
 
+    def on_train_begin(self, logs=None) -> None:
+        if self.base_lr is None:
+            self.base_lr = self._lr()
+
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        lr = scheduled_lr(self.train.lr_schedule, self.base_lr, epoch, self.train.epochs)
+        if lr is not None:
+            self.model.optimizer.learning_rate = lr
         self._started = self._validation_started = time.perf_counter()
 
     def on_test_begin(self, logs=None) -> None:
@@ -217,30 +248,40 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = {key: float(value) for key, value in (logs or {}).items()}
-        now = time.perf_counter()
         if any(math.isnan(v) or math.isinf(v) for v in logs.values()):
             self.failed = epoch + 1
             self.model.stop_training = True
             return
-        row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in logs.items()},
-               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+        row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in logs.items()}, "lr": self._lr(),
                "train_seconds": round(self._validation_started - self._started, 3),
-               "seconds": round(now - self._started, 3)}
+               "seconds": round(time.perf_counter() - self._started, 3)}
         self.rows.append(row)
         self.epoch = epoch + 1
         write_text(self.run.metrics_csv, rows_to_csv(self.rows))
-        value = logs.get(self.monitor)
-        if value is not None and (self.best is None or value < self.best):
-            self.best, self.best_epoch = value, epoch + 1
+        if improved(logs[self.monitor], self.best, self.mode) or not self.run.model.exists():
+            self.best, self.best_epoch = logs[self.monitor], epoch + 1
             atomic_write(self.run.model, lambda tmp: self.model.save(tmp))
-        elif not self.run.model.exists():
-            atomic_write(self.run.model, lambda tmp: self.model.save(tmp))
-        state = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
-                 "monitor": self.monitor, "rows": self.rows, "rng": _rng_state(self.model)}
+        self._apply_rules(logs, epoch + 1)
+        state = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor,
+                 "rows": self.rows, "rules": self.rules, "base_lr": self.base_lr,
+                 "stopped_early": self.stopped_early, "rng": _rng_state(self.model)}
         atomic_write(self.run.last, lambda tmp: _save_with_state(self.model, tmp, state))
         with contextlib.suppress(Exception):  # a plot must never stop training
             atomic_write(self.run.curves, lambda tmp: report.save_curves(self.rows, tmp))
-        self.console.print(report.epoch_line(row, self.params["epochs"], improved=self.best_epoch == epoch + 1))
+        self.console.print(report.epoch_line(row, self.train.epochs, improved=self.best_epoch == epoch + 1))
+
+    def _apply_rules(self, logs: dict[str, float], epoch: int) -> None:
+        """Reduce-on-plateau and early stopping; their state goes into the checkpoint."""
+        schedule, early = self.train.lr_schedule, self.train.early_stopping
+        if schedule is not None and schedule.type == "reduce_on_plateau":
+            self.model.optimizer.learning_rate = plateau_step(
+                schedule, self.rules["plateau"], logs[schedule.monitor], self._lr())
+        if early is not None and early_stop_step(early, self.rules["early_stopping"], logs[early.monitor], epoch):
+            self.stopped_early = epoch
+            self.model.stop_training = True
+
+    def _lr(self) -> float:
+        return round(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), 10)
 
     def images_per_second(self) -> float:
         seconds = sum(r["train_seconds"] for r in self.rows)
@@ -292,6 +333,12 @@ def _stop_on_signals() -> Iterator[dict[str, bool]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _need_tensorboard(config: Config) -> None:
+    if config.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"{config.where(('train', 'tensorboard'))}: needs the tensorboard package",
+                          "pip install tensorboard (or cnnctl[tensorboard]), or set tensorboard: false")
 
 
 # --------------------------------------------------------------------------- files

@@ -114,6 +114,14 @@ def test_train_evaluate_predict_agree_on_png_files(runner, small_config, mnist_t
         matrix[truth, int(item["top"][0]["label"])] += 1
     assert matrix.tolist() == evaluation["confusion_matrix"]
 
+    listed = runner.invoke(main, ["runs", "--json"])
+    assert listed.exit_code == 0
+    [run] = json.loads(listed.stdout)
+    assert (run["name"], run["status"], run["epochs_done"], run["epochs"]) == ("small", "finished", 2, 2)
+    assert run["test_accuracy"] == summary["test"]["accuracy"]
+    table = runner.invoke(main, ["runs"]).stdout
+    assert "small" in table and "2/2" in table and "finished" in table
+
 
 def test_a_user_types_the_commands(small_config, tmp_path, mnist_test_set):
     """End to end through real subprocesses, the way a person runs cnnctl."""
