@@ -136,19 +136,24 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 
 @main.command()
 @click.argument("run", required=False)
+@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--data", help="A config file or data path to evaluate on (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
 @runs_dir_option
 @json_option
-def evaluate(run: str | None, split: str, runs_dir: Path, as_json: bool) -> None:
+def evaluate(run: str | None, model_file: Path | None, data: str | None, split: str, runs_dir: Path,
+             as_json: bool) -> None:
     """Score RUN's best model (default: the latest run) and write evaluation.json."""
     from cnnctl.runs import find_run
 
-    found = find_run(run, runs_dir)
+    if run is not None and model_file is not None:
+        raise click.UsageError("give a RUN or --model FILE, not both")
+    found = None if model_file is not None else find_run(run, runs_dir)
     _tensorflow()
     from cnnctl import report
     from cnnctl.evaluate import evaluate_run
 
-    result = evaluate_run(found, split)
+    result = evaluate_run(found, split, model_file, data)
     _render(report.evaluation_table(result), result, as_json)
 
 
@@ -159,15 +164,21 @@ def evaluate(run: str | None, split: str, runs_dir: Path, as_json: bool) -> None
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the results to a file.")
 @runs_dir_option
 @json_option
 @click.pass_context
 def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, model_file: Path | None,
-            top_k: int, batch_size: int, invert: bool, runs_dir: Path, as_json: bool) -> None:
+            top_k: int, batch_size: int, invert: bool, output_format: str, output: Path | None,
+            runs_dir: Path, as_json: bool) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run
 
+    if model_file is not None and run_ref is not None:
+        raise click.UsageError("give --run or --model, not both")
     if model_file is not None:
         classes = model_file.parent / "classes.json"
         names = Run(model_file.parent).class_names() if classes.is_file() else None
@@ -183,7 +194,19 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         click.echo(f"{path}: {reason}", err=True)
     if not result.items:
         raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
-    _render(report.predictions_table(result.items), result.items, as_json)
+    output_format = "json" if as_json else output_format
+    if output is not None:
+        from cnnctl.runs import write_text
+
+        if output_format == "table":  # a file gets data: JSON for .json, else CSV
+            output_format = "json" if output.suffix == ".json" else "csv"
+        text = report.predictions_csv(result.items) if output_format == "csv" else json.dumps(result.items, indent=2)
+        write_text(output, text)
+        click.echo(f"wrote {len(result.items)} predictions to {output}", err=True)
+    elif output_format == "csv":
+        click.echo(report.predictions_csv(result.items), nl=False)
+    else:
+        _render(report.predictions_table(result.items), result.items, output_format == "json")
     if result.failures:
         ctx.exit(1)
 

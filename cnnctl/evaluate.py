@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnctl import report
-from cnnctl.config import load_config
+from cnnctl.config import Config, Source, load_config, validate_config
 from cnnctl.data import load_dataset
 from cnnctl.data.pipeline import eval_batches
-from cnnctl.errors import RunError
+from cnnctl.errors import DataError, RunError
 from cnnctl.modelfile import load_model
-from cnnctl.runs import Run, atomic_write, write_json
+from cnnctl.runs import Run, atomic_write, rows_to_csv, write_json, write_text
 
 SPLITS = ("test", "validation", "train")
+TOP_K = 3
 
 
-def evaluate_run(run: Run, split: str = "test") -> dict[str, Any]:
-    """Evaluate `run`'s best model; writes evaluation.json and confusion_matrix.png."""
-    if not run.model.is_file():
-        raise RunError(f"{run.model}: the run has no model yet", "train it first, or resume it")
-    config = load_config(run.config)
-    model = load_model(run.model)
+def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None = None,
+                 data: str | None = None) -> dict[str, Any]:
+    """Evaluate a model on a split of its data; write the report files beside the model.
+
+    The model is the run's model.keras unless `model_file` is given; the data is
+    the run's unless `data` names a config file or a data path.
+    """
+    folder = run if run is not None else Run(Path(model_file).parent)
+    model_file = Path(model_file) if model_file is not None else folder.model
+    if not model_file.is_file():
+        raise RunError(f"{model_file}: no model to evaluate", "train the run first, or resume it")
+    model = load_model(model_file)
+    config = _config_for(folder, model, data)
     dataset = load_dataset(config)
-    names = run.class_names()
+    names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)
     x, y = {"test": (dataset.x_test, dataset.y_test), "validation": (dataset.x_val, dataset.y_val),
             "train": (dataset.x_train, dataset.y_train)}[split]
-    batches = eval_batches(x, y, batch_size=256, num_classes=len(names), one_hot=config.train.one_hot)
+    if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
+        raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
+                        f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
+    one_hot = "sparse" not in str(getattr(model, "loss", ""))
+    batches = eval_batches(x, y, batch_size=256, num_classes=len(names), one_hot=one_hot)
     metrics = model.evaluate(batches, verbose=0, return_dict=True)
     probabilities = model.predict(batches, verbose=0)
-    matrix = confusion_matrix(y, probabilities.argmax(axis=1), len(names))
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(y, predicted, len(names))
     result = {
-        "run": str(run.path),
-        "model": str(run.model),
+        "model": str(model_file),
         "data": dataset.origin,
         "split": split,
         "examples": int(len(y)),
@@ -42,9 +56,42 @@ def evaluate_run(run: Run, split: str = "test") -> dict[str, Any]:
         "confusion_matrix": matrix.tolist(),
         "class_names": names,
     }
-    write_json(run.evaluation, result)
-    atomic_write(run.confusion, lambda tmp: report.save_confusion(matrix, names, tmp))
+    wrong = misclassified(y, probabilities, names)
+    write_json(folder.evaluation, result)
+    write_text(folder.path / "misclassified.csv", rows_to_csv(wrong) if wrong else "index,true,predicted\n")
+    atomic_write(folder.confusion, lambda tmp: report.save_confusion(matrix, names, tmp))
+    if wrong:
+        atomic_write(folder.path / "errors.png", lambda tmp: report.save_error_grid(x, wrong, tmp))
     return result
+
+
+def _config_for(folder: Run, model: Any, data: str | None) -> Config:
+    """The config whose data to evaluate on: `--data` (a config or a data path), else the run's."""
+    if data is not None and Path(data).suffix in (".yaml", ".yml"):
+        return load_config(Path(data))
+    if data is not None:
+        if folder.config.is_file():
+            return load_config(folder.config, ["data.dataset=null", f"data.path={json.dumps(data)}"])
+        plain = {"data": {"path": data}, "model": {"input_shape": list(model.input_shape[1:]), "layers": ["Flatten"]}}
+        return validate_config(plain, Source(f"--data {data}"), "evaluation")
+    if not folder.config.is_file():
+        raise RunError(f"{folder.path}: no config.yaml beside the model to find its data",
+                       "pass --data with a config file or a data path")
+    return load_config(folder.config)
+
+
+def misclassified(truth: np.ndarray, probabilities: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """One row per wrong prediction, the most confidently wrong (highest loss) first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != truth)
+    loss = -np.log(np.clip(probabilities[wrong, truth[wrong]], 1e-12, 1.0))
+    rows = []
+    for index, value in sorted(zip(wrong.tolist(), loss.tolist(), strict=True), key=lambda item: -item[1]):
+        top = np.argsort(probabilities[index])[::-1][:TOP_K]
+        rows.append({"index": index, "true": names[truth[index]], "predicted": names[predicted[index]],
+                     "top": "; ".join(f"{names[i]} {probabilities[index, i]:.4f}" for i in top),
+                     "loss": round(value, 6)})
+    return rows
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:

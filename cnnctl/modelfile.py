@@ -23,7 +23,7 @@ MAX_MEMBER_BYTES = 4 * 2**30  # no CNN of ours is near 4 GiB; a zip bomb is
 MAX_CONFIG_BYTES = 16 * 2**20
 
 
-def load_model(path: Path) -> Any:
+def load_model(path: Path, compile: bool = True) -> Any:
     """Load a `.keras` file after checking it is one and names only safe Keras classes."""
     path = Path(path)
     if not path.is_file():
@@ -34,7 +34,7 @@ def load_model(path: Path) -> Any:
     import keras
 
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=True)
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except ValueError as error:
         if "safe_mode" in str(error) or "unsafe" in str(error).lower():
             raise ModelFileError(f"{path}: refused: the model carries code that would run on load") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from cnnctl.data.images import ImageError, expand_paths, load_image
 from cnnctl.modelfile import load_model
 
-CHUNK = 1024  # images decoded and held in memory at once
+CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
 
 
 @dataclass
@@ -29,21 +30,34 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
     result = Predictions(failures=failures)
     if not paths:
         return result
-    model = load_model(model_path)
+    model = load_model(model_path, compile=False)
     _, height, width, channels = model.input_shape
     names = class_names or [str(i) for i in range(model.output_shape[-1])]
-    for start in range(0, len(paths), CHUNK):
+
+    def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
-        for path in paths[start: start + CHUNK]:
+        for path in paths:
             try:
                 images.append(load_image(path, height, width, channels, invert))
                 kept.append(path)
             except ImageError as error:
                 result.failures.append((str(path), str(error)))
-        if not images:
-            continue
-        probabilities = model.predict(np.stack(images).astype(np.float32), batch_size=batch_size, verbose=0)
-        result.items.extend(_top(path, p, names, top_k) for path, p in zip(kept, probabilities, strict=True))
+        return (np.stack(images).astype(np.float32) if images else np.zeros((0, height, width, channels))), kept
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        # Plain eager calls: no tf.function to trace, faster than model.predict for a single pass.
+        return np.concatenate([np.asarray(model(batch[i: i + batch_size], training=False))
+                               for i in range(0, len(batch), batch_size)] or [np.zeros((0, len(names)))])
+
+    # TensorFlow releases the GIL, so the model runs on one chunk while Python decodes the next.
+    with ThreadPoolExecutor(max_workers=1) as runner:
+        pending = None
+        for start in range(0, len(paths) + CHUNK, CHUNK):
+            decoded = decode(paths[start: start + CHUNK]) if start < len(paths) else None
+            if pending is not None:
+                kept, future = pending
+                result.items.extend(_top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True))
+            pending = None if decoded is None else (decoded[1], runner.submit(classify, decoded[0]))
     return result
 
 

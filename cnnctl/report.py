@@ -91,7 +91,9 @@ def evaluation_table(result: dict[str, Any]) -> Group:
                       str(row["support"]))
     header = Text.assemble((f"{result['split']} split", "bold"), f" ({result['examples']:,} images "
                            f"of {result['data']})\n", (overall, "bold"))
-    return Group(header, table)
+    confused = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in result["most_confused"][:3])
+    footer = Text.assemble(("most confused: ", "dim"), confused or "none")
+    return Group(header, table, footer)
 
 
 def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
@@ -122,6 +124,22 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> Table:
         table.add_row(run["name"], str(run.get("dataset", "?")), f"{run['epochs_done']}/{run.get('epochs', '?')}",
                       best, test, Text(run["status"], style=styles.get(run["status"], "")))
     return table
+
+
+def predictions_csv(predictions: Sequence[dict[str, Any]]) -> str:
+    """path, label, probability, then label_2, probability_2, ... for the rest of the top k."""
+    import csv
+    import io
+
+    k = max(len(item["top"]) for item in predictions)
+    header = ["path", "label", "probability"]
+    header += [f"{name}_{n}" for n in range(2, k + 1) for name in ("label", "probability")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for item in predictions:
+        writer.writerow([item["path"], *(v for t in item["top"] for v in (t["label"], t["probability"]))])
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- figures
@@ -181,6 +199,25 @@ def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
                             color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title("confusion matrix (rows: true class, normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_error_grid(images: Any, wrong: Sequence[dict[str, Any]], path: Path, shown: int = 25) -> None:
+    """The most confidently wrong examples, each titled `true -> predicted`."""
+    plt = _pyplot()
+    rows = wrong[:shown]
+    columns = min(5, len(rows))
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.5 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows, strict=False):
+        image = images[row["index"]]
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_title(f"{row['true'][:12]} -> {row['predicted'][:12]}", fontsize=8)
+    fig.suptitle("misclassified (highest loss first)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import difflib
+import io
 import json
 import os
 import tempfile
@@ -147,6 +148,16 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows of dicts as CSV text, columns in order of first appearance."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def clean_leftovers(run: Run) -> None:

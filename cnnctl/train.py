@@ -9,9 +9,7 @@ state), so the checkpoint and the state it needs can never disagree.
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
-import io
 import json
 import math
 import shutil
@@ -40,6 +38,7 @@ from cnnctl.runs import (
     atomic_write,
     clean_leftovers,
     create_run,
+    rows_to_csv,
     running_pid,
     set_status,
     write_json,
@@ -342,15 +341,6 @@ def _need_tensorboard(config: Config) -> None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def rows_to_csv(rows: list[dict[str, float]]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def _save_with_state(model: keras.Model, path: Path, state: dict[str, Any]) -> None:

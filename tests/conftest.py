@@ -104,3 +104,19 @@ train:
 def small_config(write) -> Path:
     """A quick config: a tiny CNN on 4,000 real MNIST digits."""
     return write("small.yaml", SMALL)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir) -> Path:
+    """One small run trained through the CLI, shared read-only by the tests that need a model."""
+    from cnnctl.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "small.yaml").write_text(SMALL)
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(root)
+        env.setenv("CNNCTL_OFFLINE", "1")
+        env.setenv("CNNCTL_DATA_DIR", str(data_dir))
+        result = CliRunner().invoke(main, ["train", "small.yaml", "--runs-dir", str(root / "runs")])
+    assert result.exit_code == 0, result.output
+    return root / "runs"

@@ -14,23 +14,6 @@ from cnnctl.cli import main
 from cnnctl.data.images import ImageError, load_image
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> Path:
-    """One small run trained through the CLI, shared by this module's tests."""
-    from click.testing import CliRunner
-    from conftest import SMALL
-
-    root = tmp_path_factory.mktemp("trained")
-    (root / "small.yaml").write_text(SMALL)
-    with pytest.MonkeyPatch.context() as env:
-        env.chdir(root)
-        env.setenv("CNNCTL_OFFLINE", "1")
-        env.setenv("CNNCTL_DATA_DIR", str(data_dir))
-        result = CliRunner().invoke(main, ["train", "small.yaml", "--runs-dir", str(root / "runs")])
-    assert result.exit_code == 0, result.output
-    return root / "runs"
-
-
 @pytest.fixture
 def digits(tmp_path, mnist_test_set) -> dict[str, Path]:
     """Real test digits saved in the kinds of files people have."""

@@ -48,7 +48,9 @@ def load_image(path: Path, height: int, width: int, channels: int, invert: bool 
             image.load()
             if image.width == 0 or image.height == 0:
                 raise ImageError("image has zero size")
-            image = _to_mode(image, "L" if channels == 1 else "RGB")
+            mode = "L" if channels == 1 else "RGB"
+            if image.mode != mode:
+                image = _to_mode(image, mode)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
