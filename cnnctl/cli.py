@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cnnctl import __version__
-from cnnctl.errors import CnnctlError, InternalError, Interrupted
+from cnnctl.errors import CnnctlError, explain
 
 LATEST = "\0latest"  # `--resume` given without a run name
 
@@ -19,31 +19,25 @@ runs_dir_option = click.option(
     "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
     envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.",
 )
+legacy_option = click.option("--legacy-h5", is_flag=True,
+                             help="Also load legacy .h5 model files (only ones you trust).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else.")
 
 
 class CnnctlGroup(click.Group):
-    """Shows our errors as short messages (tracebacks only with --debug)."""
+    """Shows every error as a short message (`errors.explain`); the traceback only with --debug."""
 
     def invoke(self, ctx: click.Context):
-        debug = ctx.params.get("debug", False)
         try:
             return super().invoke(ctx)
-        except CnnctlError:
-            if debug:
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException) as error:
+            if ctx.params.get("debug") and isinstance(error, CnnctlError):
                 traceback.print_exc()
             raise
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted") from None
-        except Exception as error:
-            if debug:
-                raise
-            raise InternalError(
-                f"internal error: {type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}",
-                "run again with --debug for the traceback, and report it",
-            ) from error
+        except (Exception, KeyboardInterrupt) as error:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            raise explain(error) from error
 
 
 def _tensorflow() -> None:
@@ -139,10 +133,11 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 @click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
 @click.option("--data", help="A config file or data path to evaluate on (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@legacy_option
 @runs_dir_option
 @json_option
-def evaluate(run: str | None, model_file: Path | None, data: str | None, split: str, runs_dir: Path,
-             as_json: bool) -> None:
+def evaluate(run: str | None, model_file: Path | None, data: str | None, split: str, legacy_h5: bool,
+             runs_dir: Path, as_json: bool) -> None:
     """Score RUN's best model (default: the latest run) and write evaluation.json."""
     from cnnctl.runs import find_run
 
@@ -153,7 +148,7 @@ def evaluate(run: str | None, model_file: Path | None, data: str | None, split: 
     from cnnctl import report
     from cnnctl.evaluate import evaluate_run
 
-    result = evaluate_run(found, split, model_file, data)
+    result = evaluate_run(found, split, model_file, data, legacy_h5)
     _render(report.evaluation_table(result), result, as_json)
 
 
@@ -164,6 +159,7 @@ def evaluate(run: str | None, model_file: Path | None, data: str | None, split: 
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
+@legacy_option
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the results to a file.")
@@ -171,8 +167,8 @@ def evaluate(run: str | None, model_file: Path | None, data: str | None, split: 
 @json_option
 @click.pass_context
 def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, model_file: Path | None,
-            top_k: int, batch_size: int, invert: bool, output_format: str, output: Path | None,
-            runs_dir: Path, as_json: bool) -> None:
+            top_k: int, batch_size: int, invert: bool, legacy_h5: bool, output_format: str,
+            output: Path | None, runs_dir: Path, as_json: bool) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run
@@ -189,7 +185,7 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     from cnnctl import report
     from cnnctl.predict import predict_images
 
-    result = predict_images(list(paths), model_file, names, top_k, batch_size, invert)
+    result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
     for path, reason in result.failures:
         click.echo(f"{path}: {reason}", err=True)
     if not result.items:

@@ -7,6 +7,8 @@ hold no try/except of their own.
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 
@@ -55,3 +57,20 @@ class InternalError(CnnctlError):
     """A bug in cnnctl, not the user's mistake (exit code 1)."""
 
     exit_code = 1
+
+
+def explain(error: BaseException) -> CnnctlError:
+    """The one place that decides how any exception reaches the user: message, hint, exit code."""
+    if isinstance(error, CnnctlError):
+        return error
+    if isinstance(error, KeyboardInterrupt):
+        return Interrupted("interrupted")
+    if isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError":
+        return TrainingFailed("out of memory", "lower train.batch_size, the image size or the model's size")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TrainingFailed(f"{error.filename or 'disk'}: no space left", "free some disk space and try again")
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CnnctlError(f"{error.filename or 'file'}: {error.strerror}", "choose a folder you can write to")
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return InternalError(f"internal error: {type(error).__name__}: {text}",
+                         "run again with --debug for the traceback, and report it")

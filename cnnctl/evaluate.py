@@ -21,7 +21,7 @@ TOP_K = 3
 
 
 def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None = None,
-                 data: str | None = None) -> dict[str, Any]:
+                 data: str | None = None, legacy_h5: bool = False) -> dict[str, Any]:
     """Evaluate a model on a split of its data; write the report files beside the model.
 
     The model is the run's model.keras unless `model_file` is given; the data is
@@ -31,7 +31,7 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     model_file = Path(model_file) if model_file is not None else folder.model
     if not model_file.is_file():
         raise RunError(f"{model_file}: no model to evaluate", "train the run first, or resume it")
-    model = load_model(model_file)
+    model = load_model(model_file, legacy_h5=legacy_h5)
     config = _config_for(folder, model, data)
     dataset = load_dataset(config)
     names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)

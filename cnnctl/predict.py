@@ -24,13 +24,14 @@ class Predictions:
 
 
 def predict_images(inputs: list[str], model_path: Path, class_names: list[str] | None,
-                   top_k: int = 3, batch_size: int = 256, invert: bool = False) -> Predictions:
+                   top_k: int = 3, batch_size: int = 256, invert: bool = False,
+                   legacy_h5: bool = False) -> Predictions:
     """Classify every image named by `inputs` (files, folders, globs), in batches."""
     paths, failures = expand_paths(inputs)
     result = Predictions(failures=failures)
     if not paths:
         return result
-    model = load_model(model_path, compile=False)
+    model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
     _, height, width, channels = model.input_shape
     names = class_names or [str(i) for i in range(model.output_shape[-1])]
 

@@ -182,10 +182,17 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
                 f"stopped; {recorder.epoch} of {train.epochs} epochs are saved in {run.path}",
                 f"resume with: cnnctl train --resume {run.path}",
             ) from None
+        except OSError as error:  # disk full, folder removed: the last saved epoch is intact
+            with contextlib.suppress(OSError):
+                set_status(run, "failed", epochs_done=recorder.epoch)
+            raise TrainingFailed(
+                f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
+                f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
+            ) from None
     if recorder.failed:
         set_status(run, "failed", epochs_done=recorder.epoch)
         raise TrainingFailed(
-            f"{run.path}: the loss became NaN in epoch {recorder.failed}",
+            f"{run.path}: the loss became NaN (or infinite) in epoch {recorder.failed}",
             "lower train.optimizer.learning_rate (for example {type: Adam, learning_rate: 1e-4})",
         )
     if train.early_stopping and not train.early_stopping.restore_best:
@@ -254,17 +261,17 @@ class EpochRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in logs.items()}, "lr": self._lr(),
                "train_seconds": round(self._validation_started - self._started, 3),
                "seconds": round(time.perf_counter() - self._started, 3)}
-        self.rows.append(row)
-        self.epoch = epoch + 1
-        write_text(self.run.metrics_csv, rows_to_csv(self.rows))
+        rows = [*self.rows, row]
+        write_text(self.run.metrics_csv, rows_to_csv(rows))
         if improved(logs[self.monitor], self.best, self.mode) or not self.run.model.exists():
             self.best, self.best_epoch = logs[self.monitor], epoch + 1
             atomic_write(self.run.model, lambda tmp: self.model.save(tmp))
         self._apply_rules(logs, epoch + 1)
-        state = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor,
-                 "rows": self.rows, "rules": self.rules, "base_lr": self.base_lr,
+        state = {"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor,
+                 "rows": rows, "rules": self.rules, "base_lr": self.base_lr,
                  "stopped_early": self.stopped_early, "rng": _rng_state(self.model)}
         atomic_write(self.run.last, lambda tmp: _save_with_state(self.model, tmp, state))
+        self.rows, self.epoch = rows, epoch + 1  # the epoch counts as done once its checkpoint is whole
         with contextlib.suppress(Exception):  # a plot must never stop training
             atomic_write(self.run.curves, lambda tmp: report.save_curves(self.rows, tmp))
         self.console.print(report.epoch_line(row, self.train.epochs, improved=self.best_epoch == epoch + 1))

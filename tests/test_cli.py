@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL
 from PIL import Image
 
 from cnnctl.cli import main
+
+from conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[1]
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]

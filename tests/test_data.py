@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_MNIST, write_idx
 
 from cnnctl.config import load_config
 from cnnctl.data import load_dataset, stratified_split
 from cnnctl.data.sources import builtin_candidates, load_builtin, load_npz, read_idx
 from cnnctl.errors import ConfigError, DataError
+
+from conftest import SHARED_MNIST, write_idx
 
 BASE = "model:\n  input_shape: [28, 28, 1]\n  layers: [Flatten]\n"
 

@@ -81,9 +81,9 @@ def test_early_stopping_stops_at_the_expected_epoch(small_config):
 
 
 def test_monitor_must_be_logged(write):
-    from conftest import SMALL
-
     from cnnctl.errors import ConfigError
+
+    from conftest import SMALL
 
     path = write("x.yaml", SMALL + "  checkpoint:\n    monitor: val_acuracy\n")
     with pytest.raises(ConfigError) as info:

@@ -1,0 +1,149 @@
+"""A corpus of hostile and broken model files, made fresh for each test run.
+
+Each entry: file name -> (how to make it from a good .keras file, expected exit code, expected phrase).
+They are generated rather than committed so that each one's construction is readable here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _rewrite_config(good: Path, target: Path, change: Callable[[dict], None]) -> None:
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                change(config)
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+
+
+def _layers(config: dict) -> list:
+    return config["config"]["layers"]
+
+
+def _add_layer(layer: dict) -> Callable[[dict], None]:
+    return lambda config: _layers(config).insert(2, layer)
+
+
+def _module_gadget(config: dict) -> None:
+    # CVE-2025-1550 style: a config naming an arbitrary module and function
+    _layers(config)[1] = {"module": "os", "class_name": "system", "config": {"command": "touch pwned"},
+                          "registered_name": None}
+
+
+def _custom_object(config: dict) -> None:
+    _layers(config)[1]["registered_name"] = "my_package>EvilDense"
+
+
+def _zip_bomb(good: Path, target: Path) -> None:
+    """A member whose header says it unpacks to 10 GB."""
+    shutil.copy(good, target)
+    data = bytearray(target.read_bytes())
+    start = data.find(b"PK\x01\x02")  # central directory entries
+    while start != -1:
+        name_length = struct.unpack("<H", data[start + 28: start + 30])[0]
+        name = data[start + 46: start + 46 + name_length]
+        if name == b"model.weights.h5":
+            data[start + 24: start + 28] = struct.pack("<I", 0xFFFFFFF0)  # uncompressed size: ~4 GB
+        start = data.find(b"PK\x01\x02", start + 4)
+    target.write_bytes(bytes(data))
+
+
+def _shape_bomb(good: Path, target: Path) -> None:
+    """Weights whose dataset declares 4 TB of float32 but stores nothing."""
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5.create_dataset("layers/dense/vars/0", shape=(10**6, 10**6), dtype="f4", chunks=(1, 1))
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            data = buffer.getvalue() if info.filename == "model.weights.h5" else source.read(info.filename)
+            out.writestr(info.filename, data)
+
+
+def _legacy_h5(good: Path, target: Path) -> None:
+    import keras
+
+    keras.saving.load_model(good).save(target.with_suffix(".h5"))
+
+
+def _traversal(good: Path, target: Path) -> None:
+    shutil.copy(good, target)
+    with zipfile.ZipFile(target, "a") as archive:
+        archive.writestr("../../etc/cron.d/evil", "* * * * * root touch /pwned\n")
+
+
+def _nested(good: Path, target: Path) -> None:
+    """A config nested 5,000 levels deep, to exhaust a recursive reader."""
+    deep = b'{"class_name": "Sequential", "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            out.writestr(info, deep if info.filename == "config.json" else source.read(info.filename))
+
+
+def _text(good: Path, target: Path) -> None:
+    target.write_text("this is not a model\n")
+
+
+def _truncated(good: Path, target: Path) -> None:
+    target.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+
+def _no_config(good: Path, target: Path) -> None:
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("metadata.json", "{}")
+
+
+def _bad_json(good: Path, target: Path) -> None:
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            out.writestr(info, b"{not json" if info.filename == "config.json" else source.read(info.filename))
+
+
+def _config(change: Callable[[dict], None]) -> Callable[[Path, Path], None]:
+    return lambda good, target: _rewrite_config(good, target, change)
+
+
+CORPUS: dict[str, tuple[Callable[[Path, Path], None], int, str]] = {
+    "lambda.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "Lambda", "config": {
+        "function": {"class_name": "__lambda__", "config": {"code": "b'evil'"}}}, "registered_name": None})),
+        2, "refused: it contains a Lambda layer, which can run code"),
+    "tfsmlayer.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "TFSMLayer",
+                                            "config": {"filepath": "/tmp/x"}, "registered_name": None})),
+                        2, "refused: it contains a TFSMLayer layer"),
+    "torch.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "TorchModuleWrapper",
+                                        "config": {}, "registered_name": None})),
+                    2, "refused: it contains a TorchModuleWrapper layer"),
+    "lookup.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "StringLookup",
+                                         "config": {"vocabulary": "/etc/passwd"}, "registered_name": None})),
+                     2, "refused: it contains a StringLookup layer"),
+    "module.keras": (_config(_module_gadget), 2, "refused: it names code from module 'os'"),
+    "custom.keras": (_config(_custom_object), 2, "refused: it needs the custom object 'my_package>EvilDense'"),
+    "zipbomb.keras": (_zip_bomb, 2, "(a zip bomb?)"),
+    "shapebomb.keras": (_shape_bomb, 2, "(a shape bomb?)"),
+    "traversal.keras": (_traversal, 2, "points outside the archive"),
+    "nested.keras": (_nested, 2, "damaged model file"),
+    "legacy.h5": (_legacy_h5, 2, "legacy HDF5 models are not loaded"),
+    "text.keras": (_text, 2, "not a Keras model file (not a .keras zip archive)"),
+    "truncated.keras": (_truncated, 2, "not a Keras model file"),
+    "noconfig.keras": (_no_config, 2, "no config.json inside"),
+    "badjson.keras": (_bad_json, 2, "damaged model file"),
+}
+
+
+def make(name: str, good: Path, folder: Path) -> Path:
+    """Write the corpus entry `name` into `folder`, made from the good model file `good`."""
+    target = folder / name
+    CORPUS[name][0](good, target)
+    return target
