@@ -57,10 +57,11 @@ def build_model(config: Config, num_classes: int | None = None) -> keras.Sequent
     for index, spec in enumerate(config.model.layers):
         path = ("model", "layers", index)
         layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path)
+        _check_size(layer, shape, config, path)
         try:
             model.add(layer)
             shape = model.output_shape
-        except (ValueError, TypeError) as error:
+        except Exception as error:  # Keras raises many kinds for impossible shapes
             raise ConfigError(
                 f"{config.where(path)}: {spec.type} cannot take an input of shape {shape}: "
                 f"{_first_line(error)}",
@@ -133,11 +134,49 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple) -> An
     args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()}
     try:
         return cls(**args)
-    except (ValueError, TypeError, KeyError) as error:
+    except Exception as error:  # Keras validates arguments with many exception types
         raise ConfigError(
             f"{config.where(path)}: {spec.type}: {_first_line(error)}",
             f"check the arguments of {spec.type} against the Keras documentation",
         ) from None
+
+
+MAX_LAYER_PARAMS = 100_000_000  # 400 MB of float32 weights in one layer
+MAX_ACTIVATION = 2**26  # values per image coming out of one layer
+
+
+def _check_size(layer: Any, shape: tuple, config: Config, path: tuple) -> None:
+    """Refuse a layer whose weights or output would not fit in memory, before Keras allocates them."""
+    try:
+        out = layer.compute_output_shape(shape)
+        params = _weights_of(layer, shape)
+    except Exception:  # an impossible layer: `model.add` reports it in Keras' words
+        return
+    values = 1
+    for n in out[1:] if isinstance(out, tuple) else ():
+        values *= n if isinstance(n, int) else 1
+    if values > MAX_ACTIVATION or params > MAX_LAYER_PARAMS:
+        what = f"{params:,} weights" if params > MAX_LAYER_PARAMS else f"an output of {values:,} values per image"
+        raise ConfigError(f"{config.where(path)}: {type(layer).__name__} would have {what}; too large to train",
+                          "use fewer units or filters, or a smaller input")
+
+
+def _weights_of(layer: Any, shape: tuple) -> int:
+    """The weight count of the common weighted layers, computed without building them."""
+    channels = shape[-1] if shape and isinstance(shape[-1], int) else 1
+    if isinstance(layer, keras.layers.Dense):
+        return (channels + 1) * int(layer.units)
+    kernel = 1
+    for n in getattr(layer, "kernel_size", ()) or ():
+        kernel *= int(n)
+    multiplier = int(getattr(layer, "depth_multiplier", 1) or 1)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return kernel * channels * multiplier
+    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        return kernel * channels * multiplier + channels * multiplier * int(layer.filters)
+    if hasattr(layer, "filters") and hasattr(layer, "kernel_size"):
+        return kernel * channels // max(int(getattr(layer, "groups", 1) or 1), 1) * int(layer.filters)
+    return 0
 
 
 def _arguments_of(cls: type) -> set[str]:

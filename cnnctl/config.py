@@ -105,6 +105,8 @@ class ModelConfig(_Strict):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(n <= 0 or n > 16384 for n in value):
             raise ValueError(f"must be [height, width, channels] of positive sizes, got {value}")
+        if value[0] * value[1] * value[2] > 2**26:
+            raise ValueError(f"{value} is too large an image to train on; resize the data first")
         return value
 
 
@@ -199,6 +201,7 @@ class Source:
     """The file a config came from, the line/column of each value, and the overrides."""
 
     file: str
+    has_lines: bool = True  # False for a `--set` value: one short line, no line numbers to show
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     overrides: dict[Path_, str] = field(default_factory=dict)
@@ -277,25 +280,28 @@ def _line_col(node: yaml.Node) -> tuple[int, int]:
 
 def _at(source: Source, node: yaml.Node) -> str:
     line, col = _line_col(node)
-    return f"{source.file}:{line}:{col}"
+    return f"{source.file}:{line}:{col}" if source.has_lines else source.file
 
 
 def parse_yaml(text: str, source: Source) -> Any:
     """Parse YAML text safely into plain Python values, recording where each one stood."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        where = f"{source.file}:{mark.line + 1}:{mark.column + 1}" if mark else source.file
+        where = f"{source.file}:{mark.line + 1}:{mark.column + 1}" if mark and source.has_lines else source.file
         raise ConfigError(
             f"{where}: invalid YAML: {error.problem or error.context}",
             "check the indentation and quoting on this line and the one above",
         ) from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source.file}: invalid YAML: {error}") from error
+    except yaml.YAMLError as error:  # e.g. a control character the YAML reader refuses
+        raise ConfigError(f"{source.file}: invalid YAML: {str(error).splitlines()[-1].strip()}",
+                          "remove control characters; save the file as plain UTF-8 text") from error
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         return None
     return _construct(root, loader, source, (), [MAX_NODES])
@@ -332,8 +338,8 @@ def apply_override(data: dict, text: str, source: Source) -> None:
     for part in key.strip().split("."):
         if not part:
             raise ConfigError(f"--set {text}: empty name in '{key}'", "for example model.layers.0.filters")
-        parts.append(int(part) if part.isdigit() else part)
-    value = parse_yaml(raw, Source(file=f"--set {text}")) if raw.strip() else None
+        parts.append(int(part) if part.isascii() and part.isdigit() else part)
+    value = parse_yaml(raw, Source(file=f"--set {text}", has_lines=False)) if raw.strip() else None
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

@@ -22,7 +22,13 @@ class CnnctlError(click.ClickException):
         self.hint = hint
 
     def format_message(self) -> str:
-        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+        message = _one_line(self.message)
+        return f"{message}\n  hint: {_one_line(self.hint)}" if self.hint else message
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters (from a user's file or argument) so a message stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ConfigError(CnnctlError):

@@ -33,6 +33,9 @@ class Dataset:
 def load_dataset(config: Config) -> Dataset:
     """Find, read, shape and split the config's data; check it fits the model."""
     data = config.data
+    if data.path is not None and not Path(data.path).exists():
+        raise ConfigError(f"{config.where(('data', 'path'))}: {data.path}: no such file or folder",
+                          "data.path is read relative to the folder you run cnnctl in")
     arrays = load_builtin(data.dataset) if data.dataset else load_path(Path(data.path))
     x_train, y_train = _images(arrays.x_train, arrays.origin), _labels(arrays.y_train, arrays.origin)
     x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
