@@ -37,6 +37,12 @@ LAYERS = (
     "RandomTranslation", "RandomZoom", "RandomContrast", "RandomBrightness",
 )
 
+# Image augmentation: active only while training (Keras turns them off in evaluate and predict).
+AUGMENTATIONS = (
+    "RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast", "RandomBrightness",
+    "RandomCrop", "GaussianNoise",
+)
+
 OPTIMIZERS = (
     "SGD", "RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "Adafactor", "Nadam",
     "Ftrl", "Lion", "Lamb",
@@ -50,6 +56,10 @@ def build_model(config: Config, num_classes: int | None = None) -> keras.Sequent
     """Build (not compile) the config's network; check its output against `num_classes`."""
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
+    # Augmentation sees raw 0..255 pixels, the range Keras' augmentation layers assume by default.
+    for index, spec in enumerate(config.data.augment):
+        path = ("data", "augment", index)
+        model.add(_instantiate(spec, _resolve(spec, "augmentation", config, path), config, path))
     if config.data.normalize:
         # Inside the model, so that a saved model takes raw 0..255 pixels.
         model.add(keras.layers.Rescaling(1.0 / 255, name="normalize"))
@@ -92,7 +102,8 @@ def compile_model(model: keras.Model, config: Config) -> None:
 
 def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
     """The allowed Keras class named by `spec.type` (optimizers also by lower-case name)."""
-    allowed, module = (LAYERS, keras.layers) if kind == "layer" else (OPTIMIZERS, keras.optimizers)
+    allowed, module = {"layer": (LAYERS, keras.layers), "augmentation": (AUGMENTATIONS, keras.layers),
+                       "optimizer": (OPTIMIZERS, keras.optimizers)}[kind]
     names = {name: name for name in allowed}
     if kind == "optimizer":
         names.update({name.lower(): name for name in allowed})
@@ -103,6 +114,8 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
         if kind == "layer" and spec.type in dir(keras.layers)
         else f"the {kind} types cnnctl builds are listed in the README"
         if kind == "layer"
+        else f"augmentation layers: {', '.join(allowed)}"
+        if kind == "augmentation"
         else f"choose one of: {', '.join(allowed)}"
     )
     raise ConfigError(

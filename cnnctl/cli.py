@@ -57,7 +57,8 @@ def _console(quiet: bool = False):
 @click.version_option(__version__, prog_name="cnnctl")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 @click.option("--verbose", is_flag=True, help="Let TensorFlow and Keras print their own messages.")
-def main(debug: bool, verbose: bool) -> None:
+@click.option("--offline", is_flag=True, help="Never download datasets (also CNNCTL_OFFLINE=1).")
+def main(debug: bool, verbose: bool, offline: bool) -> None:
     """Train convolutional neural networks described in YAML.
 
     \b
@@ -67,6 +68,8 @@ def main(debug: bool, verbose: bool) -> None:
     """
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if offline:
+        os.environ["CNNCTL_OFFLINE"] = "1"  # read where the data sources look for files
 
 
 @main.command()
@@ -217,6 +220,43 @@ def runs(folder: Path | None, as_json: bool) -> None:
 
     found = [describe(run) for run in list_runs(folder or Path(os.environ.get("CNNCTL_RUNS_DIR", RUNS_DIR)))]
     _render(report.runs_table(found), found, as_json)
+
+
+@main.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def datasets(ctx: click.Context, as_json: bool) -> None:
+    """List the built-in datasets and where each one was found."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cnnctl import report
+    from cnnctl.data.sources import BUILTINS, find_builtin, offline
+
+    rows = [{"name": b.name, "shape": list(b.shape), "classes": len(b.classes),
+             "found": str(find_builtin(b.name) or ""),
+             "fallback": "not found (offline)" if offline() else "would be downloaded by Keras"}
+            for b in BUILTINS.values()]
+    _render(report.datasets_table(rows), rows, as_json)
+
+
+@datasets.command("check")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@json_option
+def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Check CONFIG's data: images per class and split, leakage between splits, unreadable files."""
+    from cnnctl.config import load_config
+
+    cfg = load_config(config, overrides)
+    _tensorflow()
+    from dataclasses import asdict
+
+    from cnnctl import report
+    from cnnctl.data import load_dataset
+    from cnnctl.data.checks import check_dataset
+
+    checks = check_dataset(load_dataset(cfg))
+    _render(report.checks_table(checks), asdict(checks), as_json)
 
 
 def _render(renderable, data, as_json: bool) -> None:

@@ -28,7 +28,7 @@ from pydantic import (
 
 from cnnctl.errors import ConfigError
 
-BUILTIN_DATASETS = ("mnist", "fashion_mnist")
+BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 # Classification losses, and whether each wants one-hot labels.
 LOSSES = {
     "categorical_crossentropy": True,
@@ -81,6 +81,12 @@ class DataConfig(_Strict):
     validation: Any = "test"
     normalize: bool = True
     limit: int | None = Field(default=None, gt=0)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # held out when the data has no test split
+    image_size: list[int] | None = Field(default=None, min_length=2, max_length=2)  # default: the model's
+    color_mode: Literal["grayscale", "rgb"] | None = None  # default: from the model's channels
+    label_column: str = "label"  # CSV files: the column with the class
+    image_shape: list[int] | None = Field(default=None, min_length=3, max_length=3)  # CSV; default: the model's
+    augment: list[ObjectSpec] = Field(default_factory=list)
 
     @field_validator("validation")
     @classmethod

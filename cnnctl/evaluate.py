@@ -35,8 +35,7 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     config = _config_for(folder, model, data)
     dataset = load_dataset(config)
     names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)
-    x, y = {"test": (dataset.x_test, dataset.y_test), "validation": (dataset.x_val, dataset.y_val),
-            "train": (dataset.x_train, dataset.y_train)}[split]
+    x, y = dataset.split(split)
     if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
         raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
                         f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
@@ -56,7 +55,7 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
         "confusion_matrix": matrix.tolist(),
         "class_names": names,
     }
-    wrong = misclassified(y, probabilities, names)
+    wrong = misclassified(y, probabilities, names, dataset.files.get(split))
     write_json(folder.evaluation, result)
     write_text(folder.path / "misclassified.csv", rows_to_csv(wrong) if wrong else "index,true,predicted\n")
     atomic_write(folder.confusion, lambda tmp: report.save_confusion(matrix, names, tmp))
@@ -80,15 +79,17 @@ def _config_for(folder: Run, model: Any, data: str | None) -> Config:
     return load_config(folder.config)
 
 
-def misclassified(truth: np.ndarray, probabilities: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
-    """One row per wrong prediction, the most confidently wrong (highest loss) first."""
+def misclassified(truth: np.ndarray, probabilities: np.ndarray, names: list[str],
+                  files: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """One row per wrong prediction (its file where images came from files), highest loss first."""
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != truth)
     loss = -np.log(np.clip(probabilities[wrong, truth[wrong]], 1e-12, 1.0))
     rows = []
     for index, value in sorted(zip(wrong.tolist(), loss.tolist(), strict=True), key=lambda item: -item[1]):
         top = np.argsort(probabilities[index])[::-1][:TOP_K]
-        rows.append({"index": index, "true": names[truth[index]], "predicted": names[predicted[index]],
+        where = {"index": index, **({"path": files[index]} if files else {})}
+        rows.append({**where, "true": names[truth[index]], "predicted": names[predicted[index]],
                      "top": "; ".join(f"{names[i]} {probabilities[index, i]:.4f}" for i in top),
                      "loss": round(value, 6)})
     return rows

@@ -142,6 +142,37 @@ def predictions_csv(predictions: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def checks_table(checks: Any) -> Group:
+    """Images per class and split, then the warnings (leakage, unreadable files, checksums)."""
+    table = Table(show_edge=False, title="images per class", title_justify="left")
+    table.add_column("class", overflow="ellipsis", max_width=24)
+    for split in checks.counts:
+        table.add_column(split, justify="right")
+    names = list(checks.class_names)
+    rows = list(enumerate(names)) if len(names) <= 20 else [*enumerate(names[:10]), (None, "..."),
+                                                           *list(enumerate(names))[-5:]]
+    for index, name in rows:
+        table.add_row(name, *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
+    table.add_section()
+    table.add_row("total", *(f"{sum(c):,}" for c in checks.counts.values()))
+    return Group(table, *check_warnings(checks))
+
+
+def check_warnings(checks: Any) -> list[Text]:
+    return [Text.assemble(("warning: ", "yellow"), line) for line in checks.warnings]
+
+
+def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """`cnnctl datasets`: each built-in, its shape and classes, and where it is."""
+    table = Table(show_edge=False)
+    for column in ("dataset", "shape", "classes", "found"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], "x".join(map(str, row["shape"])), str(row["classes"]),
+                      row["found"] or Text(row["fallback"], style="dim"))
+    return table
+
+
 # --------------------------------------------------------------------------- figures
 
 

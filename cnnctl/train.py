@@ -30,6 +30,7 @@ from cnnctl import report
 from cnnctl.builder import build_model, compile_model
 from cnnctl.config import Config, dump_config, load_config
 from cnnctl.data import Dataset, load_dataset
+from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.modelfile import load_model
@@ -95,6 +96,9 @@ def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
     _need_tensorboard(config)
     keras.utils.set_random_seed(config.seed)
     dataset = load_dataset(config)
+    warnings = Console(stderr=True, highlight=False)  # not results: stderr, also under --json
+    for line in report.check_warnings(check_dataset(dataset)):
+        warnings.print(line, soft_wrap=True)
     model = build_model(config, len(dataset.class_names))
     compile_model(model, config)
     run = create_run(runs_root, config.name)

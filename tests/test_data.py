@@ -50,7 +50,7 @@ def test_missing_builtin_offline_says_where_it_looked(monkeypatch, tmp_path):
         load_builtin("mnist")
     message = info.value.format_message()
     assert "dataset 'mnist' not found offline (looked in" in message
-    assert str(tmp_path / "empty" / "mnist") in message and "hint: put the four IDX files" in message
+    assert str(tmp_path / "empty" / "mnist") in message and "hint: put the dataset's files in" in message
     assert info.value.exit_code == 2
 
 
@@ -123,6 +123,7 @@ def test_stratified_split_keeps_class_shares_and_is_seeded(mnist_test_set):
     b = stratified_split(x[:2000], y[:2000], 0.1, seed=1)
     c = stratified_split(x[:2000], y[:2000], 0.1, seed=2)
     assert np.array_equal(a[3], b[3]) and not np.array_equal(a[3], c[3])
+    assert np.array_equal(np.sort(np.concatenate([a[4], a[5]])), np.arange(2000))
     shares = np.bincount(a[3], minlength=10) / np.bincount(y[:2000], minlength=10)
     assert np.all(np.abs(shares - 0.1) < 0.03)
 

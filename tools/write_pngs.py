@@ -1,6 +1,7 @@
 """Write test images of a built-in dataset as PNG files named <index>_<label>.png.
 
     python tools/write_pngs.py fashion_mnist examples/fashion_mnist --count 8
+    python tools/write_pngs.py fashion_mnist examples/fashion_folder --count 3000 --by-class
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(BUILTINS))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--by-class", action="store_true", help="one sub-folder per class, as for training")
     args = parser.parse_args()
     arrays = load_builtin(args.dataset)
     names = BUILTINS[args.dataset].classes
@@ -26,7 +28,9 @@ def main() -> None:
     for index in range(args.count):
         label = re.sub(r"[^A-Za-z0-9]+", "-", names[arrays.y_test[index]])
         image = arrays.x_test[index].squeeze()
-        Image.fromarray(image).save(args.folder / f"{index:04d}_{label}.png")
+        folder = args.folder / label if args.by_class else args.folder
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:04d}_{label}.png")
     print(f"wrote {args.count} PNG files to {args.folder}/")
 
 

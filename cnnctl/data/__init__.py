@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cnnctl.config import Config
-from cnnctl.data.sources import BUILTINS, Arrays, load_builtin, load_path
+from cnnctl.data.sources import (
+    BUILTINS,
+    Arrays,
+    is_idx_folder,
+    load_builtin,
+    load_csv,
+    load_idx_folder,
+    load_npz,
+)
 from cnnctl.errors import ConfigError, DataError
 
 
@@ -24,31 +32,87 @@ class Dataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     origin: str
+    skipped: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> source file of each image
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return self.x_train.shape[1:]
 
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return {"train": (self.x_train, self.y_train), "validation": (self.x_val, self.y_val),
+                "test": (self.x_test, self.y_test)}[name]
+
+
+def image_shape_of(config: Config) -> tuple[int, int, int]:
+    """The size images are read at: data.image_size / color_mode / image_shape, else the model's input."""
+    data, (height, width, channels) = config.data, config.model.input_shape
+    if data.image_shape:
+        return tuple(data.image_shape)
+    if data.image_size:
+        height, width = data.image_size
+    if data.color_mode:
+        channels = 1 if data.color_mode == "grayscale" else 3
+    return height, width, channels
+
+
+def load_arrays(config: Config) -> Arrays:
+    """Read the config's data source as it is on disk."""
+    data = config.data
+    if data.dataset:
+        return load_builtin(data.dataset)
+    path = Path(data.path)
+    if not path.exists():
+        raise ConfigError(f"{config.where(('data', 'path'))}: {data.path}: no such file or folder",
+                          "data.path is read relative to the folder you run cnnctl in")
+    if path.is_dir():
+        if is_idx_folder(path):
+            return load_idx_folder(path)
+        from cnnctl.data.folders import load_image_folder
+
+        return load_image_folder(path, image_shape_of(config))
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".csv":
+        return load_csv(path, data.label_column, image_shape_of(config))
+    raise DataError(f"{path}: unsupported data file",
+                    "data.path takes a folder of class folders or IDX files, an .npz or a .csv")
+
 
 def load_dataset(config: Config) -> Dataset:
     """Find, read, shape and split the config's data; check it fits the model."""
     data = config.data
-    if data.path is not None and not Path(data.path).exists():
-        raise ConfigError(f"{config.where(('data', 'path'))}: {data.path}: no such file or folder",
-                          "data.path is read relative to the folder you run cnnctl in")
-    arrays = load_builtin(data.dataset) if data.dataset else load_path(Path(data.path))
+    arrays = load_arrays(config)
     x_train, y_train = _images(arrays.x_train, arrays.origin), _labels(arrays.y_train, arrays.origin)
-    x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
+    files = dict(arrays.files)
+    if arrays.x_test is None:  # one pool of images: hold out a stratified test split
+        x_train, y_train, x_test, y_test, kept, held = stratified_split(x_train, y_train, data.test_fraction,
+                                                                        config.seed)
+        if "train" in files:
+            files["test"] = tuple(np.asarray(files["train"])[held])
+            files["train"] = tuple(np.asarray(files["train"])[kept])
+    else:
+        x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{arrays.origin}: train images are {x_train.shape[1:]} but test images {x_test.shape[1:]}")
     if data.limit:
         x_train, y_train = x_train[: data.limit], y_train[: data.limit]
-    if data.validation == "test":
+        files.pop("train", None)
+    if arrays.x_val is not None:
+        x_val, y_val = _images(arrays.x_val, arrays.origin), _labels(arrays.y_val, arrays.origin)
+        files["validation"] = files.pop("val", ())
+    elif data.validation == "test":
         x_val, y_val = x_test, y_test
+        files["validation"] = files.get("test", ())
     else:
-        x_train, y_train, x_val, y_val = stratified_split(x_train, y_train, data.validation, config.seed)
+        x_train, y_train, x_val, y_val, kept, held = stratified_split(x_train, y_train, data.validation, config.seed)
+        if "train" in files:
+            files["validation"] = tuple(np.asarray(files["train"])[held])
+            files["train"] = tuple(np.asarray(files["train"])[kept])
     names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
-    dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin)
+    dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin,
+                      arrays.skipped, arrays.warnings, {k: v for k, v in files.items() if v})
     check_fits(dataset, config)
     return dataset
 
@@ -84,7 +148,7 @@ def _labels(y: np.ndarray, origin: str) -> np.ndarray:
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    """Hold out `fraction` of each class for validation, chosen with `seed`."""
+    """Hold out `fraction` of each class, chosen with `seed`: (x, y, x_held, y_held, kept, held)."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):
@@ -92,8 +156,9 @@ def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
         take = int(round(len(index) * fraction))
         held[rng.permutation(index)[:take]] = True
     if held.all() or not held.any():
-        raise DataError(f"validation fraction {fraction} of {len(y)} images leaves a split empty")
-    return x[~held], y[~held], x[held], y[held]
+        raise DataError(f"a fraction of {fraction} of {len(y)} images leaves a split empty",
+                        "use more images or a larger fraction")
+    return x[~held], y[~held], x[held], y[held], np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def check_fits(dataset: Dataset, config: Config) -> None:

@@ -1,15 +1,16 @@
-"""Where images come from: built-in datasets found on disk (or downloaded), IDX folders, .npz files.
+"""Where images come from: built-in datasets found on disk (or downloaded), IDX folders, .npz and CSV files.
 
-Everything here returns plain numpy arrays of raw pixels (N, H, W, C) and
-integer labels; scaling happens inside the model.
+Everything here returns plain numpy arrays of raw pixels and integer labels;
+scaling happens inside the model.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,25 @@ FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Digests of the official files: sha256 of the unpacked IDX bytes (Debian re-packs the .gz files),
+# sha256 of Keras' mnist.npz, and md5 of the original MNIST training .gz files.
+OFFICIAL = {
+    "mnist": {
+        "t10k-images-idx3-ubyte": "sha256:0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "train-images-idx3-ubyte.gz": "md5-file:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "md5-file:d53e105ee54ea40749a09fcbcd1e9432",
+        "mnist.npz": "sha256-file:731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+    },
+    "fashion_mnist": {
+        "t10k-images-idx3-ubyte": "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "train-images-idx3-ubyte": "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -35,23 +55,28 @@ class Builtin:
 
 BUILTINS = {
     "mnist": Builtin("mnist", (28, 28, 1), tuple(str(d) for d in range(10)), "mnist.npz"),
-    "fashion_mnist": Builtin(
-        "fashion_mnist", (28, 28, 1), FASHION_CLASSES, "fashion-mnist",
-        ("/usr/share/datasets/fashion-mnist",),
-    ),
+    "fashion_mnist": Builtin("fashion_mnist", (28, 28, 1), FASHION_CLASSES, "fashion-mnist",
+                             ("/usr/share/datasets/fashion-mnist",)),
+    "cifar10": Builtin("cifar10", (32, 32, 3), CIFAR10_CLASSES, "cifar-10-batches-py"),
+    "cifar100": Builtin("cifar100", (32, 32, 3), tuple(str(i) for i in range(100)), "cifar-100-python"),
 }
 
 
 @dataclass(frozen=True)
 class Arrays:
-    """Raw train and test images with integer labels, as found on disk."""
+    """Raw images with integer labels, as found on disk; missing splits are None."""
 
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     class_names: tuple[str, ...] | None
     origin: str
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    skipped: tuple[tuple[str, str], ...] = ()  # unreadable files: (path, reason)
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> file per image
+    warnings: tuple[str, ...] = ()
 
 
 def keras_cache_dir() -> Path:
@@ -73,39 +98,80 @@ def offline() -> bool:
     return os.environ.get("CNNCTL_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def find_builtin(name: str) -> Path | None:
+    """The first place that holds the dataset, or None."""
+    for place in builtin_candidates(name):
+        if place.is_file() or (place.is_dir() and any(place.iterdir())):
+            return place
+    return None
+
+
 def load_builtin(name: str) -> Arrays:
     """Load a built-in dataset from the first place that has it, else download it with Keras."""
-    for place in builtin_candidates(name):
-        arrays = None
-        if place.is_file() and place.suffix == ".npz":
-            arrays = load_npz(place)
-        elif place.is_dir():
-            npz = sorted(place.glob("*.npz"))
-            arrays = load_npz(npz[0]) if npz else load_idx_folder(place)
-        if arrays is not None:
-            return replace(arrays, class_names=BUILTINS[name].classes)
-    looked = ", ".join(str(p) for p in builtin_candidates(name))
-    hint = (
-        f"put the four IDX files (train-images-idx3-ubyte.gz, ...) in $CNNCTL_DATA_DIR/{name}/"
-        + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else "")
-    )
-    if offline():
-        raise DataError(f"dataset '{name}' not found offline (looked in {looked})", hint)
-    return _download(name, looked, hint)
+    place = find_builtin(name)
+    if place is None:
+        looked = ", ".join(str(p) for p in builtin_candidates(name))
+        hint = (f"put the dataset's files in $CNNCTL_DATA_DIR/{name}/ (IDX files or an .npz)"
+                + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""))
+        if offline():
+            raise DataError(f"dataset '{name}' not found offline (looked in {looked})", hint)
+        return _download(name, looked, hint)
+    if place.name == BUILTINS[name].keras_cache and name.startswith("cifar"):
+        arrays = _keras_loader(name, str(place))  # Keras reads its own cache without downloading
+    elif place.is_file():
+        arrays = load_npz(place)
+    else:
+        npz = sorted(place.glob("*.npz"))
+        arrays = load_npz(npz[0]) if npz else load_idx_folder(place)
+    return replace(arrays, class_names=BUILTINS[name].classes, warnings=verify(name, place))
+
+
+def verify(name: str, place: Path) -> tuple[str, ...]:
+    """Warnings for files that differ from the official ones (damaged, or another version)."""
+    known = OFFICIAL.get(name, {})
+    files = [place] if place.is_file() else sorted(p for p in place.iterdir() if p.is_file())
+    differ = []
+    for path in files:
+        expected = known.get(path.name) or known.get(path.name.removesuffix(".gz"))
+        if expected and _digest(path, expected.split(":")[0]) != expected.split(":")[1]:
+            differ.append(path.name)
+    if not differ:
+        return ()
+    what = f"{differ[0]} differs" if len(differ) == 1 else f"{len(differ)} files differ"
+    return (f"{place}: {what} from the official {name} files (damaged, or a subset?)",)
+
+
+def _digest(path: Path, kind: str) -> str:
+    if kind == "md5-file":
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    if kind == "sha256-file":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            return hashlib.sha256(stream.read()).hexdigest()
+    except (OSError, EOFError):
+        return "unreadable"
 
 
 def _download(name: str, looked: str, hint: str) -> Arrays:
-    import keras
-
     try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+        arrays = _keras_loader(name, None)
     except Exception as error:  # Keras raises bare Exceptions for network failures
         raise DataError(
             f"dataset '{name}' not found (looked in {looked}) and the download failed: "
             f"{str(error).splitlines()[0][:200]}",
             hint,
         ) from None
-    return Arrays(x_train, y_train, x_test, y_test, BUILTINS[name].classes, f"keras.datasets.{name}")
+    return replace(arrays, class_names=BUILTINS[name].classes)
+
+
+def _keras_loader(name: str, origin: str | None) -> Arrays:
+    import keras
+
+    loader = getattr(keras.datasets, name).load_data
+    (x_train, y_train), (x_test, y_test) = loader(label_mode="fine") if name == "cifar100" else loader()
+    return Arrays(x_train, y_train, x_test, y_test, None, origin or f"keras.datasets.{name}")
 
 
 # --------------------------------------------------------------------------- IDX
@@ -117,6 +183,10 @@ _IDX_FILES = {
     "x_test": "t10k-images*idx3*",
     "y_test": "t10k-labels*idx1*",
 }
+
+
+def is_idx_folder(folder: Path) -> bool:
+    return any(folder.glob("*idx3*"))
 
 
 def load_idx_folder(folder: Path) -> Arrays:
@@ -144,7 +214,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (http://yann.lecun.com/exdb/mnist/ format), gzipped or not."""
+    """Read one IDX file (the MNIST format), gzipped or not."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
             raw = stream.read()
@@ -162,7 +232,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-# --------------------------------------------------------------------------- NPZ
+# --------------------------------------------------------------------------- NPZ and CSV
 
 
 def load_npz(path: Path) -> Arrays:
@@ -181,15 +251,25 @@ def load_npz(path: Path) -> Arrays:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
 
 
-def load_path(path: Path) -> Arrays:
-    """The user's own data: an IDX folder or an .npz file."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder", "check data.path in the config")
-    if path.is_dir():
-        return load_idx_folder(path)
-    if path.suffix == ".npz":
-        return load_npz(path)
-    raise DataError(
-        f"{path}: unsupported data file",
-        "data.path takes a folder of IDX files or an .npz with x_train/y_train/x_test/y_test",
-    )
+def load_csv(path: Path, label_column: str, shape: tuple[int, int, int]) -> Arrays:
+    """A CSV with a label column and one column per pixel (Kaggle's digit-recognizer layout)."""
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        header = stream.readline().strip().split(",")
+    if label_column not in header:
+        raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])}, ...)",
+                        "set data.label_column to the column that holds the class")
+    pixels = len(header) - 1
+    if pixels != shape[0] * shape[1] * shape[2]:
+        raise DataError(f"{path}: {pixels} pixel columns do not make images of shape {list(shape)}",
+                        "set data.image_shape (or model.input_shape) to [height, width, channels]")
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
+    except ValueError as error:
+        raise DataError(f"{path}: not a table of numbers ({str(error).splitlines()[0][:120]})") from None
+    if len(table) == 0:
+        raise DataError(f"{path}: no rows")
+    label = header.index(label_column)
+    y = table[:, label].astype(np.int64)
+    x = np.delete(table, label, axis=1)
+    x = (x.astype(np.uint8) if x.min() >= 0 and x.max() <= 255 and np.all(x == np.round(x)) else x)
+    return Arrays(x.reshape(-1, *shape), y, None, None, None, str(path))

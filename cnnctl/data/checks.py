@@ -1,0 +1,57 @@
+"""Checks before training: class counts per split, images shared between splits, unreadable files."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnctl.data import Dataset
+from cnnctl.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Checks:
+    """What `cnnctl datasets check` reports; `warnings` never stop training, empty splits do."""
+
+    class_names: tuple[str, ...]
+    counts: dict[str, list[int]]
+    duplicates: dict[str, int] = field(default_factory=dict)  # "train/test" -> images in both
+    skipped: tuple[tuple[str, str], ...] = ()
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_dataset(dataset: Dataset) -> Checks:
+    """Count, compare and vet the splits of `dataset`; raise DataError where a split is empty."""
+    k = len(dataset.class_names)
+    counts = {}
+    for split in SPLITS:
+        _, y = dataset.split(split)
+        if len(y) == 0:
+            raise DataError(f"{dataset.origin}: the {split} split is empty", "add images, or change the split")
+        counts[split] = np.bincount(y, minlength=k).tolist()
+    checks = Checks(dataset.class_names, counts, skipped=dataset.skipped, warnings=list(dataset.warnings))
+    digests = {split: _digests(dataset.split(split)[0]) for split in SPLITS}
+    validation_is_test = dataset.x_val is dataset.x_test
+    pairs = (("train", "test"),) if validation_is_test else (("train", "validation"), ("train", "test"),
+                                                             ("validation", "test"))
+    for a, b in pairs:
+        shared = len(digests[a] & digests[b])
+        if shared:
+            checks.duplicates[f"{a}/{b}"] = shared
+            checks.warnings.append(f"{shared} images of {a} are also in {b} (leakage)")
+    missing = [dataset.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
+    if missing:
+        checks.warnings.append(f"no training images of class {', '.join(missing[:5])}")
+    if dataset.skipped:
+        path, reason = dataset.skipped[0]
+        checks.warnings.append(f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})")
+    return checks
+
+
+def _digests(x: np.ndarray) -> set[bytes]:
+    flat = np.ascontiguousarray(x).reshape(len(x), -1)
+    return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat}
