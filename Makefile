@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CNNCTL := $(VENV)/bin/cnnctl
 PYTEST_FLAGS ?=
 
-.PHONY: setup data train test test-slow test-all lint bench clean
+.PHONY: setup data train test test-slow test-all lint bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -37,8 +37,15 @@ test-slow: setup data
 test-all: setup data
 	$(PY) -m pytest $(PYTEST_FLAGS)
 
+# Speed against the plain Keras script; BENCH_ARGS=--quick for a smoke run.
+bench: setup data
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-gpu: setup
+	$(PY) bench/bench_gpu.py $(BENCH_ARGS)
+
 lint: setup
-	$(PY) -m ruff check cnnctl tests tools
+	$(PY) -m ruff check cnnctl tests tools bench
 
 clean:
 	rm -rf $(VENV) runs examples .pytest_cache

@@ -9,6 +9,7 @@ training starts.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -52,8 +53,32 @@ OPTIMIZERS = (
 _COMMON_LAYER_ARGS = ("name", "trainable", "dtype", "activity_regularizer")
 
 
+def mixed_policy() -> str | None:
+    """The mixed-precision policy this machine runs fast, or None where it has none."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
+
+
 def build_model(config: Config, num_classes: int | None = None) -> keras.Sequential:
     """Build (not compile) the config's network; check its output against `num_classes`."""
+    policy = mixed_policy() if config.train.precision == "mixed" else None
+    previous = keras.config.dtype_policy()
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        return _build(config, num_classes, float32_last=policy is not None)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras.Sequential:
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
     # Augmentation sees raw 0..255 pixels, the range Keras' augmentation layers assume by default.
@@ -66,7 +91,10 @@ def build_model(config: Config, num_classes: int | None = None) -> keras.Sequent
     shape = (None, *config.model.input_shape)
     for index, spec in enumerate(config.model.layers):
         path = ("model", "layers", index)
-        layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path)
+        last = index == len(config.model.layers) - 1
+        # The output stays float32 under mixed precision, so that softmax and the loss stay stable.
+        extra = {"dtype": "float32"} if last and float32_last and "dtype" not in spec.args else {}
+        layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
         _check_size(layer, shape, config, path)
         try:
             model.add(layer)
@@ -82,8 +110,8 @@ def build_model(config: Config, num_classes: int | None = None) -> keras.Sequent
     return model
 
 
-def compile_model(model: keras.Model, config: Config) -> None:
-    """Attach the config's optimizer, loss and metrics to `model`."""
+def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | None = None) -> None:
+    """Attach the config's optimizer, loss and metrics (and how to run them) to `model`."""
     train = config.train
     path = ("train", "optimizer")
     optimizer = _instantiate(train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path)
@@ -97,7 +125,15 @@ def compile_model(model: keras.Model, config: Config) -> None:
                 f"{config.where(('train', 'metrics', index))}: unknown metric '{name}'{suggest(name, known)}",
                 "for classification use accuracy",
             ) from None
-    model.compile(optimizer=optimizer, loss=train.loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=train.loss, metrics=metrics, jit_compile=train.jit_compile,
+                  steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch))
+
+
+def steps_per_execution(wanted: int, steps_per_epoch: int | None) -> int:
+    """The largest count up to `wanted` that divides an epoch, so that no call runs across two epochs."""
+    if not steps_per_epoch:
+        return 1
+    return max(n for n in range(1, min(wanted, steps_per_epoch) + 1) if steps_per_epoch % n == 0)
 
 
 def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
@@ -124,7 +160,7 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
     )
 
 
-def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple) -> Any:
+def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra: dict | None = None) -> Any:
     """`cls(**spec.args)`, after checking each argument's name and kind of value."""
     valid = _arguments_of(cls)
     for key, value in spec.args.items():
@@ -144,7 +180,7 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple) -> An
                 f"(number, text, true/false or a list of them), got {type(value).__name__}",
                 "nested objects are not built from configs; use a name such as 'he_normal'",
             )
-    args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()}
+    args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()} | (extra or {})
     try:
         return cls(**args)
     except Exception as error:  # Keras validates arguments with many exception types

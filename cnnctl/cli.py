@@ -126,6 +126,9 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
         from cnnctl.train import train_run
 
         result = train_run(cfg, runs_dir, console)
+    if not result.written:
+        click.echo(f"worker done after {result.epochs_done} epochs; the chief writes the run folder", err=True)
+        return
     from cnnctl import report
 
     _render(report.training_summary(result.summary()), result.summary(), as_json)
@@ -220,6 +223,35 @@ def runs(folder: Path | None, as_json: bool) -> None:
 
     found = [describe(run) for run in list_runs(folder or Path(os.environ.get("CNNCTL_RUNS_DIR", RUNS_DIR)))]
     _render(report.runs_table(found), found, as_json)
+
+
+@main.command()
+@json_option
+def info(as_json: bool) -> None:
+    """Versions, devices, the strategy `auto` picks, and where data is looked for: for bug reports."""
+    _tensorflow()
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    from cnnctl import report
+    from cnnctl.builder import mixed_policy
+    from cnnctl.data.sources import BUILTINS, builtin_candidates, offline
+    from cnnctl.distribute import auto_strategy_name, cluster
+
+    facts = {
+        "cnnctl": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "devices": [f"{d.device_type}:{d.name.split(':')[-1]}" for d in tf.config.list_physical_devices()],
+        "auto strategy": auto_strategy_name(), "TF_CONFIG": cluster(),
+        "mixed precision": mixed_policy() or "not supported here (float32)",
+        "data dir": os.environ.get("CNNCTL_DATA_DIR") or "(CNNCTL_DATA_DIR not set)",
+        "data lookup": {name: [str(p) for p in builtin_candidates(name)] for name in BUILTINS},
+        "offline": offline(),
+        "runs dir": os.environ.get("CNNCTL_RUNS_DIR", "runs"),
+    }
+    _render(report.facts_table(facts), facts, as_json)
 
 
 @main.group(invoke_without_command=True)

@@ -159,6 +159,19 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     lr_schedule: LRSchedule | None = None
     tensorboard: bool = False
+    steps_per_execution: int = Field(default=8, ge=1, le=10_000)  # batches per call into TensorFlow
+    jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" is Keras' choice (off on CPU, where it is slower)
+    precision: Literal["float32", "mixed"] = "float32"  # mixed: bfloat16 on capable CPUs, float16 on GPUs
+    mixed_precision: bool | None = None  # the same as precision: mixed
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainConfig:
+        if self.mixed_precision and "precision" in self.model_fields_set and self.precision == "float32":
+            raise ValueError("precision: float32 and mixed_precision: true disagree; keep one")
+        if self.mixed_precision:
+            object.__setattr__(self, "precision", "mixed")
+        return self
 
     @property
     def one_hot(self) -> bool:

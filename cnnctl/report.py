@@ -173,6 +173,20 @@ def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def facts_table(facts: dict[str, Any]) -> Table:
+    """`cnnctl info`: one fact per row."""
+    table = Table(show_header=False, show_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            value = "\n".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        table.add_row(key, str(value))
+    return table
+
+
 # --------------------------------------------------------------------------- figures
 
 

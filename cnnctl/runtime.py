@@ -43,7 +43,8 @@ def _quiet_import() -> None:
         import keras  # noqa: F401
         import tensorflow as tf
 
-        tf.constant(0.0) + 1.0  # device set-up prints its own lines on first use
+        if not os.environ.get("TF_CONFIG"):  # a multi-worker cluster must be set up before the first op
+            tf.constant(0.0) + 1.0  # device set-up prints its own lines on first use
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -32,6 +32,7 @@ from cnnctl.config import Config, dump_config, load_config
 from cnnctl.data import Dataset, load_dataset
 from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
+from cnnctl.distribute import is_chief, strategy_for
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.modelfile import load_model
 from cnnctl.runs import (
@@ -64,6 +65,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     stopped_early: int | None = None
+    written: bool = True  # False on a worker that is not the chief: it trained and wrote nothing
     rows: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -94,13 +96,17 @@ class StopRequested(Exception):
 def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
     """Train `config` from scratch into a new run folder under `runs_root`."""
     _need_tensorboard(config)
+    strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
     keras.utils.set_random_seed(config.seed)
     dataset = load_dataset(config)
     warnings = Console(stderr=True, highlight=False)  # not results: stderr, also under --json
     for line in report.check_warnings(check_dataset(dataset)):
         warnings.print(line, soft_wrap=True)
-    model = build_model(config, len(dataset.class_names))
-    compile_model(model, config)
+    with strategy.scope():
+        model = build_model(config, len(dataset.class_names))
+        compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
+    if not is_chief():  # other workers compute, and write nothing
+        return _fit(Run(runs_root / config.name), model, config, dataset, {}, Console(quiet=True), write=False)
     run = create_run(runs_root, config.name)
     write_text(run.config, dump_config(config))
     write_json(run.classes, list(dataset.class_names))
@@ -111,7 +117,8 @@ def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
 def resume_run(run: Run, console: Console, overrides: tuple[str, ...] = (),
                config_file: Path | None = None) -> TrainResult:
     """Continue `run` in its own folder from its last finished epoch."""
-    pid = running_pid(run)
+    chief = is_chief()
+    pid = running_pid(run) if chief else None
     if pid is not None:
         raise RunError(f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first")
     saved = load_config(run.config)
@@ -120,15 +127,20 @@ def resume_run(run: Run, console: Console, overrides: tuple[str, ...] = (),
     _need_tensorboard(wanted)
     if not run.last.is_file():
         raise RunError(f"{run.last}: no checkpoint to resume from", "train the run again from its config")
-    clean_leftovers(run)
+    strategy = strategy_for(wanted)
+    if chief:
+        clean_leftovers(run)
     state = read_state(run.last)
     if wanted.train.epochs > saved.train.epochs and state.get("stopped_early"):
         state["stopped_early"] = None  # more epochs asked for: early stopping starts counting again
         state.get("rules", {}).get("early_stopping", {})["wait"] = 0
     keras.utils.set_random_seed(wanted.seed + state["epoch"])
     dataset = load_dataset(wanted)
-    model = load_model(run.last)
+    with strategy.scope():
+        model = load_model(run.last)
     _restore_rng(model, state.get("rng", []))
+    if not chief:
+        return _fit(run, model, wanted, dataset, state, Console(quiet=True), write=False)
     write_text(run.config, dump_config(wanted))
     set_status(run, "running", epochs=wanted.train.epochs)
     return _fit(run, model, wanted, dataset, state, console)
@@ -161,7 +173,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
-         state: dict[str, Any], console: Console) -> TrainResult:
+         state: dict[str, Any], console: Console, write: bool = True) -> TrainResult:
+    """Fit from the epoch `state` names; only a writing process (the chief) touches the run folder."""
     train = config.train
     num_classes = len(dataset.class_names)
     first_epoch = int(state.get("epoch", 0))
@@ -171,10 +184,10 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     )
     validation = eval_batches(dataset.x_val, dataset.y_val, batch_size=max(train.batch_size, 256),
                               num_classes=num_classes, one_hot=train.one_hot)
-    recorder = EpochRecorder(run, config, state, len(dataset.x_train), console)
+    recorder = EpochRecorder(run, config, state, len(dataset.x_train), console, write)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
         callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
-        if train.tensorboard:
+        if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
             if first_epoch < train.epochs and not state.get("stopped_early"):
@@ -193,6 +206,11 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
                 f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
                 f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
             ) from None
+    if not write:
+        return TrainResult(run=run, epochs_done=recorder.epoch, epochs=train.epochs, monitor=recorder.monitor,
+                           best_epoch=recorder.best_epoch, best_value=recorder.best, test={},
+                           seconds=sum(r["seconds"] for r in recorder.rows),
+                           images_per_second=recorder.images_per_second(), written=False, rows=recorder.rows)
     if recorder.failed:
         set_status(run, "failed", epochs_done=recorder.epoch)
         raise TrainingFailed(
@@ -228,8 +246,9 @@ class EpochRecorder(keras.callbacks.Callback):
     """After each epoch: metrics.csv, model.keras (when better), schedules, checkpoints/last.keras."""
 
     def __init__(self, run: Run, config: Config, state: dict[str, Any], train_images: int,
-                 console: Console) -> None:
+                 console: Console, write: bool = True) -> None:
         super().__init__()
+        self.write = write
         self.run, self.train, self.console, self.train_images = run, config.train, console, train_images
         self.monitor = self.train.checkpoint.monitor
         self.mode = resolve_mode(self.train.checkpoint.mode, self.monitor)
@@ -266,6 +285,12 @@ class EpochRecorder(keras.callbacks.Callback):
                "train_seconds": round(self._validation_started - self._started, 3),
                "seconds": round(time.perf_counter() - self._started, 3)}
         rows = [*self.rows, row]
+        if not self.write:  # another worker: the same decisions, no files
+            if improved(logs[self.monitor], self.best, self.mode):
+                self.best, self.best_epoch = logs[self.monitor], epoch + 1
+            self._apply_rules(logs, epoch + 1)
+            self.rows, self.epoch = rows, epoch + 1
+            return
         write_text(self.run.metrics_csv, rows_to_csv(rows))
         if improved(logs[self.monitor], self.best, self.mode) or not self.run.model.exists():
             self.best, self.best_epoch = logs[self.monitor], epoch + 1

@@ -1,0 +1,66 @@
+"""Which tf.distribute strategy a run uses, and which process of a cluster writes the run folder.
+
+cnnctl builds nothing of its own here: `auto` is TensorFlow's MirroredStrategy when
+more than one GPU is visible (else the default strategy), and `multi_worker` is
+MultiWorkerMirroredStrategy with the cluster read from the standard TF_CONFIG.
+The configured batch size is the global batch, split across replicas; the
+learning rate is used as written, never rescaled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from cnnctl.config import Config
+from cnnctl.errors import ConfigError
+
+
+def cluster() -> dict[str, Any] | None:
+    """TF_CONFIG, parsed; None when it is not set."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+        value["cluster"], value["task"]["type"], int(value["task"]["index"])  # noqa: B018
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("TF_CONFIG: not valid JSON with cluster and task",
+                          'for example {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                          '"task": {"type": "worker", "index": 0}}') from None
+    return value
+
+
+def is_chief() -> bool:
+    """The one process that writes the run folder: the chief, or worker 0 where there is no chief."""
+    spec = cluster()
+    if spec is None:
+        return True
+    task = spec["task"]
+    if "chief" in spec["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and int(task["index"]) == 0
+
+
+def auto_strategy_name() -> str:
+    import tensorflow as tf
+
+    return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+
+
+def strategy_for(config: Config) -> Any:
+    """The tf.distribute strategy for `train.distribute`."""
+    import tensorflow as tf
+
+    choice = config.train.distribute
+    if choice == "auto":
+        choice = auto_strategy_name()
+    if choice == "none":
+        return tf.distribute.get_strategy()
+    if choice == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if cluster() is None:
+        raise ConfigError(f"{config.where(('train', 'distribute'))}: multi_worker needs TF_CONFIG",
+                          "set TF_CONFIG on every worker (see the README's 'Several machines')")
+    return tf.distribute.MultiWorkerMirroredStrategy()
