@@ -62,5 +62,30 @@ def strategy_for(config: Config) -> Any:
         return tf.distribute.MirroredStrategy()
     if cluster() is None:
         raise ConfigError(f"{config.where(('train', 'distribute'))}: multi_worker needs TF_CONFIG",
-                          "set TF_CONFIG on every worker (see the README's 'Several machines')")
+                          "set TF_CONFIG on every worker (see the README's 'Several GPUs and machines')")
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def prepare_multi_worker(model: Any, batch: tuple) -> None:
+    """Work around two gaps of Keras 3.15's `fit` under MultiWorkerMirroredStrategy.
+
+    1. `fit` first averages one distributed batch with `strategy.reduce`, which this strategy
+       refuses for an (images, labels) pair; cnnctl builds the model from a local batch instead.
+    2. Each step's logs are averaged across workers with `strategy.reduce("MEAN", axis=0)`, which
+       fails on scalars; the steps below return each value as a 1-element vector, so that the
+       average is taken over workers, as intended, and Keras turns it back into a float.
+    3. Several steps per call fail to compile under it ("You must feed a value for placeholder"),
+       so a multi-worker run takes one step per call.
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    model.steps_per_execution = 1
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {k: tf.reshape(v, [1]) for k, v in step(data).items()})

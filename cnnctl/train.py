@@ -32,7 +32,7 @@ from cnnctl.config import Config, dump_config, load_config
 from cnnctl.data import Dataset, load_dataset
 from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
-from cnnctl.distribute import is_chief, strategy_for
+from cnnctl.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.modelfile import load_model
 from cnnctl.runs import (
@@ -184,6 +184,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     )
     validation = eval_batches(dataset.x_val, dataset.y_val, batch_size=max(train.batch_size, 256),
                               num_classes=num_classes, one_hot=train.one_hot)
+    prepare_multi_worker(model, next(iter(validation)))
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), console, write)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
         callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
