@@ -98,15 +98,17 @@ def evaluation_table(result: dict[str, Any]) -> Group:
 
 def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
     """One row per image: path, then its top classes with probabilities."""
-    table = Table(show_edge=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("class")
-    table.add_column("prob", justify="right")
-    table.add_column("next", overflow="fold", style="dim")
-    for item in predictions:
+    label_width = max(len(item["top"][0]["label"]) for item in predictions) if predictions else 5
+    table = Table(show_edge=False)  # one line per image: long paths and runners-up are cut, not wrapped
+    paths = [item["path"] if len(item["path"]) <= 38 else "…" + item["path"][-37:] for item in predictions]
+    table.add_column("image", no_wrap=True, min_width=max(map(len, paths), default=5))
+    table.add_column("class", no_wrap=True, min_width=min(label_width, 24))
+    table.add_column("prob", justify="right", no_wrap=True, min_width=5)
+    table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
+    for path, item in zip(paths, predictions, strict=True):  # long paths keep their file name
         top = item["top"]
         rest = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in top[1:])
-        table.add_row(item["path"], top[0]["label"], f"{top[0]['probability']:.3f}", rest)
+        table.add_row(path, top[0]["label"], f"{top[0]['probability']:.3f}", rest)
     return table
 
 
