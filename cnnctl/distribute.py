@@ -66,7 +66,7 @@ def strategy_for(config: Config) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def prepare_multi_worker(model: Any, batch: tuple) -> None:
+def prepare_multi_worker(model: Any, batches: Any) -> None:
     """Work around two gaps of Keras 3.15's `fit` under MultiWorkerMirroredStrategy.
 
     1. `fit` first averages one distributed batch with `strategy.reduce`, which this strategy
@@ -83,7 +83,7 @@ def prepare_multi_worker(model: Any, batch: tuple) -> None:
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
     with strategy.scope():
-        model._symbolic_build(data_batch=batch)
+        model._symbolic_build(data_batch=next(iter(batches)))
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     model.steps_per_execution = 1
     for name in ("train_step", "test_step"):

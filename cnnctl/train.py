@@ -184,7 +184,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     )
     validation = eval_batches(dataset.x_val, dataset.y_val, batch_size=max(train.batch_size, 256),
                               num_classes=num_classes, one_hot=train.one_hot)
-    prepare_multi_worker(model, next(iter(validation)))
+    prepare_multi_worker(model, validation)
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), console, write)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
         callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
@@ -195,14 +195,16 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
                 model.fit(batches, steps_per_epoch=steps, epochs=train.epochs, initial_epoch=first_epoch,
                           validation_data=validation, callbacks=callbacks, shuffle=False, verbose=0)
         except StopRequested:
-            set_status(run, "interrupted", epochs_done=recorder.epoch)
+            if write:
+                set_status(run, "interrupted", epochs_done=recorder.epoch)
             raise Interrupted(
                 f"stopped; {recorder.epoch} of {train.epochs} epochs are saved in {run.path}",
                 f"resume with: cnnctl train --resume {run.path}",
             ) from None
         except OSError as error:  # disk full, folder removed: the last saved epoch is intact
             with contextlib.suppress(OSError):
-                set_status(run, "failed", epochs_done=recorder.epoch)
+                if write:
+                    set_status(run, "failed", epochs_done=recorder.epoch)
             raise TrainingFailed(
                 f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
                 f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
