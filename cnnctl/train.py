@@ -195,16 +195,13 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
                 model.fit(batches, steps_per_epoch=steps, epochs=train.epochs, initial_epoch=first_epoch,
                           validation_data=validation, callbacks=callbacks, shuffle=False, verbose=0)
         except StopRequested:
-            if write:
-                set_status(run, "interrupted", epochs_done=recorder.epoch)
+            _mark(run, write, "interrupted", recorder.epoch)
             raise Interrupted(
                 f"stopped; {recorder.epoch} of {train.epochs} epochs are saved in {run.path}",
                 f"resume with: cnnctl train --resume {run.path}",
             ) from None
         except OSError as error:  # disk full, folder removed: the last saved epoch is intact
-            with contextlib.suppress(OSError):
-                if write:
-                    set_status(run, "failed", epochs_done=recorder.epoch)
+            _mark(run, write, "failed", recorder.epoch)
             raise TrainingFailed(
                 f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
                 f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
@@ -215,7 +212,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
                            seconds=sum(r["seconds"] for r in recorder.rows),
                            images_per_second=recorder.images_per_second(), written=False, rows=recorder.rows)
     if recorder.failed:
-        set_status(run, "failed", epochs_done=recorder.epoch)
+        _mark(run, write, "failed", recorder.epoch)
         raise TrainingFailed(
             f"{run.path}: the loss became NaN (or infinite) in epoch {recorder.failed}",
             "lower train.optimizer.learning_rate (for example {type: Adam, learning_rate: 1e-4})",
@@ -234,6 +231,13 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     write_json(run.metrics_json, result.summary())
     set_status(run, "finished", epochs_done=recorder.epoch)
     return result
+
+
+def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
+    """Record how the run ended, where this process writes and the disk still lets it."""
+    if write:
+        with contextlib.suppress(OSError):
+            set_status(run, status, epochs_done=epochs_done)
 
 
 def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
