@@ -15,7 +15,7 @@ from typing import Any
 import keras
 
 from cnnctl.config import Config, ObjectSpec, suggest
-from cnnctl.errors import ConfigError
+from cnnctl.errors import ConfigError, first_line
 
 # Layers that fit a Sequential image classifier and take only plain values.
 LAYERS = (
@@ -102,7 +102,7 @@ def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras
         except Exception as error:  # Keras raises many kinds for impossible shapes
             raise ConfigError(
                 f"{config.where(path)}: {spec.type} cannot take an input of shape {shape}: "
-                f"{_first_line(error)}",
+                f"{first_line(error)}",
                 "check the sizes of this layer and of the layers before it",
             ) from None
     if num_classes is not None:
@@ -185,7 +185,7 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra
         return cls(**args)
     except Exception as error:  # Keras validates arguments with many exception types
         raise ConfigError(
-            f"{config.where(path)}: {spec.type}: {_first_line(error)}",
+            f"{config.where(path)}: {spec.type}: {first_line(error)}",
             f"check the arguments of {spec.type} against the Keras documentation",
         ) from None
 
@@ -273,8 +273,3 @@ def _check_output(model: keras.Model, config: Config, num_classes: int) -> None:
             f"{num_classes} classes",
             f"set units: {num_classes} on the last Dense layer",
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -65,6 +65,12 @@ class InternalError(CnnctlError):
     exit_code = 1
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (libraries' messages run long), or its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def explain(error: BaseException) -> CnnctlError:
     """The one place that decides how any exception reaches the user: message, hint, exit code."""
     if isinstance(error, CnnctlError):
@@ -77,6 +83,5 @@ def explain(error: BaseException) -> CnnctlError:
         return TrainingFailed(f"{error.filename or 'disk'}: no space left", "free some disk space and try again")
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CnnctlError(f"{error.filename or 'file'}: {error.strerror}", "choose a folder you can write to")
-    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return InternalError(f"internal error: {type(error).__name__}: {text}",
+    return InternalError(f"internal error: {type(error).__name__}: {first_line(error, 300)}",
                          "run again with --debug for the traceback, and report it")

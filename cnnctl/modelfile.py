@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import ModelFileError
+from cnnctl.errors import ModelFileError, first_line
 
 MAX_MEMBER_BYTES = 4 * 2**30  # no CNN cnnctl trains is near 4 GiB unpacked; a zip bomb is
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -44,10 +44,10 @@ def load_model(path: Path, compile: bool = True, legacy_h5: bool = False) -> Any
     except ValueError as error:
         if "safe_mode" in str(error) or "unsafe" in str(error).lower():
             raise ModelFileError(f"{path}: refused: the model carries code that would run on load") from None
-        raise ModelFileError(f"{path}: not a loadable Keras model ({_first_line(error)})") from None
+        raise ModelFileError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
     except Exception as error:  # h5py, zip and Keras raise many kinds for damaged files
         raise ModelFileError(f"{path}: damaged or not a Keras model ({type(error).__name__}: "
-                             f"{_first_line(error)})") from None
+                             f"{first_line(error)})") from None
 
 
 def check_archive(path: Path) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def check_archive(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not a Keras model file (not a .keras zip archive)",
                              "pass the model.keras of a run") from None
     except (OSError, ValueError, RecursionError, EOFError) as error:
-        raise ModelFileError(f"{path}: damaged model file ({_first_line(error)})") from None
+        raise ModelFileError(f"{path}: damaged model file ({first_line(error)})") from None
     return config
 
 
@@ -95,9 +95,9 @@ def check_h5(path: Path) -> None:
             check_config(path, json.loads(raw.decode() if isinstance(raw, bytes) else raw))
             _check_shapes(path, h5, path.stat().st_size)
     except OSError as error:
-        raise ModelFileError(f"{path}: not a readable HDF5 file ({_first_line(error)})") from None
+        raise ModelFileError(f"{path}: not a readable HDF5 file ({first_line(error)})") from None
     except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: damaged model file ({_first_line(error)})") from None
+        raise ModelFileError(f"{path}: damaged model file ({first_line(error)})") from None
 
 
 def _check_weights(path: Path, data: bytes) -> None:
@@ -176,8 +176,3 @@ def _objects(path: Path, value: Any, depth: int = 0):
     elif isinstance(value, list):
         for child in value:
             yield from _objects(path, child, depth + 1)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__

@@ -206,8 +206,8 @@ def describe(run: Run) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         status = json.loads(run.status.read_text())
     rows = []
-    with contextlib.suppress(OSError):
-        rows = list(csv.DictReader(run.metrics_csv.open()))
+    with contextlib.suppress(OSError), open(run.metrics_csv, newline="") as stream:
+        rows = list(csv.DictReader(stream))
     info["epochs_done"] = len(rows)
     for key, pick in (("val_accuracy", max), ("val_loss", min)):
         values = [float(r[key]) for r in rows if r.get(key)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl.errors import DataError
+from cnnctl.errors import DataError, first_line
 
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -160,7 +160,7 @@ def _download(name: str, looked: str, hint: str) -> Arrays:
     except Exception as error:  # Keras raises bare Exceptions for network failures
         raise DataError(
             f"dataset '{name}' not found (looked in {looked}) and the download failed: "
-            f"{str(error).splitlines()[0][:200]}",
+            f"{first_line(error)}",
             hint,
         ) from None
     return replace(arrays, class_names=BUILTINS[name].classes)
@@ -265,7 +265,7 @@ def load_csv(path: Path, label_column: str, shape: tuple[int, int, int]) -> Arra
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
     except ValueError as error:
-        raise DataError(f"{path}: not a table of numbers ({str(error).splitlines()[0][:120]})") from None
+        raise DataError(f"{path}: not a table of numbers ({first_line(error, 120)})") from None
     if len(table) == 0:
         raise DataError(f"{path}: no rows")
     label = header.index(label_column)
