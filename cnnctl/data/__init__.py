@@ -89,9 +89,7 @@ def load_dataset(config: Config) -> Dataset:
     if arrays.x_test is None:  # one pool of images: hold out a stratified test split
         x_train, y_train, x_test, y_test, kept, held = stratified_split(x_train, y_train, data.test_fraction,
                                                                         config.seed)
-        if "train" in files:
-            files["test"] = tuple(np.asarray(files["train"])[held])
-            files["train"] = tuple(np.asarray(files["train"])[kept])
+        _split_files(files, "test", kept, held)
     else:
         x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -107,14 +105,19 @@ def load_dataset(config: Config) -> Dataset:
         files["validation"] = files.get("test", ())
     else:
         x_train, y_train, x_val, y_val, kept, held = stratified_split(x_train, y_train, data.validation, config.seed)
-        if "train" in files:
-            files["validation"] = tuple(np.asarray(files["train"])[held])
-            files["train"] = tuple(np.asarray(files["train"])[kept])
+        _split_files(files, "validation", kept, held)
     names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
     dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin,
                       arrays.skipped, arrays.warnings, {k: v for k, v in files.items() if v})
     check_fits(dataset, config)
     return dataset
+
+
+def _split_files(files: dict[str, tuple[str, ...]], held_name: str, kept: np.ndarray, held: np.ndarray) -> None:
+    """Follow a split of the training images with their file names, where they came from files."""
+    if "train" in files:
+        names = np.asarray(files["train"])
+        files[held_name], files["train"] = tuple(names[held]), tuple(names[kept])
 
 
 def class_names(arrays: Arrays, seen: int) -> tuple[str, ...]:
