@@ -214,14 +214,15 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
 
 
 @main.command()
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False,
+                default=Path("runs"), envvar="CNNCTL_RUNS_DIR")
 @json_option
-def runs(folder: Path | None, as_json: bool) -> None:
-    """List the runs in FOLDER (default: runs/) with their progress and results."""
+def runs(folder: Path, as_json: bool) -> None:
+    """List the runs in FOLDER (default: runs/, or $CNNCTL_RUNS_DIR) with their progress and results."""
     from cnnctl import report
-    from cnnctl.runs import RUNS_DIR, describe, list_runs
+    from cnnctl.runs import describe, list_runs
 
-    found = [describe(run) for run in list_runs(folder or Path(os.environ.get("CNNCTL_RUNS_DIR", RUNS_DIR)))]
+    found = [describe(run) for run in list_runs(folder)]
     _render(report.runs_table(found), found, as_json)
 
 
