@@ -1,4 +1,4 @@
-"""Shared fixtures: real MNIST digits from ../shared/data, offline, in a scratch folder."""
+"""Shared fixtures: real MNIST digits kept in tests/data/mnist, offline, in a scratch folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
+MNIST_TEST_SET = Path(__file__).resolve().parent / "data" / "mnist"
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -29,8 +29,8 @@ def mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
     """The real MNIST test set: 10,000 digits (28x28 uint8) and labels."""
     from cnnctl.data.sources import read_idx
 
-    return (read_idx(SHARED_MNIST / "t10k-images-idx3-ubyte.gz"),
-            read_idx(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz"))
+    return (read_idx(MNIST_TEST_SET / "t10k-images-idx3-ubyte.gz"),
+            read_idx(MNIST_TEST_SET / "t10k-labels-idx1-ubyte.gz"))
 
 
 @pytest.fixture(scope="session")

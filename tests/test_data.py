@@ -13,7 +13,7 @@ from cnnctl.data import load_dataset, stratified_split
 from cnnctl.data.sources import builtin_candidates, load_builtin, load_npz, read_idx
 from cnnctl.errors import ConfigError, DataError
 
-from conftest import SHARED_MNIST, write_idx
+from conftest import MNIST_TEST_SET, write_idx
 
 BASE = "model:\n  input_shape: [28, 28, 1]\n  layers: [Flatten]\n"
 
@@ -91,7 +91,7 @@ def test_idx_folder_path(write, tmp_path, mnist_test_set):
 
 def test_idx_folder_missing_training_files():
     with pytest.raises(DataError, match="no file matching 'train-images\\*idx3\\*'"):
-        load_dataset(load_config_for_path(SHARED_MNIST))
+        load_dataset(load_config_for_path(MNIST_TEST_SET))
 
 
 def load_config_for_path(path: Path):
@@ -102,7 +102,7 @@ def load_config_for_path(path: Path):
 
 
 def test_truncated_idx_file_is_reported(tmp_path):
-    raw = gzip.open(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read()
+    raw = gzip.open(MNIST_TEST_SET / "t10k-labels-idx1-ubyte.gz").read()
     (tmp_path / "cut").write_bytes(raw[:500])
     with pytest.raises(DataError, match=r"cut: truncated IDX file \(500 bytes, expected 10008\)"):
         read_idx(tmp_path / "cut")

@@ -15,7 +15,7 @@ from cnnctl.config import load_config
 from cnnctl.data import load_dataset
 from cnnctl.data.sources import verify
 
-from conftest import SHARED_MNIST, SMALL
+from conftest import MNIST_TEST_SET, SMALL
 
 
 def write_pngs(root: Path, x: np.ndarray, y: np.ndarray) -> None:
@@ -138,7 +138,7 @@ def test_official_files_are_verified(tmp_path):
     folder = tmp_path / "mnist"
     folder.mkdir()
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(SHARED_MNIST / name, folder / name)
+        shutil.copy(MNIST_TEST_SET / name, folder / name)
     assert verify("mnist", folder) == ()
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b damaged")
     assert verify("mnist", folder) == (f"{folder}: t10k-labels-idx1-ubyte.gz differs from the official mnist "
