@@ -14,8 +14,9 @@ from typing import Any
 
 import keras
 
-from cnnctl.config import Config, ObjectSpec, suggest
+from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, first_line
+from cnnctl.suggest import suggest
 
 # Layers that fit a Sequential image classifier and take only plain values.
 LAYERS = (
@@ -174,6 +175,11 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra
             raise ConfigError(
                 f"{where}: unknown argument of {cls.__name__}{suggest(key, valid)}", hint
             )
+        if key == "activation" and isinstance(value, str) and value not in _activations():
+            raise ConfigError(
+                f"{config.where((*path, key))}: unknown activation '{value}'{suggest(value, _activations())}",
+                "common ones: relu, gelu, swish, tanh, sigmoid, softmax, linear",
+            )
         if not _is_plain(value):
             raise ConfigError(
                 f"{config.where((*path, key))}: {spec.type}.{key} must be a plain value "
@@ -244,6 +250,12 @@ def _arguments_of(cls: type) -> set[str]:
         names.update(_COMMON_LAYER_ARGS)
         names.discard("autocast")
     return names
+
+
+def _activations() -> list[str]:
+    """The activation names Keras resolves from a string."""
+    skip = {"get", "serialize", "deserialize"}
+    return [name for name in dir(keras.activations) if not name.startswith("_") and name not in skip]
 
 
 def _main_arguments(cls: type, shown: int = 8) -> str:

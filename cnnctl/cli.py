@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,14 +17,34 @@ from cnnctl import __version__
 from cnnctl.errors import CnnctlError, explain
 
 LATEST = "\0latest"  # `--resume` given without a run name
+GLOBAL_FLAGS = {
+    "debug": "Show the Python traceback of an error.",
+    "verbose": "Let TensorFlow and Keras print their own messages.",
+    "offline": "Never download datasets (also CNNCTL_OFFLINE=1).",
+}
 
-runs_dir_option = click.option(
-    "--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-    envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.",
-)
 legacy_option = click.option("--legacy-h5", is_flag=True,
                              help="Also load legacy .h5 model files (only ones you trust).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else.")
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the subcommand counts as if given before it."""
+    if value:
+        ctx.find_root().params[param.name] = value
+
+
+def global_options(command):
+    """--debug, --verbose, --offline and --runs-dir, accepted after the subcommand as well."""
+    for name, help_text in reversed(GLOBAL_FLAGS.items()):
+        command = click.option(f"--{name}", is_flag=True, expose_value=False, callback=_remember,
+                               help=help_text)(command)
+    return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), expose_value=False,
+                        callback=_remember, help="Folder that holds the run folders (default: runs).")(command)
+
+
+def _setting(name: str) -> Any:
+    return click.get_current_context().find_root().params.get(name)
 
 
 class CnnctlGroup(click.Group):
@@ -35,47 +58,78 @@ class CnnctlGroup(click.Group):
                 traceback.print_exc()
             raise
         except (Exception, KeyboardInterrupt) as error:
+            explained = explain(error)
             if ctx.params.get("debug"):
                 traceback.print_exc()
-            raise explain(error) from error
+                if explained.exit_code == 1:
+                    explained.hint = "please report it, with the traceback above"
+            raise explained from error
 
 
 def _tensorflow() -> None:
     """Import TensorFlow now (quietly unless --verbose): after the cheap checks, before the work."""
     from cnnctl.runtime import load_tensorflow
 
-    load_tensorflow(verbose=click.get_current_context().find_root().params.get("verbose", False))
+    load_tensorflow(verbose=bool(_setting("verbose")))
 
 
 def _console(quiet: bool = False):
+    """The console for results: fitted to a terminal; never wrapped or cut in a pipe or a file."""
     from rich.console import Console
 
-    return Console(quiet=quiet, highlight=False)
+    console = Console(quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console = Console(quiet=quiet, highlight=False, width=100_000, soft_wrap=True)
+    return console
+
+
+def _width(console) -> int | None:
+    """The width to fit tables to: a terminal's, or None (a pipe: full lines, nothing cut)."""
+    return console.width if console.is_terminal else None
+
+
+def _note(message: str) -> None:
+    """A line for the person, not for programs: stderr, so stdout stays clean under --json."""
+    click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def _stdout_for_json(as_json: bool) -> Iterator[None]:
+    """Under --json, whatever the work prints (Keras' "Downloading data from ...") goes to stderr."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 @click.group(cls=CnnctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cnnctl")
-@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
-@click.option("--verbose", is_flag=True, help="Let TensorFlow and Keras print their own messages.")
-@click.option("--offline", is_flag=True, help="Never download datasets (also CNNCTL_OFFLINE=1).")
-def main(debug: bool, verbose: bool, offline: bool) -> None:
+@click.option("--debug", is_flag=True, help=GLOBAL_FLAGS["debug"])
+@click.option("--verbose", is_flag=True, help=GLOBAL_FLAGS["verbose"])
+@click.option("--offline", is_flag=True, envvar="CNNCTL_OFFLINE", help=GLOBAL_FLAGS["offline"])
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.")
+def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path) -> None:
     """Train convolutional neural networks described in YAML.
 
     \b
       cnnctl train configs/mnist.yaml
       cnnctl evaluate                 # the latest run
       cnnctl predict image.png        # with the latest run's best model
+
+    Global options (--debug, --verbose, --offline, --runs-dir) go before or after the command.
     """
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if offline:
-        os.environ["CNNCTL_OFFLINE"] = "1"  # read where the data sources look for files
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@set_option
+@global_options
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
     """Check CONFIG and show the network it builds."""
     from cnnctl.config import load_config
@@ -89,145 +143,186 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     model = build_model(cfg, num_classes_of(cfg))
     compile_model(model, cfg)
     console = _console()
-    console.print(report.layers_table(model))
+    console.print(report.layers_table(model, config_layers=len(cfg.model.layers)))
     console.print(f"[green]ok[/]: {config} is valid")
 
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@set_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
 @click.option("--name", help="Run name (default: the config's name).")
 @click.option("--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[RUN]",
               help="Continue an interrupted run (default: the latest).")
-@runs_dir_option
 @json_option
+@global_options
 def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, name: str | None,
-          resume: str | None, runs_dir: Path, as_json: bool) -> None:
+          resume: str | None, as_json: bool) -> None:
     """Train the network described by CONFIG into a new run folder."""
     from cnnctl.config import load_config
     from cnnctl.runs import find_run
 
-    overrides += (f"train.epochs={epochs}",) if epochs else ()
-    overrides += (f"name={json.dumps(name)}",) if name else ()
+    values = {key: (option, value) for key, option, value in
+              (("train.epochs", "--epochs", epochs), ("name", "--name", name)) if value is not None}
     console = _console(quiet=as_json)
-    if resume is not None:
-        run = find_run(None if resume == LATEST else resume, runs_dir)
-        _tensorflow()
-        from cnnctl.train import resume_run
+    offline, runs_dir = bool(_setting("offline")), _setting("runs_dir")
+    with _stdout_for_json(as_json):
+        if resume is not None:
+            run = find_run(None if resume == LATEST else resume, runs_dir)
+            _note(f"resuming {run.path}")
+            _tensorflow()
+            from cnnctl import report
+            from cnnctl.train import resume_run
 
-        result = resume_run(run, console, overrides, config)
-    elif config is None:
-        raise click.UsageError("give a CONFIG file to train, or --resume RUN")
-    else:
-        cfg = load_config(config, overrides)
-        _tensorflow()
-        from cnnctl.train import train_run
+            result = resume_run(run, report.TrainingDisplay(console), overrides, config, values, offline)
+            if result.restarted:
+                _note(f"{run.path} had no finished epoch: trained it from the start, in the same folder")
+        elif config is None:
+            raise click.UsageError("give a CONFIG file to train, or --resume RUN")
+        else:
+            cfg = load_config(config, overrides, values)
+            _tensorflow()
+            from cnnctl import report
+            from cnnctl.train import train_run
 
-        result = train_run(cfg, runs_dir, console)
+            result = train_run(cfg, runs_dir, report.TrainingDisplay(console), offline)
     if not result.written:
-        click.echo(f"worker done after {result.epochs_done} epochs; the chief writes the run folder", err=True)
+        _note(f"worker done after {result.epochs_done} epochs; the chief writes the run folder")
         return
-    from cnnctl import report
-
-    _render(report.training_summary(result.summary()), result.summary(), as_json)
+    _render(report.training_summary(result), result.summary(), as_json)
 
 
 @main.command()
 @click.argument("run", required=False)
+@click.option("--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument).")
 @click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
-@click.option("--data", help="A config file or data path to evaluate on (default: the run's data).")
+@click.option("--data", help="A config file, a built-in dataset or a data path (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the report files (default: the run folder).")
 @legacy_option
-@runs_dir_option
 @json_option
-def evaluate(run: str | None, model_file: Path | None, data: str | None, split: str, legacy_h5: bool,
-             runs_dir: Path, as_json: bool) -> None:
-    """Score RUN's best model (default: the latest run) and write evaluation.json."""
+@global_options
+def evaluate(run: str | None, run_option: str | None, model_file: Path | None, data: str | None, split: str,
+             output: Path | None, legacy_h5: bool, as_json: bool) -> None:
+    """Score RUN's best model (default: the latest run with a model) and save the report.
+
+    The test split of the run's own data goes to evaluation.json; other splits and other
+    data get files of their own (evaluation-<split>.json, evaluation-<data>-<split>.json).
+    """
     from cnnctl.runs import find_run
 
+    if run is not None and run_option is not None and run != run_option:
+        raise click.UsageError("give the run once: as RUN or as --run")
+    run = run or run_option
     if run is not None and model_file is not None:
         raise click.UsageError("give a RUN or --model FILE, not both")
-    found = None if model_file is not None else find_run(run, runs_dir)
-    _tensorflow()
-    from cnnctl import report
-    from cnnctl.evaluate import evaluate_run
+    found = None if model_file is not None else find_run(run, _setting("runs_dir"), with_model=True)
+    model_path = model_file if model_file is not None else found.model
+    scored = f"the {split} split of " + (data if data else "its run's data")
+    _note(f"evaluating {model_path} on {scored}")
+    if found is not None and found.status_field("status") == "running":
+        from cnnctl.runs import running_pid
 
-    result = evaluate_run(found, split, model_file, data, legacy_h5)
-    _render(report.evaluation_table(result), result, as_json)
+        if running_pid(found) is not None:
+            _note(f"warning: {found.path} is still training; this scores its best model so far")
+    with _stdout_for_json(as_json):
+        _tensorflow()
+        from cnnctl import report
+        from cnnctl.evaluate import evaluate_run
+
+        result = evaluate_run(found, split, model_file, data, legacy_h5, output, bool(_setting("offline")))
+    _render(report.evaluation_table(result), result.to_json(), as_json)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--run", "run_ref", help="Run whose model to use (default: the latest).")
+@click.option("--run", "run_ref", help="Run whose model to use (default: the latest run with a model).")
 @click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
 @legacy_option
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the results to a file.")
-@runs_dir_option
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="table (the default on screen), json or csv.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the results to a file (.json, else CSV).")
 @json_option
+@global_options
 @click.pass_context
 def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, model_file: Path | None,
-            top_k: int, batch_size: int, invert: bool, legacy_h5: bool, output_format: str,
-            output: Path | None, runs_dir: Path, as_json: bool) -> None:
+            top_k: int, batch_size: int, invert: bool, legacy_h5: bool, output_format: str | None,
+            output: Path | None, as_json: bool) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run
 
     if model_file is not None and run_ref is not None:
         raise click.UsageError("give --run or --model, not both")
+    if as_json and output_format not in (None, "json"):
+        raise click.UsageError(f"--json and --format {output_format} disagree; give one of them")
+    output_format = "json" if as_json else output_format
     if model_file is not None:
-        classes = model_file.parent / "classes.json"
-        names = Run(model_file.parent).class_names() if classes.is_file() else None
+        beside = Run(model_file.parent)
+        names = beside.class_names() if beside.classes.is_file() else None
     else:
-        run = find_run(run_ref, runs_dir)
+        run = find_run(run_ref, _setting("runs_dir"), with_model=True)
         model_file, names = run.model, run.class_names()
-    _tensorflow()
-    from cnnctl import report
-    from cnnctl.predict import predict_images
+    _note(f"predicting with {model_file}")
+    with _stdout_for_json(as_json):
+        _tensorflow()
+        from cnnctl import report
+        from cnnctl.predict import predict_images
 
-    result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
+        result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
     for path, reason in result.failures:
-        click.echo(f"{path}: {reason}", err=True)
+        _note(f"{path}: {reason}")
     if not result.items:
         raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
-    output_format = "json" if as_json else output_format
     if output is not None:
         from cnnctl.runs import write_text
 
-        if output_format == "table":  # a file gets data: JSON for .json, else CSV
-            output_format = "json" if output.suffix == ".json" else "csv"
-        text = report.predictions_csv(result.items) if output_format == "csv" else json.dumps(result.items, indent=2)
+        output_format = output_format or ("json" if output.suffix == ".json" else "csv")
+        if output_format == "table":
+            raise click.UsageError("--output writes data: use --format csv or json (or a .json name)")
+        text = (report.predictions_csv(result.items) if output_format == "csv"
+                else json.dumps([p.to_json() for p in result.items], indent=2))
+        output.parent.mkdir(parents=True, exist_ok=True)
         write_text(output, text)
-        click.echo(f"wrote {len(result.items)} predictions to {output}", err=True)
+        _note(f"wrote {report.plural(len(result.items), 'prediction')} to {output}")
     elif output_format == "csv":
         click.echo(report.predictions_csv(result.items), nl=False)
     else:
-        _render(report.predictions_table(result.items), result.items, output_format == "json")
+        console = _console()
+        base = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
+        table = report.predictions_table(result.items, _width(console), base)
+        _render(table, [p.to_json() for p in result.items], output_format == "json", console)
     if result.failures:
+        _note(f"{report.plural(len(result.failures), 'unreadable file')}")
         ctx.exit(1)
 
 
 @main.command()
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False,
-                default=Path("runs"), envvar="CNNCTL_RUNS_DIR")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
 @json_option
-def runs(folder: Path, as_json: bool) -> None:
-    """List the runs in FOLDER (default: runs/, or $CNNCTL_RUNS_DIR) with their progress and results."""
+@global_options
+def runs(folder: Path | None, as_json: bool) -> None:
+    """List the runs in FOLDER (default: --runs-dir, runs/ or $CNNCTL_RUNS_DIR) with progress and results."""
     from cnnctl import report
+    from cnnctl.errors import RunError
     from cnnctl.runs import describe, list_runs
 
+    folder = folder or _setting("runs_dir")
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such folder", "give the folder that holds your run folders")
     found = [describe(run) for run in list_runs(folder)]
-    _render(report.runs_table(found), found, as_json)
+    console = _console()
+    _render(report.runs_table(found, _width(console)), [r.to_json() for r in found], as_json, console)
 
 
 @main.command()
 @json_option
+@global_options
 def info(as_json: bool) -> None:
     """Versions, devices, the strategy `auto` picks, and where data is looked for: for bug reports."""
     _tensorflow()
@@ -238,7 +333,7 @@ def info(as_json: bool) -> None:
 
     from cnnctl import report
     from cnnctl.builder import mixed_policy
-    from cnnctl.data.sources import BUILTINS, builtin_candidates, offline
+    from cnnctl.data.sources import BUILTINS, builtin_candidates
     from cnnctl.distribute import auto_strategy_name, cluster
 
     facts = {
@@ -249,33 +344,36 @@ def info(as_json: bool) -> None:
         "mixed precision": mixed_policy() or "not supported here (float32)",
         "data dir": os.environ.get("CNNCTL_DATA_DIR") or "(CNNCTL_DATA_DIR not set)",
         "data lookup": {name: [str(p) for p in builtin_candidates(name)] for name in BUILTINS},
-        "offline": offline(),
-        "runs dir": os.environ.get("CNNCTL_RUNS_DIR", "runs"),
+        "offline": bool(_setting("offline")),
+        "runs dir": str(_setting("runs_dir")),
     }
     _render(report.facts_table(facts), facts, as_json)
 
 
 @main.group(invoke_without_command=True)
 @json_option
+@global_options
 @click.pass_context
 def datasets(ctx: click.Context, as_json: bool) -> None:
     """List the built-in datasets and where each one was found."""
     if ctx.invoked_subcommand is not None:
         return
     from cnnctl import report
-    from cnnctl.data.sources import BUILTINS, find_builtin, offline
+    from cnnctl.data.sources import BUILTINS, find_builtin
 
+    offline = bool(_setting("offline"))
     rows = [{"name": b.name, "shape": list(b.shape), "classes": len(b.classes),
              "found": str(find_builtin(b.name) or ""),
-             "fallback": "not found (offline)" if offline() else "would be downloaded by Keras"}
+             "fallback": "not found (offline)" if offline else "would be downloaded by Keras"}
             for b in BUILTINS.values()]
     _render(report.datasets_table(rows), rows, as_json)
 
 
 @datasets.command("check")
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@set_option
 @json_option
+@global_options
 def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check CONFIG's data: images per class and split, leakage between splits, unreadable files."""
     from cnnctl.config import load_config
@@ -285,18 +383,19 @@ def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> N
     from dataclasses import asdict
 
     from cnnctl import report
-    from cnnctl.data import load_dataset
+    from cnnctl.data import dataset_for
     from cnnctl.data.checks import check_dataset
 
-    checks = check_dataset(load_dataset(cfg))
+    with _stdout_for_json(as_json):
+        checks = check_dataset(dataset_for(cfg, bool(_setting("offline"))))
     _render(report.checks_table(checks), asdict(checks), as_json)
 
 
-def _render(renderable, data, as_json: bool) -> None:
+def _render(renderable, data, as_json: bool, console=None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _console().print(renderable)
+        (console or _console()).print(renderable)
 
 
 if __name__ == "__main__":

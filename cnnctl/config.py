@@ -6,7 +6,6 @@ file, line and column (or the `--set` that caused it) and the dotted place.
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing
 from collections.abc import Sequence
@@ -26,9 +25,11 @@ from pydantic import (
 )
 
 from cnnctl.errors import ConfigError
+from cnnctl.suggest import closest, suggest
 from cnnctl.yamlfile import Path_, Source, dotted, parse_yaml, read_config_file
 
 BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+SPLITS = ("train", "validation", "test")  # the three splits every dataset is read into
 # Classification losses, and whether each wants one-hot labels.
 LOSSES = {
     "categorical_crossentropy": True,
@@ -83,6 +84,13 @@ class DataConfig(_Strict):
     image_shape: list[int] | None = Field(default=None, min_length=3, max_length=3)  # CSV; default: the model's
     augment: list[ObjectSpec] = Field(default_factory=list)
 
+    _source: Source | None = PrivateAttr(default=None)
+
+    def where(self, path: Path_) -> str:
+        """`file:line:col: data.path` for a value of this section (or just its dotted place)."""
+        full = ("data", *path)
+        return self._source.where(full) if self._source is not None else dotted(full)
+
     @field_validator("validation")
     @classmethod
     def _test_or_fraction(cls, value: Any) -> Any:
@@ -111,8 +119,10 @@ class ModelConfig(_Strict):
         return value
 
 
-def mode_of(monitor: str) -> str:
-    """'max' for metrics that grow as the model improves, else 'min'."""
+def mode_of(monitor: str, mode: str = "auto") -> str:
+    """'max' for metrics that grow as the model improves, else 'min'; an explicit `mode` wins."""
+    if mode != "auto":
+        return mode
     return "max" if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1")) else "min"
 
 
@@ -183,11 +193,6 @@ class Config(_Strict):
 
     _source: Source = PrivateAttr(default=None)
 
-    @property
-    def source(self) -> Source:
-        """Where each value came from: for error messages that point at a line."""
-        return self._source
-
     def where(self, path: Path_, at_key: bool = False) -> str:
         """`file:line:col: dotted.path` for the value at `path`."""
         return self._source.where(path, at_key)
@@ -201,12 +206,17 @@ def apply_override(data: dict, text: str, source: Source) -> None:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text}: expected KEY=VALUE", "for example --set train.epochs=3")
+    value = parse_yaml(raw, Source(file=f"--set {text}", has_lines=False)) if raw.strip() else None
+    set_value(data, key, value, source, f"--set {text}")
+
+
+def set_value(data: dict, key: str, value: Any, source: Source, origin: str) -> None:
+    """Put `value` at the dotted `key` of `data`; errors and later messages name `origin`."""
     parts: list[str | int] = []
     for part in key.strip().split("."):
         if not part:
-            raise ConfigError(f"--set {text}: empty name in '{key}'", "for example model.layers.0.filters")
+            raise ConfigError(f"{origin}: empty name in '{key}'", "for example model.layers.0.filters")
         parts.append(int(part) if part.isascii() and part.isdigit() else part)
-    value = parse_yaml(raw, Source(file=f"--set {text}", has_lines=False)) if raw.strip() else None
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -214,19 +224,19 @@ def apply_override(data: dict, text: str, source: Source) -> None:
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
                 raise ConfigError(
-                    f"--set {text}: {where}: no such list item (the list has {len(node)})",
+                    f"{origin}: {where}: no such list item (the list has {len(node)})",
                     f"use an index from 0 to {len(node) - 1}",
                 )
         elif isinstance(node, dict):
             if not last and part not in node:
                 node[part] = {}
         else:
-            raise ConfigError(f"--set {text}: {dotted(tuple(parts[:depth]))} is a single value, not a section")
+            raise ConfigError(f"{origin}: {dotted(tuple(parts[:depth]))} is a single value, not a section")
         if last:
             node[part] = value
         else:
             node = node[part]
-    source.overrides[tuple(parts)] = text
+    source.overrides[tuple(parts)] = origin
 
 
 # --------------------------------------------------------------------------- validation
@@ -270,13 +280,15 @@ def _fields_of(loc: Sequence[Any]) -> list[str]:
     return list(model.model_fields)
 
 
-def suggest(word: str, choices: Sequence[str]) -> str:
-    """' (did you mean 'filters'?)' when a close match exists, else ''."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[str(word).lower()]] if str(word).lower() in lowered else []
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _first(errors: list[dict]) -> dict:
+    """The error to show: a misspelt key before the "missing" it causes (`modle:` -> `model`)."""
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            parent, key = error["loc"][:-1], str(error["loc"][-1])
+            missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+            if closest(key, missing):
+                return {**error, "missing": missing}
+    return errors[0]
 
 
 def _explain(error: dict, data: Any, source: Source) -> ConfigError:
@@ -284,6 +296,10 @@ def _explain(error: dict, data: Any, source: Source) -> ConfigError:
     path = _data_path(data, loc, missing=kind == "missing")
     where = source.where(path, at_key=kind == "extra_forbidden")
     got = error.get("input")
+    if kind == "extra_forbidden" and error.get("missing"):
+        wanted = closest(str(loc[-1]), error["missing"])
+        return ConfigError(f"{where}: unknown key (did you mean '{wanted}'?), and `{wanted}:` is missing",
+                           f"rename `{loc[-1]}:` to `{wanted}:`")
     if kind == "extra_forbidden":
         fields = _fields_of(loc[:-1])
         return ConfigError(
@@ -315,8 +331,8 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise _explain(error.errors()[0], data, source) from None
-    config._source = source
+        raise _explain(_first(error.errors()), data, source) from None
+    config._source = config.data._source = source
     _check_monitors(config)
     return config
 
@@ -335,8 +351,12 @@ def _check_monitors(config: Config) -> None:
             )
 
 
-def load_config(path: Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and validate a config file."""
+def load_config(path: Path, overrides: Sequence[str] = (), values: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a config file.
+
+    `overrides` are `--set KEY=VALUE` texts; `values` are typed values from options
+    such as `--epochs` (keyed by dotted path, the option's name kept for messages).
+    """
     data, source = read_config_file(Path(path))
     if data is None:
         data = {}
@@ -344,7 +364,24 @@ def load_config(path: Path, overrides: Sequence[str] = ()) -> Config:
         if not isinstance(data, dict):
             break
         apply_override(data, text, source)
+    for key, (option, value) in (values or {}).items():
+        if isinstance(data, dict):
+            set_value(data, key, value, source, f"{option} {value}")
     return validate_config(data, source, default_name=_safe_name(Path(path).stem))
+
+
+def changed_keys(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two configs (for `--resume`)."""
+    changed = list(_diff(a.model_dump(mode="json"), b.model_dump(mode="json")))
+    return [key for key in changed if key not in ignore]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> typing.Iterator[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            yield from _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+    elif a != b:
+        yield prefix
 
 
 def _safe_name(stem: str) -> str:

@@ -2,81 +2,119 @@
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnctl import report
-from cnnctl.config import Config, Source, load_config, validate_config
-from cnnctl.data import load_dataset
-from cnnctl.data.pipeline import eval_batches
-from cnnctl.errors import DataError, RunError
+from cnnctl.config import BUILTIN_DATASETS, SPLITS, Config, DataConfig, load_config
+from cnnctl.data import Dataset, dataset_for, load_dataset
+from cnnctl.data.pipeline import EVAL_BATCH, eval_batches
+from cnnctl.errors import DataError, ModelFileError, RunError
 from cnnctl.modelfile import load_model
+from cnnctl.results import EvaluationResult
 from cnnctl.runs import Run, atomic_write, rows_to_csv, write_json, write_text
 
-SPLITS = ("test", "validation", "train")
 TOP_K = 3
 
 
 def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None = None,
-                 data: str | None = None, legacy_h5: bool = False) -> dict[str, Any]:
-    """Evaluate a model on a split of its data; write the report files beside the model.
+                 data: str | None = None, legacy_h5: bool = False, output: Path | None = None,
+                 offline: bool = False) -> EvaluationResult:
+    """Score a model on a split of some data; save the report in its run folder (or `output`).
 
-    The model is the run's model.keras unless `model_file` is given; the data is
-    the run's unless `data` names a config file or a data path.
+    The model is the run's model.keras unless `model_file` is given; the data is the
+    run's unless `data` names a config file, a built-in dataset or a data path. The
+    run's own test-split report is `evaluation.json`; any other split or data gets
+    files of its own (`evaluation-<data>-<split>.json`), so it never replaces that one.
     """
-    folder = run if run is not None else Run(Path(model_file).parent)
-    model_file = Path(model_file) if model_file is not None else folder.model
+    if split not in SPLITS:
+        raise DataError(f"--split {split}: unknown split", f"choose one of: {', '.join(SPLITS)}")
+    folder = run if run is not None else _run_of(model_file)
+    model_file = Path(model_file) if model_file is not None else run.model
     if not model_file.is_file():
-        raise RunError(f"{model_file}: no model to evaluate", "train the run first, or resume it")
+        if model_file.exists() or run is None:
+            raise ModelFileError(f"{model_file}: no such model file",
+                                 "give the path of a .keras file, or a run name (see cnnctl runs)")
+        raise RunError(f"{model_file}: the run has no model yet", f"resume it: cnnctl train --resume {run.path}")
     model = load_model(model_file, legacy_h5=legacy_h5)
-    config = _config_for(folder, model, data)
-    dataset = load_dataset(config)
-    names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)
+    config = _run_config(folder)
+    dataset = _dataset(config, model, data, offline, model_file)
+    names = folder.class_names() if folder is not None and folder.classes.is_file() else list(dataset.class_names)
     x, y = dataset.split(split)
     if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
         raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
                         f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
-    one_hot = "sparse" not in str(getattr(model, "loss", ""))
-    batches = eval_batches(x, y, batch_size=256, num_classes=len(names), one_hot=one_hot)
+    one_hot = config.train.one_hot if config is not None else _one_hot(model)
+    batches = eval_batches(x, y, batch_size=EVAL_BATCH, num_classes=len(names), one_hot=one_hot)
     metrics = model.evaluate(batches, verbose=0, return_dict=True)
     probabilities = model.predict(batches, verbose=0)
-    predicted = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(y, predicted, len(names))
-    result = {
-        "model": str(model_file),
-        "data": dataset.origin,
-        "split": split,
-        "examples": int(len(y)),
-        "metrics": {key: round(float(value), 6) for key, value in metrics.items()},
-        **class_report(matrix, names),
-        "confusion_matrix": matrix.tolist(),
-        "class_names": names,
-    }
-    wrong = misclassified(y, probabilities, names, dataset.files.get(split))
-    write_json(folder.evaluation, result)
-    write_text(folder.path / "misclassified.csv", rows_to_csv(wrong) if wrong else "index,true,predicted\n")
-    atomic_write(folder.confusion, lambda tmp: report.save_confusion(matrix, names, tmp))
-    if wrong:
-        atomic_write(folder.path / "errors.png", lambda tmp: report.save_error_grid(x, wrong, tmp))
+    matrix = confusion_matrix(y, probabilities.argmax(axis=1), len(names))
+    result = EvaluationResult(
+        model=str(model_file), data=dataset.origin, split=split, examples=int(len(y)),
+        metrics={key: round(float(value), 6) for key, value in metrics.items()},
+        **class_report(matrix, names), confusion_matrix=matrix.tolist(), class_names=names,
+    )
+    where = output if output is not None else (folder.path if folder is not None else None)
+    if where is not None:
+        tag = "" if (data is None and split == "test") else f"-{_slug(data)}-{split}" if data else f"-{split}"
+        wrong = misclassified(y, probabilities, names, dataset.files.get(split))
+        result.saved = _save(Path(where), tag, result, wrong, matrix, x)
     return result
 
 
-def _config_for(folder: Run, model: Any, data: str | None) -> Config:
-    """The config whose data to evaluate on: `--data` (a config or a data path), else the run's."""
+def _run_of(model_file: Path | None) -> Run | None:
+    """The run folder a model file sits in, if it sits in one."""
+    folder = Run(Path(model_file).parent) if model_file is not None else None
+    return folder if folder is not None and folder.config.is_file() else None
+
+
+def _run_config(folder: Run | None) -> Config | None:
+    return load_config(folder.config) if folder is not None else None
+
+
+def _dataset(config: Config | None, model: Any, data: str | None, offline: bool,
+             model_file: Path) -> Dataset:
+    """The data to score on: `--data` (a config, a built-in name or a data path), else the run's."""
     if data is not None and Path(data).suffix in (".yaml", ".yml"):
-        return load_config(Path(data))
-    if data is not None:
-        if folder.config.is_file():
-            return load_config(folder.config, ["data.dataset=null", f"data.path={json.dumps(data)}"])
-        plain = {"data": {"path": data}, "model": {"input_shape": list(model.input_shape[1:]), "layers": ["Flatten"]}}
-        return validate_config(plain, Source(f"--data {data}"), "evaluation")
-    if not folder.config.is_file():
-        raise RunError(f"{folder.path}: no config.yaml beside the model to find its data",
-                       "pass --data with a config file or a data path")
-    return load_config(folder.config)
+        return dataset_for(load_config(Path(data)), offline)
+    if data is None:
+        if config is None:
+            raise RunError(f"{model_file}: is not in a run folder, so its data is unknown",
+                           "pass --data with a config file, a built-in dataset name or a data path")
+        return dataset_for(config, offline)
+    source = {"dataset": data} if data in BUILTIN_DATASETS else {"path": data}
+    if config is not None:  # the run's way of reading data (sizes, splits), on other files
+        section = config.data.model_copy(update={"dataset": None, "path": None, **source})
+    else:
+        section = DataConfig(**source)
+    return load_dataset(section, model.input_shape[1:], config.seed if config else 42, offline)
+
+
+def _one_hot(model: Any) -> bool:
+    """Whether a model compiled outside cnnctl wants one-hot labels (its loss says so)."""
+    return "sparse" not in str(getattr(model, "loss", ""))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).stem or text).strip("_.")[:40] or "data"
+
+
+def _save(folder: Path, tag: str, result: EvaluationResult, wrong: list[dict[str, Any]],
+          matrix: np.ndarray, x: np.ndarray) -> list[str]:
+    """evaluation, misclassified, confusion_matrix and errors files, each named with `tag`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"evaluation{tag}.json", folder / f"misclassified{tag}.csv",
+             folder / f"confusion_matrix{tag}.png"]
+    result.saved = [str(f) for f in files] + ([str(folder / f"errors{tag}.png")] if wrong else [])
+    write_json(files[0], result.to_json())
+    write_text(files[1], rows_to_csv(wrong) if wrong else "index,true,predicted\n")
+    atomic_write(files[2], lambda tmp: report.save_confusion(matrix, result.class_names, tmp))
+    if wrong:
+        atomic_write(folder / f"errors{tag}.png", lambda tmp: report.save_error_grid(x, wrong, tmp))
+    return result.saved
 
 
 def misclassified(truth: np.ndarray, probabilities: np.ndarray, names: list[str],

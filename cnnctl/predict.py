@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cnnctl.data.images import ImageError, expand_paths, load_image
+from cnnctl.errors import ModelFileError
 from cnnctl.modelfile import load_model
+from cnnctl.results import Guess, Prediction, Predictions
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
-
-
-@dataclass
-class Predictions:
-    """Top classes for each image that could be read, and why the others could not."""
-
-    items: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def predict_images(inputs: list[str], model_path: Path, class_names: list[str] | None,
@@ -33,7 +25,11 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         return result
     model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
     _, height, width, channels = model.input_shape
-    names = class_names or [str(i) for i in range(model.output_shape[-1])]
+    outputs = model.output_shape[-1]
+    names = class_names or [str(i) for i in range(outputs)]
+    if len(names) != outputs:
+        raise ModelFileError(f"{model_path}: the model has {outputs} outputs but classes.json names "
+                             f"{len(names)} classes", "use the classes.json written with this model")
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
@@ -62,9 +58,6 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
     return result
 
 
-def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> dict[str, Any]:
+def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> Prediction:
     order = np.argsort(probabilities)[::-1][:k]
-    return {"path": str(path), "top": [
-        {"label": names[i], "index": int(i), "probability": round(float(probabilities[i]), 6)}
-        for i in order
-    ]}
+    return Prediction(str(path), [Guess(names[i], int(i), round(float(probabilities[i]), 6)) for i in order])

@@ -6,14 +6,71 @@ the path they are given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+from cnnctl.results import EvaluationResult, Prediction, TrainResult
+from cnnctl.runs import RunSummary
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 file`, `2 files`: counts people read."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+class TrainingDisplay:
+    """What training shows: a progress bar on terminals, one line per epoch, warnings on stderr."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)  # not results: also under --json
+
+    def warn(self, message: str) -> None:
+        self.errors.print(Text.assemble(("warning: ", "yellow"), message))
+
+    def epoch(self, row: dict[str, float], epochs: int, best: bool) -> None:
+        self.console.print(epoch_line(row, epochs, improved=best), soft_wrap=True)  # one line, never wrapped
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Progress]:
+        with training_progress(self.console) as bar:
+            yield bar
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    justify: str = "left"
+    drop: int = 0  # 0: always shown; else dropped first when the table does not fit (highest first)
+
+
+def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: int | None) -> Table:
+    """A table of `rows` that fits `width`: the least important columns go first; no cell ever wraps."""
+    keep = list(range(len(columns)))
+    while True:
+        table = Table(show_edge=False)
+        for i in keep:
+            table.add_column(columns[i].header, justify=columns[i].justify, no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        droppable = sorted((i for i in keep if columns[i].drop), key=lambda i: -columns[i].drop)
+        if width is None or not droppable:
+            return table
+        measuring = Console(width=10_000)
+        if Measurement.get(measuring, measuring.options, table).maximum <= width:
+            return table
+        keep.remove(droppable[0])
 
 
 def training_progress(console: Console) -> Progress:
@@ -43,16 +100,23 @@ def epoch_line(row: dict[str, float], epochs: int, improved: bool) -> Text:
     return text
 
 
-def layers_table(model: Any) -> Table:
-    """Layers, output shapes and parameter counts, like `model.summary()`."""
+def layers_table(model: Any, config_layers: int | None = None) -> Table:
+    """Layers, output shapes and parameter counts, like `model.summary()`.
+
+    With `config_layers`, the last that many layers are numbered as model.layers[i] of
+    the config (as errors name them); layers cnnctl added in front (augmentation,
+    Rescaling) are marked `+`.
+    """
     table = Table(title=f"Model: {model.name}", title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
     table.add_column("output shape")
     table.add_column("params", justify="right")
+    added = len(model.layers) - config_layers if config_layers is not None else 0
     for index, layer in enumerate(model.layers):
         shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
-        table.add_row(str(index), f"{layer.name} ({type(layer).__name__})", str(shape),
+        number = "+" if index < added else str(index - added)
+        table.add_row(number, Text(f"{layer.name} ({type(layer).__name__})"), str(shape),
                       f"{layer.count_params():,}")
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     table.caption = f"total params: {model.count_params():,}  (trainable: {trainable:,})"
@@ -60,9 +124,13 @@ def layers_table(model: Any) -> Table:
     return table
 
 
-def training_summary(summary: dict[str, Any]) -> Group:
+def training_summary(result: TrainResult) -> Group:
     """The end of `cnnctl train`: where the run went, its best epoch and test results."""
+    summary = result.summary()
     lines = [Text.assemble(("run saved to ", "dim"), (summary["run"], "bold"))]
+    if result.stopped_early:
+        lines.append(Text(f"stopped early at epoch {result.stopped_early} of {result.epochs} "
+                          "(train.early_stopping)", style="yellow"))
     if summary.get("best_epoch"):
         lines.append(Text(f"best epoch {summary['best_epoch']} by {summary['monitor']} "
                           f"({summary['best_value']:.4f}); "
@@ -74,73 +142,100 @@ def training_summary(summary: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
-def evaluation_table(result: dict[str, Any]) -> Group:
+def evaluation_table(result: EvaluationResult) -> Group:
     """Overall metrics, then precision/recall/F1 per class, fitting in 80 columns."""
-    overall = "  ".join(f"{k} {_format(v)}" for k, v in result["metrics"].items())
+    overall = "  ".join(f"{k} {_format(v)}" for k, v in result.metrics.items())
     table = Table(title_justify="left", show_edge=False)
-    table.add_column("class", overflow="ellipsis", max_width=24)
+    table.add_column("class", overflow="ellipsis", max_width=24, no_wrap=True)
     for column in ("precision", "recall", "f1", "support"):
         table.add_column(column, justify="right")
-    for name, row in result["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+    for name, row in result.per_class.items():
+        table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     table.add_section()
     for name in ("macro avg", "weighted avg"):
-        row = result["averages"][name]
+        row = result.averages[name]
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
-    header = Text.assemble((f"{result['split']} split", "bold"), f" ({result['examples']:,} images "
-                           f"of {result['data']})\n", (overall, "bold"))
-    confused = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in result["most_confused"][:3])
+    header = Text.assemble((f"{result.split} split", "bold"), f" ({plural(result.examples, 'image')} "
+                           f"of {result.data})\n", (overall, "bold"))
+    confused = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in result.most_confused[:3])
     footer = Text.assemble(("most confused: ", "dim"), confused or "none")
-    return Group(header, table, footer)
+    saved = Text.assemble(("saved: ", "dim"), ", ".join(result.saved)) if result.saved else Text(
+        "not saved (the model is not in a run folder; pass --output DIR to keep the report)", style="dim")
+    return Group(header, table, footer, saved)
 
 
-def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
-    """One row per image: path, then its top classes with probabilities."""
-    label_width = max(len(item["top"][0]["label"]) for item in predictions) if predictions else 5
-    table = Table(show_edge=False)  # one line per image: long paths and runners-up are cut, not wrapped
-    paths = [item["path"] if len(item["path"]) <= 38 else "…" + item["path"][-37:] for item in predictions]
-    table.add_column("image", no_wrap=True, min_width=max(map(len, paths), default=5))
-    table.add_column("class", no_wrap=True, min_width=min(label_width, 24))
-    table.add_column("prob", justify="right", no_wrap=True, min_width=5)
-    table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
-    for path, item in zip(paths, predictions, strict=True):  # long paths keep their file name
-        top = item["top"]
-        rest = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in top[1:])
-        table.add_row(path, top[0]["label"], f"{top[0]['probability']:.3f}", rest)
-    return table
+def predictions_table(predictions: Sequence[Prediction], width: int | None = None,
+                      base: Path | None = None) -> Table:
+    """One row per image: path, then its top classes with probabilities.
 
-
-def runs_table(runs: Sequence[dict[str, Any]]) -> Table:
-    """`cnnctl runs`: one row per run folder, oldest first."""
+    Paths are shown relative to `base` (the folder the user gave). At a terminal's
+    `width`, the runners-up go first and long paths lose their start, never the file
+    name; class and probability always stay. With no width (a pipe, a file) nothing is cut.
+    """
+    paths = [_relative(item.path, base) for item in predictions]
+    labels = [item.top[0].label for item in predictions]
+    rest = [", ".join(f"{t.label} {t.probability:.2f}" for t in item.top[1:]) for item in predictions]
+    keep_rest = any(rest)
+    if width is not None:
+        fixed = max(map(len, labels), default=5) + 5 + 3 * 3  # class, prob, and cell padding
+        room = width - fixed - (max(map(len, rest), default=0) + 3 if keep_rest else 0)
+        if keep_rest and room < min(max(map(len, paths), default=0), 24):
+            keep_rest, room = False, width - fixed
+        paths = [_cut_left(path, max(room, 8)) for path in paths]
     table = Table(show_edge=False)
-    for column, justify in [("run", "left"), ("data", "left"), ("epochs", "right"), ("best val", "right"),
-                            ("test acc", "right"), ("status", "left")]:
-        table.add_column(column, justify=justify, overflow="fold")
-    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow", "damaged": "red", "failed": "red"}
-    for run in runs:
-        best = (f"{run['best_metric'].removeprefix('val_')} {run['best_value']:.4f}"
-                if "best_metric" in run else "-")
-        test = f"{run['test_accuracy']:.4f}" if "test_accuracy" in run else "-"
-        table.add_row(run["name"], str(run.get("dataset", "?")), f"{run['epochs_done']}/{run.get('epochs', '?')}",
-                      best, test, Text(run["status"], style=styles.get(run["status"], "")))
+    table.add_column("image", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("prob", justify="right", no_wrap=True)
+    if keep_rest:
+        table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
+    for path, label, item, others in zip(paths, labels, predictions, rest, strict=True):
+        cells = [Text(path), Text(label), f"{item.top[0].probability:.3f}"]
+        table.add_row(*cells, *([Text(others)] if keep_rest else []))
     return table
 
 
-def predictions_csv(predictions: Sequence[dict[str, Any]]) -> str:
-    """path, label, probability, then label_2, probability_2, ... for the rest of the top k."""
-    import csv
-    import io
+def _relative(path: str, base: Path | None) -> str:
+    if base is None:
+        return path
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path
 
-    k = max(len(item["top"]) for item in predictions)
+
+def _cut_left(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
+    """`cnnctl runs`: one row per run folder, oldest first; at a terminal, fitted to its width."""
+    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow", "damaged": "red", "failed": "red"}
+    columns = [_Column("run"), _Column("data", drop=4), _Column("epochs", "right", drop=1),
+               _Column("best (monitored)", "right", drop=3), _Column("test acc", "right", drop=2),
+               _Column("status")]
+    rows = []
+    for run in runs:
+        best = (f"{run.monitor} {run.best_value:.4f}" if run.best_value is not None and run.monitor else "-")
+        epochs = f"{run.epochs_done}/{run.epochs if run.epochs is not None else '?'}"
+        status = run.status + (f" (early, {run.stopped_early})" if run.stopped_early else "")
+        rows.append([Text(run.name), Text(str(run.dataset or "?")), epochs, best,
+                     f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
+                     Text(status, style=styles.get(run.status, ""))])
+    return _fitted(columns, rows, width)
+
+
+def predictions_csv(predictions: Sequence[Prediction]) -> str:
+    """path, label, probability, then label_2, probability_2, ... for the rest of the top k."""
+    k = max(len(item.top) for item in predictions)
     header = ["path", "label", "probability"]
     header += [f"{name}_{n}" for n in range(2, k + 1) for name in ("label", "probability")]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for item in predictions:
-        writer.writerow([item["path"], *(v for t in item["top"] for v in (t["label"], t["probability"]))])
+        writer.writerow([item.path, *(v for t in item.top for v in (t.label, t.probability))])
     return out.getvalue()
 
 
@@ -208,7 +303,11 @@ def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
              and not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     epochs = [row["epoch"] for row in rows]
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in zip(axes[0], names, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
         if f"val_{name}" in rows[0]:
             ax.plot(epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation")

@@ -7,20 +7,39 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import difflib
 import io
 import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import RunError
+from cnnctl.errors import CnnctlError, RunError
+from cnnctl.suggest import suggest
 
-RUNS_DIR = Path("runs")
+
+@dataclass
+class RunSummary:
+    """One line of `cnnctl runs`: what the run trained, how far it got, how good its model is."""
+
+    name: str
+    path: str
+    status: str
+    dataset: str | None = None
+    epochs: int | None = None
+    epochs_done: int = 0
+    monitor: str | None = None  # the value that chose model.keras
+    best_value: float | None = None  # that value at the saved epoch
+    best_epoch: int | None = None
+    stopped_early: int | None = None
+    test_accuracy: float | None = None
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -38,11 +57,10 @@ class Run:
     model = property(lambda self: self.path / "model.keras")
     checkpoints = property(lambda self: self.path / "checkpoints")
     last = property(lambda self: self.path / "checkpoints" / "last.keras")
-    state = property(lambda self: self.path / "checkpoints" / "state.json")
     metrics_csv = property(lambda self: self.path / "metrics.csv")
     metrics_json = property(lambda self: self.path / "metrics.json")
     curves = property(lambda self: self.path / "curves.png")
-    status = property(lambda self: self.path / "run.json")
+    run_json = property(lambda self: self.path / "run.json")  # status, pid, start time
     evaluation = property(lambda self: self.path / "evaluation.json")
     confusion = property(lambda self: self.path / "confusion_matrix.png")
 
@@ -59,6 +77,13 @@ class Run:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise RunError(f"{self.classes}: expected a list of class names")
         return names
+
+    def status_field(self, key: str) -> Any:
+        """One value of run.json (status, pid, started, epochs...), None when absent or unreadable."""
+        with contextlib.suppress(CnnctlError):
+            data = self.read_json(self.run_json)
+            return data.get(key) if isinstance(data, dict) else None
+        return None
 
 
 def create_run(root: Path, name: str) -> Run:
@@ -94,26 +119,31 @@ def list_runs(root: Path) -> list[Run]:
 
 
 def _started(run: Run) -> float:
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        return float(json.loads(run.status.read_text())["started"])
+    with contextlib.suppress(TypeError, ValueError):
+        return float(run.status_field("started"))
     return run.config.stat().st_mtime
 
 
-def find_run(ref: str | None, root: Path) -> Run:
-    """The run named `ref` (a folder path, or a name under `root`), or the latest one."""
+def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
+    """The run named `ref` (a folder path, or a name under `root`), or the latest one.
+
+    With `with_model`, "the latest" is the latest run that has a model to use: a run
+    stopped before its first epoch ended has none.
+    """
     if ref is None:
-        runs = list_runs(root)
+        runs = [run for run in list_runs(root) if run.model.is_file() or not with_model]
         if not runs:
-            raise RunError(f"no runs in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
+            what = "with a model " if with_model and list_runs(root) else ""
+            raise RunError(f"no runs {what}in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
         return runs[-1]
     for path in (Path(ref), root / ref):
         if (path / "config.yaml").is_file():
             return Run(path)
     names = [run.name for run in list_runs(root)]
-    close = difflib.get_close_matches(ref, names, n=1)
+    shown = ", ".join(names[-5:]) + (", …" if len(names) > 5 else "")
     raise RunError(
-        f"{ref}: no such run" + (f" (did you mean '{close[0]}'?)" if close else ""),
-        f"runs in {root}/: {', '.join(names[-5:])}" if names else "train one first with cnnctl train",
+        f"{ref}: no such run{suggest(ref, names)}",
+        f"runs in {root}/: {shown}" if names else "train one first with cnnctl train",
     )
 
 
@@ -170,10 +200,11 @@ def clean_leftovers(run: Run) -> None:
 
 def set_status(run: Run, status: str, **extra: Any) -> None:
     data = {"status": status, "pid": os.getpid(), "updated": time.time()}
-    with contextlib.suppress(OSError, ValueError):
-        data = {**json.loads(run.status.read_text()), **data}
+    with contextlib.suppress(CnnctlError):
+        old = run.read_json(run.run_json)
+        data = {**old, **data} if isinstance(old, dict) else data
     data.setdefault("started", time.time())
-    write_json(run.status, {**data, **extra})
+    write_json(run.run_json, {**data, **extra})
 
 
 def _alive(pid: Any) -> bool:
@@ -186,41 +217,68 @@ def _alive(pid: Any) -> bool:
 
 def running_pid(run: Run) -> int | None:
     """The pid of the process training `run` right now, if one is."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        status = json.loads(run.status.read_text())
-        if status["status"] == "running" and int(status["pid"]) != os.getpid() and _alive(status["pid"]):
-            return int(status["pid"])
+    pid = run.status_field("pid")
+    if run.status_field("status") == "running" and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return pid
     return None
 
 
-def describe(run: Run) -> dict[str, Any]:
-    """One line of `cnnctl runs`: what the run trained, how far it got, how good it is."""
-    import yaml
+def describe(run: Run) -> RunSummary:
+    """One line of `cnnctl runs`: what the run trained, how far it got, how good its saved model is."""
+    from cnnctl.config import load_config, mode_of
 
-    info: dict[str, Any] = {"name": run.name, "path": str(run.path)}
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
-        config = yaml.safe_load(run.config.read_text())
-        info["dataset"] = config["data"].get("dataset") or config["data"].get("path")
-        info["epochs"] = config.get("train", {}).get("epochs", 10)
-    status: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        status = json.loads(run.status.read_text())
+    summary = RunSummary(name=run.name, path=str(run.path), status="unknown")
+    problems = []
+    try:
+        config = load_config(run.config)
+        summary.dataset = config.data.dataset or config.data.path
+        summary.epochs = config.train.epochs
+        summary.monitor = config.train.checkpoint.monitor
+        mode = mode_of(summary.monitor, config.train.checkpoint.mode)
+    except CnnctlError:
+        problems.append("unreadable config.yaml")
+        mode = "min"
     rows = []
-    with contextlib.suppress(OSError), open(run.metrics_csv, newline="") as stream:
+    with contextlib.suppress(OSError, csv.Error, UnicodeDecodeError), open(run.metrics_csv, newline="") as stream:
         rows = list(csv.DictReader(stream))
-    info["epochs_done"] = len(rows)
-    for key, pick in (("val_accuracy", max), ("val_loss", min)):
-        values = [float(r[key]) for r in rows if r.get(key)]
-        if values:
-            info["best_metric"], info["best_value"] = key, pick(values)
-            break
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        info["test_accuracy"] = json.loads(run.metrics_json.read_text())["test"]["accuracy"]
-    state = status.get("status", "unknown")
-    if state == "running" and running_pid(run) is None:
-        state = "interrupted"  # killed without a chance to say so
+    summary.epochs_done = len(rows)
+    finished = _read_dict(run, run.metrics_json)
+    if isinstance(finished.get("best_value"), (int, float)):  # what chose model.keras, as training saw it
+        summary.monitor = str(finished.get("monitor") or summary.monitor)
+        summary.best_value, summary.best_epoch = float(finished["best_value"]), finished.get("best_epoch")
+        summary.stopped_early = finished.get("stopped_early")
+        test = finished.get("test")
+        if isinstance(test, dict) and isinstance(test.get("accuracy"), (int, float)):
+            summary.test_accuracy = float(test["accuracy"])
+    elif summary.monitor:
+        _best_so_far(summary, rows, mode)
+    status = run.status_field("status")
+    if run.run_json.exists() and not isinstance(status, str):
+        problems.append("unreadable run.json")
+    summary.status = status if isinstance(status, str) else "unknown"
+    if summary.status == "running" and running_pid(run) is None:
+        summary.status = "interrupted"  # killed without a chance to say so
     missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]
     if missing and rows:
-        state, info["problem"] = "damaged", f"missing {', '.join(missing)}"
-    info["status"] = state
-    return info
+        problems.append(f"missing {', '.join(missing)}")
+    if problems:
+        summary.status, summary.problem = "damaged", "; ".join(problems)
+    return summary
+
+
+def _read_dict(run: Run, path: Path) -> dict[str, Any]:
+    with contextlib.suppress(CnnctlError):
+        data = run.read_json(path)
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def _best_so_far(summary: RunSummary, rows: list[dict[str, str]], mode: str) -> None:
+    """The monitored value of the best epoch so far, as the checkpoint callback chose it."""
+    values = []
+    for row in rows:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            values.append((float(row[summary.monitor]), int(row["epoch"])))
+    if values:
+        pick = max if mode == "max" else min
+        summary.best_value, summary.best_epoch = pick(values, key=lambda v: v[0])

@@ -19,10 +19,6 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
-def resolve_mode(mode: str, monitor: str) -> str:
-    return mode_of(monitor) if mode == "auto" else mode
-
-
 def scheduled_lr(schedule: LRSchedule | None, base: float, epoch: int, epochs: int) -> float | None:
     """The learning rate for 0-based `epoch` under a fixed rule; None where it depends on metrics."""
     if schedule is None or schedule.type in ("constant", "reduce_on_plateau"):
@@ -54,7 +50,7 @@ def plateau_step(schedule: LRSchedule, state: dict[str, Any], value: float, lr: 
 
 def early_stop_step(rule: EarlyStoppingConfig, state: dict[str, Any], value: float, epoch: int) -> bool:
     """Whether to stop after this epoch: `patience` epochs in a row without improvement."""
-    if improved(value, state.get("best"), resolve_mode(rule.mode, rule.monitor), rule.min_delta):
+    if improved(value, state.get("best"), mode_of(rule.monitor, rule.mode), rule.min_delta):
         state["best"], state["best_epoch"], state["wait"] = value, epoch, 0
         return False
     state["wait"] = state.get("wait", 0) + 1

@@ -45,7 +45,7 @@ class Source:
     has_lines: bool = True  # False for a `--set` value: one short line, no line numbers to show
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    overrides: dict[Path_, str] = field(default_factory=dict)
+    overrides: dict[Path_, str] = field(default_factory=dict)  # path -> the option that set it
 
     def where(self, path: Path_, at_key: bool = False) -> str:
         """`file:line:col: dotted.path`, at the value (or at its key, for unknown keys)."""
@@ -53,9 +53,9 @@ class Source:
         if at_key and path in self.key_marks:
             line, col = self.key_marks[path]
             return f"{self.file}:{line}:{col}: {place}"
-        for set_path, text in self.overrides.items():
+        for set_path, origin in self.overrides.items():
             if path[: len(set_path)] == set_path:
-                return f"--set {text}: {place}"
+                return f"{origin}: {place}"
         for n in range(len(path), -1, -1):
             if path[:n] in self.marks:
                 line, col = self.marks[path[:n]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -120,3 +121,9 @@ def trained(tmp_path_factory, data_dir) -> Path:
         result = CliRunner().invoke(main, ["train", "small.yaml", "--runs-dir", str(root / "runs")])
     assert result.exit_code == 0, result.output
     return root / "runs"
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    """A private copy of the trained runs folder, so tests can write into it."""
+    return Path(shutil.copytree(trained, tmp_path / "runs"))

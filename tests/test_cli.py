@@ -144,3 +144,134 @@ def test_a_user_types_the_commands(small_config, tmp_path, mnist_test_set):
     done = subprocess.run([*CNNCTL, "predict", "digit.png"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "digit.png" in done.stdout and str(mnist_test_set[1][9000]) in done.stdout
+
+
+# --------------------------------------------------------------------------- rough edges a new user met
+
+
+def digit_png(mnist_test_set, path: Path, index: int = 0) -> Path:
+    Image.fromarray(mnist_test_set[0][index]).save(path)
+    return path
+
+
+def test_predict_in_a_pipe_prints_one_full_line_per_image(runner, run_copy, tmp_path, mnist_test_set):
+    folder = tmp_path / "pictures" / ("a-rather-long-folder-name-" * 3)
+    folder.mkdir(parents=True)
+    for i in range(3):
+        digit_png(mnist_test_set, folder / f"digit-{i}.png", i)
+    result = runner.invoke(main, ["predict", str(tmp_path / "pictures"), "--runs-dir", str(run_copy)],
+                           env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[2:]
+    assert len(rows) == 3 and all(f"digit-{i}.png" in row for i, row in enumerate(rows))
+    assert all(row.lstrip().startswith("a-rather-long-folder-name-" * 3) for row in rows)  # relative
+    assert "predicting with" in result.stderr and "small/model.keras" in result.stderr
+
+
+def test_an_empty_run_is_resumed_from_the_start_and_skipped_by_default(runner, run_copy, small_config):
+    empty = run_copy / "e"  # what Ctrl-C before the end of the first epoch leaves
+    empty.mkdir()
+    (empty / "checkpoints").mkdir()
+    (empty / "config.yaml").write_text((run_copy / "small" / "config.yaml").read_text())
+    (empty / "classes.json").write_text((run_copy / "small" / "classes.json").read_text())
+    (empty / "run.json").write_text('{"status": "interrupted", "started": 9999999999}')
+    result = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"evaluating {run_copy / 'small' / 'model.keras'}" in result.stderr
+    result = runner.invoke(main, ["train", "--resume", str(empty)])
+    assert result.exit_code == 0, result.output
+    assert "had no finished epoch: trained it from the start, in the same folder" in result.stderr
+    assert (empty / "model.keras").is_file() and not (run_copy / "e-2").exists()
+
+
+def test_json_stdout_holds_only_json_when_keras_downloads(write, tmp_path):
+    config = write("c.yaml", SMALL.replace("dataset: mnist", "dataset: cifar10"))
+    env = {**os.environ, "CNNCTL_DATA_DIR": str(tmp_path / "none"), "KERAS_HOME": str(tmp_path / "kh")}
+    env.pop("CNNCTL_OFFLINE", None)
+    done = subprocess.run([*CNNCTL, "datasets", "check", str(config), "--json"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert "Downloading data from" in done.stderr  # Keras tried (and this machine has no internet)
+    assert done.stdout == "" or json.loads(done.stdout)
+    assert done.returncode in (0, 2), done.stderr
+
+
+def test_predict_output_into_a_new_folder(runner, run_copy, tmp_path, mnist_test_set):
+    png = digit_png(mnist_test_set, tmp_path / "d.png")
+    result = runner.invoke(main, ["predict", str(png), "--runs-dir", str(run_copy), "--output", "new/dir/p.csv"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 prediction to new/dir/p.csv" in result.stderr
+    assert Path("new/dir/p.csv").read_text().startswith("path,label,probability")
+
+
+def test_evaluate_keeps_the_test_report_and_names_what_it_scored(runner, run_copy):
+    first = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy)])
+    assert first.exit_code == 0, first.output
+    test_report = (run_copy / "small" / "evaluation.json").read_text()
+    other = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--split", "train"])
+    assert other.exit_code == 0, other.output
+    assert "on the train split of its run's data" in other.stderr
+    assert (run_copy / "small" / "evaluation.json").read_text() == test_report
+    assert json.loads((run_copy / "small" / "evaluation-train.json").read_text())["split"] == "train"
+    assert (run_copy / "small" / "confusion_matrix-train.png").is_file()
+
+
+def test_evaluate_explains_missing_models_and_builtin_data(runner, run_copy):
+    missing = runner.invoke(main, ["evaluate", "--model", "nonexist.keras"])
+    assert missing.exit_code == 2 and "nonexist.keras: no such model file" in missing.stderr
+    assert "train the run first" not in missing.stderr
+    builtin = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--data", "cifar100"])
+    assert builtin.exit_code == 2 and "dataset 'cifar100' not found offline" in builtin.stderr
+    assert "--set" not in builtin.stderr
+
+
+def test_global_options_work_after_the_command(runner, run_copy, tmp_path):
+    listed = runner.invoke(main, ["runs", "--runs-dir", str(run_copy), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["name"] for r in json.loads(listed.stdout)] == ["small"]
+    failed = runner.invoke(main, ["predict", "--debug", "--runs-dir", str(run_copy), str(tmp_path / "none.png")])
+    assert failed.exit_code == 2 and "none.png" in failed.stderr
+
+
+def test_runs_best_is_the_monitored_value_of_the_saved_epoch(runner, run_copy):
+    summary = json.loads((run_copy / "small" / "metrics.json").read_text())
+    listed = json.loads(runner.invoke(main, ["runs", str(run_copy), "--json"]).stdout)[0]
+    assert listed["monitor"] == "val_loss" and listed["best_value"] == summary["best_value"]
+    assert listed["best_epoch"] == summary["best_epoch"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: x\ndata: {dataset: mnist}\nmodle: {input_shape: [28, 28, 1], layers: [Flatten]}\n",
+     "c.yaml:3:1: modle: unknown key (did you mean 'model'?), and `model:` is missing"),
+    (SMALL + "  optimizer: adamm\n",
+     "c.yaml:21:14: train.optimizer.type: unknown optimizer type 'adamm' (did you mean 'Adam'?)"),
+], ids=["top-level-typo", "optimizer-case"])
+def test_config_typos_get_the_right_suggestion(runner, write, text, message):
+    result = runner.invoke(main, ["validate", str(write("c.yaml", text))])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_small_rough_edges(runner, run_copy, tmp_path, mnist_test_set):
+    assert runner.invoke(main, ["runs", "/nonexistent"]).exit_code == 2
+    (run_copy / "small" / "run.json").write_text("[1, 2")
+    damaged = json.loads(runner.invoke(main, ["runs", str(run_copy), "--json"]).stdout)[0]
+    assert damaged["status"] == "damaged" and "run.json" in damaged["problem"]
+    conflict = runner.invoke(main, ["predict", "x.png", "--format", "csv", "--json"])
+    assert conflict.exit_code == 2 and "--json and --format csv disagree" in conflict.stderr
+    (tmp_path / "empty.png").write_bytes(b"")
+    png = digit_png(mnist_test_set, tmp_path / "d.png")
+    result = runner.invoke(main, ["predict", str(png), str(tmp_path / "empty.png"), "--runs-dir", str(run_copy)])
+    assert result.exit_code == 1 and "empty.png: empty file" in result.stderr
+    assert "1 unreadable file\n" in result.stderr
+    for n in range(7):
+        (run_copy / f"r{n}").mkdir()
+        (run_copy / f"r{n}" / "config.yaml").write_text("x")
+    nosuch = runner.invoke(main, ["evaluate", "nosuch", "--runs-dir", str(run_copy)])
+    assert nosuch.exit_code == 2 and ", …" in nosuch.stderr
+
+
+def test_validate_numbers_layers_as_the_config_does(runner, write):
+    result = runner.invoke(main, ["validate", str(write("c.yaml", SMALL))])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    assert any(row[1].strip() == "+" and "normalize" in row[2] for row in rows)
+    assert any(row[1].strip() == "0" and "(Conv2D)" in row[2] for row in rows)

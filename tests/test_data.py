@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnctl.config import load_config
-from cnnctl.data import load_dataset, stratified_split
+from cnnctl.data import dataset_for, stratified_split
 from cnnctl.data.sources import builtin_candidates, load_builtin, load_npz, read_idx
 from cnnctl.errors import ConfigError, DataError
 
@@ -47,7 +47,7 @@ def test_lookup_order_is_data_dir_keras_cache_system(monkeypatch, tmp_path):
 def test_missing_builtin_offline_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCTL_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(DataError) as info:
-        load_builtin("mnist")
+        load_builtin("mnist", offline=True)
     message = info.value.format_message()
     assert "dataset 'mnist' not found offline (looked in" in message
     assert str(tmp_path / "empty" / "mnist") in message and "hint: put the dataset's files in" in message
@@ -68,7 +68,7 @@ def test_keras_cache_npz_is_used(monkeypatch, tmp_path, mnist_test_set):
 def test_npz_path_and_its_errors(write, tmp_path, mnist_test_set):
     x, y = mnist_test_set
     np.savez(tmp_path / "digits.npz", x_train=x[:300], y_train=y[:300], x_test=x[300:400], y_test=y[300:400])
-    dataset = load_dataset(config_for(write, "  path: digits.npz\n"))
+    dataset = dataset_for(config_for(write, "  path: digits.npz\n"))
     assert dataset.x_train.shape == (300, 28, 28, 1) and len(dataset.x_test) == 100
     np.savez(tmp_path / "partial.npz", x_train=x[:10])
     with pytest.raises(DataError, match=r"partial.npz: missing array y_train, x_test, y_test"):
@@ -85,13 +85,13 @@ def test_idx_folder_path(write, tmp_path, mnist_test_set):
     for name, array in [("train-images-idx3-ubyte.gz", x[:500]), ("train-labels-idx1-ubyte.gz", y[:500]),
                         ("t10k-images-idx3-ubyte.gz", x[500:600]), ("t10k-labels-idx1-ubyte.gz", y[500:600])]:
         write_idx(folder / name, array)
-    dataset = load_dataset(config_for(write, "  path: digits\n"))
+    dataset = dataset_for(config_for(write, "  path: digits\n"))
     assert len(dataset.x_train) == 500 and dataset.class_names == tuple("0123456789")
 
 
 def test_idx_folder_missing_training_files():
     with pytest.raises(DataError, match="no file matching 'train-images\\*idx3\\*'"):
-        load_dataset(load_config_for_path(MNIST_TEST_SET))
+        dataset_for(load_config_for_path(MNIST_TEST_SET))
 
 
 def load_config_for_path(path: Path):
@@ -112,7 +112,7 @@ def test_truncated_idx_file_is_reported(tmp_path):
 
 
 def test_limit_and_fraction_validation(write):
-    dataset = load_dataset(config_for(write, "  dataset: mnist\n  limit: 1000\n  validation: 0.2\n"))
+    dataset = dataset_for(config_for(write, "  dataset: mnist\n  limit: 1000\n  validation: 0.2\n"))
     assert len(dataset.x_train) + len(dataset.x_val) == 1000 and len(dataset.x_test) == 2000
     assert abs(len(dataset.x_val) - 200) <= 5  # 20% of each class, rounded per class
 
@@ -131,6 +131,6 @@ def test_stratified_split_keeps_class_shares_and_is_seeded(mnist_test_set):
 def test_image_size_must_match_the_model(write):
     config = load_config(write("x.yaml", "data:\n  dataset: mnist\n" + BASE.replace("[28, 28, 1]", "[32, 32, 3]")))
     with pytest.raises(ConfigError) as info:
-        load_dataset(config)
+        dataset_for(config)
     assert "x.yaml:4:16: model.input_shape: is [32, 32, 3] but the images of" in info.value.format_message()
     assert "hint: set input_shape: [28, 28, 1]" in info.value.format_message()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnctl.cli import main
 from cnnctl.config import load_config
-from cnnctl.data import load_dataset
+from cnnctl.data import dataset_for
 from cnnctl.data.sources import verify
 
 from conftest import MNIST_TEST_SET, SMALL
@@ -62,7 +62,7 @@ def test_one_folder_is_split_stratified_with_the_seed(write, tmp_path, mnist_tes
     x, y = mnist_test_set
     write_pngs(tmp_path / "pool", x[:1000], y[:1000])
     config = load_config(folder_config(write, "pool", "  test_fraction: 0.25\n  validation: 0.2\n"))
-    first, second = load_dataset(config), load_dataset(config)
+    first, second = dataset_for(config), dataset_for(config)
     assert len(first.x_test) == pytest.approx(250, abs=5) and len(first.x_val) == pytest.approx(150, abs=5)
     assert first.class_names == tuple(f"digit_{d}" for d in range(10))
     for split in ("train", "validation", "test"):

@@ -49,7 +49,7 @@ def test_sigkill_in_epoch_3_then_resume_gives_exactly_5_epochs(small_config):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert epochs_in(run) == [1, 2]
-    assert describe(Run(run))["status"] == "interrupted"
+    assert describe(Run(run)).status == "interrupted"
 
     done = subprocess.run([*CNNCTL, "train", "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -60,7 +60,7 @@ def test_sigkill_in_epoch_3_then_resume_gives_exactly_5_epochs(small_config):
         keras.saving.load_model(path)
     accuracy = float(re.search(r"test: accuracy ([0-9.]+)", done.stdout).group(1))
     assert accuracy > 0.9  # an uninterrupted run of this config reaches about 0.95
-    assert describe(Run(run))["status"] == "finished"
+    assert describe(Run(run)).status == "finished"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
@@ -76,7 +76,7 @@ def test_interrupt_saves_and_prints_a_working_resume_command(small_config, sig):
     done_epochs = epochs_in(run)
     assert 1 <= len(done_epochs) < 5
     keras.saving.load_model(run / "checkpoints" / "last.keras")
-    assert describe(Run(run))["status"] == "interrupted"
+    assert describe(Run(run)).status == "interrupted"
 
     resumed = subprocess.run([*CNNCTL, *command.split()[1:]], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

@@ -68,5 +68,5 @@ def test_status_file_keeps_start_time(tmp_path):
     run = create_run(tmp_path, "x")
     set_status(run, "running", started=10.0)
     set_status(run, "finished")
-    status = json.loads(run.status.read_text())
+    status = json.loads(run.run_json.read_text())
     assert status["status"] == "finished" and status["started"] == 10.0

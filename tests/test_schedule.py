@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from cnnctl.config import EarlyStoppingConfig, LRSchedule, load_config
 from cnnctl.schedule import early_stop_step, improved, plateau_step, scheduled_lr
@@ -68,14 +67,14 @@ def lr_column(run) -> list[float]:
 )
 def test_schedules_show_in_metrics_csv(small_config, schedule, expected):
     config = load_config(small_config, [*FOUR_EPOCHS, f"train.lr_schedule={schedule}"])
-    result = train_run(config, Path("runs"), Console(quiet=True))
+    result = train_run(config, Path("runs"), None)
     assert lr_column(result.run) == pytest.approx(expected, rel=1e-5)
 
 
 def test_early_stopping_stops_at_the_expected_epoch(small_config):
     config = load_config(small_config, [*FOUR_EPOCHS, "train.epochs=10",
                                         "train.early_stopping={monitor: val_loss, patience: 2, min_delta: 10}"])
-    result = train_run(config, Path("runs"), Console(quiet=True))
+    result = train_run(config, Path("runs"), None)
     assert len(lr_column(result.run)) == 3  # epoch 1 sets the best; 2 and 3 fail to beat it by 10
     assert result.summary()["stopped_early"] == 3 and result.epochs_done == 3
 
@@ -95,5 +94,5 @@ def test_monitor_must_be_logged(write):
 def test_gradient_clipping_and_tensorboard(small_config):
     config = load_config(small_config, ["data.limit=500", "train.epochs=1", "train.tensorboard=true",
                                         "train.optimizer={type: Adam, clipnorm: 1.0}"])
-    result = train_run(config, Path("runs"), Console(quiet=True))
+    result = train_run(config, Path("runs"), None)
     assert any((result.run.path / "tensorboard").rglob("events.out.tfevents.*"))

@@ -8,15 +8,10 @@ from pathlib import Path
 
 import keras
 import pytest
-from rich.console import Console
 
 from cnnctl.config import load_config
-from cnnctl.errors import ConfigError
+from cnnctl.errors import ConfigError, RunError
 from cnnctl.train import read_state, resume_run, train_run
-
-
-def quiet() -> Console:
-    return Console(quiet=True)
 
 
 def rows(run) -> list[dict[str, str]]:
@@ -25,7 +20,7 @@ def rows(run) -> list[dict[str, str]]:
 
 
 def test_train_writes_the_run_folder(small_config):
-    result = train_run(load_config(small_config), Path("runs"), quiet())
+    result = train_run(load_config(small_config), Path("runs"), None)
     run = result.run
     assert run.path == Path("runs/small")
     for path in (run.config, run.classes, run.model, run.last, run.metrics_csv, run.metrics_json, run.curves):
@@ -42,23 +37,23 @@ def test_train_writes_the_run_folder(small_config):
 
 
 def test_best_model_is_the_best_epoch_by_val_loss(small_config):
-    result = train_run(load_config(small_config, ["train.epochs=3"]), Path("runs"), quiet())
+    result = train_run(load_config(small_config, ["train.epochs=3"]), Path("runs"), None)
     table = rows(result.run)
     best = min(range(3), key=lambda i: float(table[i]["val_loss"])) + 1
     assert result.best_epoch == best
-    assert read_state(result.run.last)["best_epoch"] == best
+    assert read_state(result.run.last).best_epoch == best
 
 
 def test_same_seed_gives_identical_losses(small_config):
-    first = train_run(load_config(small_config), Path("runs"), quiet())
-    second = train_run(load_config(small_config), Path("runs"), quiet())
+    first = train_run(load_config(small_config), Path("runs"), None)
+    second = train_run(load_config(small_config), Path("runs"), None)
     assert second.run.name == "small-2"
     assert [r["loss"] for r in rows(first.run)] == [r["loss"] for r in rows(second.run)]
 
 
 def test_resume_with_more_epochs_continues_the_same_folder(small_config):
-    result = train_run(load_config(small_config), Path("runs"), quiet())
-    resumed = resume_run(result.run, quiet(), ("train.epochs=3",))
+    result = train_run(load_config(small_config), Path("runs"), None)
+    resumed = resume_run(result.run, None, ("train.epochs=3",))
     assert resumed.run.path == result.run.path
     assert [r["epoch"] for r in rows(resumed.run)] == ["1", "2", "3"]
     assert load_config(result.run.config).train.epochs == 3
@@ -66,14 +61,16 @@ def test_resume_with_more_epochs_continues_the_same_folder(small_config):
 
 
 def test_resume_refuses_other_config_changes(small_config):
-    result = train_run(load_config(small_config, ["train.epochs=1"]), Path("runs"), quiet())
+    result = train_run(load_config(small_config, ["train.epochs=1"]), Path("runs"), None)
     with pytest.raises(ConfigError, match="the config differs from the run's in train.batch_size"):
-        resume_run(result.run, quiet(), ("train.batch_size=16",))
+        resume_run(result.run, None, ("train.batch_size=16",))
 
 
 def test_resume_refuses_fewer_epochs(small_config):
-    result = train_run(load_config(small_config), Path("runs"), quiet())
+    result = train_run(load_config(small_config), Path("runs"), None)
     with pytest.raises(ConfigError, match=r"train.epochs can only be raised \(was 2\)"):
-        resume_run(result.run, quiet(), ("train.epochs=1",))
-    again = resume_run(result.run, quiet())  # a finished run: nothing to train, tested again
-    assert again.epochs_done == 2 and [r["epoch"] for r in rows(result.run)] == ["1", "2"]
+        resume_run(result.run, None, ("train.epochs=1",))
+    with pytest.raises(RunError, match=r"already finished \(2 of 2 epochs\)") as refused:
+        resume_run(result.run, None)  # a finished run: say so, and how to add epochs
+    assert "cnnctl train --resume runs/small --epochs 7" in refused.value.hint
+    assert [r["epoch"] for r in rows(result.run)] == ["1", "2"]

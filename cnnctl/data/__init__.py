@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cnnctl.config import Config
+from cnnctl.config import Config, DataConfig
 from cnnctl.data.sources import (
     BUILTINS,
     Arrays,
@@ -45,9 +46,9 @@ class Dataset:
                 "test": (self.x_test, self.y_test)}[name]
 
 
-def image_shape_of(config: Config) -> tuple[int, int, int]:
+def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
     """The size images are read at: data.image_size / color_mode / image_shape, else the model's input."""
-    data, (height, width, channels) = config.data, config.model.input_shape
+    height, width, channels = input_shape
     if data.image_shape:
         return tuple(data.image_shape)
     if data.image_size:
@@ -57,38 +58,42 @@ def image_shape_of(config: Config) -> tuple[int, int, int]:
     return height, width, channels
 
 
-def load_arrays(config: Config) -> Arrays:
-    """Read the config's data source as it is on disk."""
-    data = config.data
+def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = False) -> Arrays:
+    """Read the data source as it is on disk (or download a built-in, unless `offline`)."""
     if data.dataset:
-        return load_builtin(data.dataset)
+        return load_builtin(data.dataset, offline)
     path = Path(data.path)
     if not path.exists():
-        raise ConfigError(f"{config.where(('data', 'path'))}: {data.path}: no such file or folder",
+        raise ConfigError(f"{data.where(('path',))}: {data.path}: no such file or folder",
                           "data.path is read relative to the folder you run cnnctl in")
     if path.is_dir():
         if is_idx_folder(path):
             return load_idx_folder(path)
         from cnnctl.data.folders import load_image_folder
 
-        return load_image_folder(path, image_shape_of(config))
+        return load_image_folder(path, image_shape_of(data, input_shape))
     if path.suffix == ".npz":
         return load_npz(path)
     if path.suffix == ".csv":
-        return load_csv(path, data.label_column, image_shape_of(config))
+        return load_csv(path, data.label_column, image_shape_of(data, input_shape))
     raise DataError(f"{path}: unsupported data file",
                     "data.path takes a folder of class folders or IDX files, an .npz or a .csv")
 
 
-def load_dataset(config: Config) -> Dataset:
-    """Find, read, shape and split the config's data; check it fits the model."""
-    data = config.data
-    arrays = load_arrays(config)
+def dataset_for(config: Config, offline: bool = False) -> Dataset:
+    """The config's data, split as it says, checked to fit its model's input."""
+    dataset = load_dataset(config.data, config.model.input_shape, config.seed, offline)
+    check_fits(dataset, config)
+    return dataset
+
+
+def load_dataset(data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False) -> Dataset:
+    """Find, read, shape and split a data section; images are read at `input_shape` where resized."""
+    arrays = load_arrays(data, input_shape, offline)
     x_train, y_train = _images(arrays.x_train, arrays.origin), _labels(arrays.y_train, arrays.origin)
     files = dict(arrays.files)
     if arrays.x_test is None:  # one pool of images: hold out a stratified test split
-        x_train, y_train, x_test, y_test, kept, held = stratified_split(x_train, y_train, data.test_fraction,
-                                                                        config.seed)
+        x_train, y_train, x_test, y_test, kept, held = stratified_split(x_train, y_train, data.test_fraction, seed)
         _split_files(files, "test", kept, held)
     else:
         x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
@@ -99,18 +104,15 @@ def load_dataset(config: Config) -> Dataset:
         files.pop("train", None)
     if arrays.x_val is not None:
         x_val, y_val = _images(arrays.x_val, arrays.origin), _labels(arrays.y_val, arrays.origin)
-        files["validation"] = files.pop("val", ())
     elif data.validation == "test":
         x_val, y_val = x_test, y_test
         files["validation"] = files.get("test", ())
     else:
-        x_train, y_train, x_val, y_val, kept, held = stratified_split(x_train, y_train, data.validation, config.seed)
+        x_train, y_train, x_val, y_val, kept, held = stratified_split(x_train, y_train, data.validation, seed)
         _split_files(files, "validation", kept, held)
     names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
-    dataset = Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin,
-                      arrays.skipped, arrays.warnings, {k: v for k, v in files.items() if v})
-    check_fits(dataset, config)
-    return dataset
+    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin,
+                   arrays.skipped, arrays.warnings, {k: v for k, v in files.items() if v})
 
 
 def _split_files(files: dict[str, tuple[str, ...]], held_name: str, kept: np.ndarray, held: np.ndarray) -> None:

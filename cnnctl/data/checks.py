@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnnctl.config import SPLITS
 from cnnctl.data import Dataset
 from cnnctl.errors import DataError
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass

@@ -15,12 +15,14 @@ from cnnctl.data.images import IMAGE_EXTENSIONS, ImageError, load_image
 from cnnctl.data.sources import Arrays
 from cnnctl.errors import DataError
 
-SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val"}
+# Split folder names people use -> our split names (config.SPLITS).
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
 
 
 def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Arrays:
     """Decode every image, resized to `shape` (height, width, channels); report the unreadable ones."""
-    splits = {SPLIT_NAMES[p.name]: p for p in sorted(folder.iterdir()) if p.is_dir() and p.name in SPLIT_NAMES}
+    splits = {SPLIT_FOLDERS[p.name]: p for p in sorted(folder.iterdir())
+              if p.is_dir() and p.name in SPLIT_FOLDERS}
     if splits and "train" not in splits:
         raise DataError(f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
                         "put the training images in train/<class>/")
@@ -36,7 +38,7 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Arrays:
         loaded[split], files[split] = (x, y), paths
         skipped += bad
     test = loaded.get("test", (None, None))
-    val = loaded.get("val", (None, None))
+    val = loaded.get("validation", (None, None))
     return Arrays(*loaded["train"], *test, tuple(names), str(folder), *val,
                   skipped=tuple(skipped), files=files)
 

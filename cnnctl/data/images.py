@@ -55,7 +55,8 @@ def load_image(path: Path, height: int, width: int, channels: int, invert: bool 
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except UnidentifiedImageError:
-        raise ImageError("not an image file Pillow can read") from None
+        empty = path.is_file() and path.stat().st_size == 0
+        raise ImageError("empty file" if empty else "not an image file Pillow can read") from None
     except Image.DecompressionBombError:
         raise ImageError(f"image is larger than {MAX_PIXELS:,} pixels") from None
     except (OSError, SyntaxError, ValueError) as error:

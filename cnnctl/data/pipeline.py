@@ -7,6 +7,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+EVAL_BATCH = 256  # images per step when only scoring: larger than training batches, no gradients to hold
+
 
 def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
     def take(index: tf.Tensor):

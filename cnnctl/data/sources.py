@@ -94,10 +94,6 @@ def builtin_candidates(name: str) -> list[Path]:
     return places
 
 
-def offline() -> bool:
-    return os.environ.get("CNNCTL_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
 def find_builtin(name: str) -> Path | None:
     """The first place that holds the dataset, or None."""
     for place in builtin_candidates(name):
@@ -106,14 +102,14 @@ def find_builtin(name: str) -> Path | None:
     return None
 
 
-def load_builtin(name: str) -> Arrays:
+def load_builtin(name: str, offline: bool = False) -> Arrays:
     """Load a built-in dataset from the first place that has it, else download it with Keras."""
     place = find_builtin(name)
     if place is None:
         looked = ", ".join(str(p) for p in builtin_candidates(name))
         hint = (f"put the dataset's files in $CNNCTL_DATA_DIR/{name}/ (IDX files or an .npz)"
                 + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""))
-        if offline():
+        if offline:
             raise DataError(f"dataset '{name}' not found offline (looked in {looked})", hint)
         return _download(name, looked, hint)
     if place.name == BUILTINS[name].keras_cache and name.startswith("cifar"):
