@@ -136,7 +136,8 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 
 @main.command()
 @click.argument("run", required=False)
-@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--model", "model_file", type=click.Path(path_type=Path),
+              help="A .keras, .onnx or .tflite file instead of a run.")
 @click.option("--data", help="A config file or data path to evaluate on (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
 @legacy_option
@@ -150,7 +151,10 @@ def evaluate(run: str | None, model_file: Path | None, data: str | None, split: 
     if run is not None and model_file is not None:
         raise click.UsageError("give a RUN or --model FILE, not both")
     found = None if model_file is not None else find_run(run, runs_dir)
-    _tensorflow()
+    from cnnctl.runtimes import is_exported
+
+    if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
+        _tensorflow()
     from cnnctl import report
     from cnnctl.evaluate import evaluate_run
 
@@ -161,7 +165,8 @@ def evaluate(run: str | None, model_file: Path | None, data: str | None, split: 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--run", "run_ref", help="Run whose model to use (default: the latest).")
-@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--model", "model_file", type=click.Path(path_type=Path),
+              help="A .keras, .onnx or .tflite file instead of a run.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
@@ -178,16 +183,18 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run
+    from cnnctl.runtimes import exported_class_names, is_exported
 
     if model_file is not None and run_ref is not None:
         raise click.UsageError("give --run or --model, not both")
     if model_file is not None:
         classes = model_file.parent / "classes.json"
-        names = Run(model_file.parent).class_names() if classes.is_file() else None
+        names = Run(model_file.parent).class_names() if classes.is_file() else exported_class_names(model_file)
     else:
         run = find_run(run_ref, runs_dir)
         model_file, names = run.model, run.class_names()
-    _tensorflow()
+    if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
+        _tensorflow()
     from cnnctl import report
     from cnnctl.predict import predict_images
 
@@ -211,6 +218,33 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         _render(report.predictions_table(result.items), result.items, output_format == "json")
     if result.failures:
         ctx.exit(1)
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .keras file instead of a run (its run folder supplies the check's data).")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx", "tflite"]), required=True)
+@click.option("--quantize", type=click.Choice(["float16", "int8"]), help="TFLite only: smaller weights.")
+@click.option("--output", type=click.Path(path_type=Path), help="Where to write (default: RUN/export/).")
+@runs_dir_option
+@json_option
+def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | None, output: Path | None,
+           runs_dir: Path, as_json: bool) -> None:
+    """Export RUN's model (default: the latest run) for serving, checked against Keras first."""
+    from cnnctl.export import check_request, export_source
+    from cnnctl.runs import find_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give a RUN or --model FILE, not both")
+    check_request(fmt, quantize, output)
+    source = export_source(None if model_file else find_run(run, runs_dir), model_file)
+    _tensorflow()
+    from cnnctl.export import export_model, export_table
+
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    record = export_model(source, fmt, quantize, output, verbose)
+    _render(export_table(record), record, as_json)
 
 
 @main.command()

@@ -11,10 +11,10 @@ import numpy as np
 from cnnctl import report
 from cnnctl.config import Config, Source, load_config, validate_config
 from cnnctl.data import load_dataset
-from cnnctl.data.pipeline import eval_batches
 from cnnctl.errors import DataError, RunError
 from cnnctl.modelfile import load_model
 from cnnctl.runs import Run, atomic_write, rows_to_csv, write_json, write_text
+from cnnctl.runtimes import is_exported, load_exported
 
 SPLITS = ("test", "validation", "train")
 TOP_K = 3
@@ -27,6 +27,11 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     The model is the run's model.keras unless `model_file` is given; the data is
     the run's unless `data` names a config file or a data path.
     """
+    if run is None and is_exported(model_file):
+        return evaluate_exported(Path(model_file), split, data)
+    # TensorFlow, imported here: exported files are scored without it.
+    from cnnctl.data.pipeline import eval_batches
+
     folder = run if run is not None else Run(Path(model_file).parent)
     model_file = Path(model_file) if model_file is not None else folder.model
     if not model_file.is_file():
@@ -127,3 +132,32 @@ def class_report(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     pairs = [(int(off[i, j]), names[i], names[j]) for i, j in zip(*np.nonzero(off), strict=True)]
     confused = [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(pairs, reverse=True)[:5]]
     return {"per_class": per_class, "averages": averages, "most_confused": confused}
+
+
+def evaluate_exported(model_file: Path, split: str = "test", data: str | None = None) -> dict[str, Any]:
+    """Score an exported .onnx / .tflite file in its own runtime; the JSON goes beside the file.
+
+    The run folder (the file's folder, or the one above `export/`) supplies the data and class names.
+    """
+    model = load_exported(model_file)
+    folder = next((Run(p) for p in (model_file.parent, model_file.parent.parent)
+                   if (p / "config.yaml").is_file()), Run(model_file.parent))
+    dataset = load_dataset(_config_for(folder, model, data))
+    names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)
+    x, y = dataset.split(split)
+    if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
+        raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
+                        f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
+    probabilities = model.predict(x.astype(np.float32), batch_size=256)
+    predicted = probabilities.argmax(axis=1)
+    loss = float(-np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)).mean()) if len(y) else 0.0
+    matrix = confusion_matrix(y, predicted, len(names))
+    result = {
+        "model": str(model_file), "data": dataset.origin, "split": split, "examples": int(len(y)),
+        "metrics": {"accuracy": round(float((predicted == y).mean()), 6), "loss": round(loss, 6)},
+        **class_report(matrix, names),
+        "confusion_matrix": matrix.tolist(),
+        "class_names": names,
+    }
+    write_json(model_file.with_name(f"{model_file.name}.evaluation.json"), result)
+    return result
