@@ -189,7 +189,8 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         raise click.UsageError("give --run or --model, not both")
     if model_file is not None:
         classes = model_file.parent / "classes.json"
-        names = Run(model_file.parent).class_names() if classes.is_file() else exported_class_names(model_file)
+        names = (Run(model_file.parent).class_names() if classes.is_file()
+                 else exported_class_names(model_file))
     else:
         run = find_run(run_ref, runs_dir)
         model_file, names = run.model, run.class_names()
@@ -225,12 +226,14 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
 @click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A .keras file instead of a run (its run folder supplies the check's data).")
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx", "tflite"]), required=True)
-@click.option("--quantize", type=click.Choice(["float16", "int8"]), help="TFLite only: smaller weights.")
-@click.option("--output", type=click.Path(path_type=Path), help="Where to write (default: RUN/export/).")
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="TFLite only: smaller weights.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Where to write (default: RUN/export/).")
 @runs_dir_option
 @json_option
-def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | None, output: Path | None,
-           runs_dir: Path, as_json: bool) -> None:
+def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | None,
+           output: Path | None, runs_dir: Path, as_json: bool) -> None:
     """Export RUN's model (default: the latest run) for serving, checked against Keras first."""
     from cnnctl.export import check_request, export_source
     from cnnctl.runs import find_run

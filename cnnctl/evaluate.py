@@ -134,10 +134,11 @@ def class_report(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     return {"per_class": per_class, "averages": averages, "most_confused": confused}
 
 
-def evaluate_exported(model_file: Path, split: str = "test", data: str | None = None) -> dict[str, Any]:
+def evaluate_exported(model_file: Path, split: str = "test",
+                      data: str | None = None) -> dict[str, Any]:
     """Score an exported .onnx / .tflite file in its own runtime; the JSON goes beside the file.
 
-    The run folder (the file's folder, or the one above `export/`) supplies the data and class names.
+    The run folder (the file's folder, or the one above `export/`) gives data and class names.
     """
     model = load_exported(model_file)
     folder = next((Run(p) for p in (model_file.parent, model_file.parent.parent)
@@ -146,11 +147,12 @@ def evaluate_exported(model_file: Path, split: str = "test", data: str | None = 
     names = folder.class_names() if folder.classes.is_file() else list(dataset.class_names)
     x, y = dataset.split(split)
     if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
-        raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
-                        f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
+        raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the "
+                        f"data has {max(len(names), int(y.max(initial=0)) + 1)} classes")
     probabilities = model.predict(x.astype(np.float32), batch_size=256)
     predicted = probabilities.argmax(axis=1)
-    loss = float(-np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)).mean()) if len(y) else 0.0
+    true = probabilities[np.arange(len(y)), y]
+    loss = float(-np.log(np.clip(true, 1e-7, 1.0)).mean()) if len(y) else 0.0
     matrix = confusion_matrix(y, predicted, len(names))
     result = {
         "model": str(model_file), "data": dataset.origin, "split": split, "examples": int(len(y)),

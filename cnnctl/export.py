@@ -63,7 +63,8 @@ def default_output(source: Source, fmt: str, quantize: str | None) -> Path:
     """Where the file goes: the run's export/ folder (else beside the model)."""
     folder = (source.run.path if source.run else source.model.parent) / "export"
     stem = source.model.stem + (f"-{quantize}" if quantize else "")
-    return folder / {"savedmodel": f"{stem}_savedmodel", "onnx": f"{stem}.onnx", "tflite": f"{stem}.tflite"}[fmt]
+    names = {"savedmodel": f"{stem}_savedmodel", "onnx": f"{stem}.onnx", "tflite": f"{stem}.tflite"}
+    return folder / names[fmt]
 
 
 def check_request(fmt: str, quantize: str | None, output: Path | None) -> None:
@@ -75,10 +76,12 @@ def check_request(fmt: str, quantize: str | None, output: Path | None) -> None:
                           "use --format tflite --quantize int8 (or float16)")
     wanted = {"onnx": ".onnx", "tflite": ".tflite"}.get(fmt)
     if output is not None and wanted and output.suffix != wanted:
-        raise CnnctlError(f"--output {output}: a {fmt} file must end in {wanted}", f"e.g. --output model{wanted}")
-    modules = {"onnx": ("tf2onnx", "onnx", "onnxruntime"), "tflite": ("ai_edge_litert.interpreter",)}
+        raise CnnctlError(f"--output {output}: a {fmt} file must end in {wanted}",
+                          f"e.g. --output model{wanted}")
+    modules = {"onnx": ("tf2onnx", "onnx", "onnxruntime"),
+               "tflite": ("ai_edge_litert.interpreter",)}
     for module in modules.get(fmt, ()):
-        require_extra(module, load=False)  # importing tf2onnx would start TensorFlow noisily
+        require_extra(module, load=False)  # importing tf2onnx would start TensorFlow, noisily
 
 
 def export_model(source: Source, fmt: str, quantize: str | None = None, output: Path | None = None,
@@ -89,8 +92,8 @@ def export_model(source: Source, fmt: str, quantize: str | None = None, output: 
     from cnnctl.modelfile import load_model
 
     if source.run is None:
-        raise RunError(f"{source.model}: no config.yaml beside the model (or its folder) to find test "
-                       "images for the check", "export a run: cnnctl export RUN --format ...")
+        raise RunError(f"{source.model}: no config.yaml beside the model (or its folder) to find "
+                       "test images for the check", "export a run: cnnctl export RUN --format ...")
     output = Path(output) if output is not None else default_output(source, fmt, quantize)
     model = float32_copy(load_model(source.model, compile=False), keras)
     x_check, y_check, x_train = _check_images(source.run)
@@ -104,8 +107,9 @@ def export_model(source: Source, fmt: str, quantize: str | None = None, output: 
         seconds = time.perf_counter() - started
         check = compare(expected, _run_export(fmt, tmp, x_check), y_check, fmt, quantize)
         if not check["passed"]:
-            raise ExportCheckFailed(f"{output}: the exported model disagrees with Keras: {_figures(check)}",
-                                    "nothing was written; run with --verbose to see the converter's messages")
+            raise ExportCheckFailed(
+                f"{output}: the exported model disagrees with Keras: {_figures(check)}",
+                "nothing was written; run with --verbose to see the converter's messages")
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
     _update_index(output.parent / "export.json", record)
@@ -113,7 +117,7 @@ def export_model(source: Source, fmt: str, quantize: str | None = None, output: 
 
 
 def float32_copy(model: Any, keras: Any) -> Any:
-    """The model itself, or a float32 twin of a mixed-precision one (LiteRT cannot run its Flex ops)."""
+    """The model, or a float32 twin of a mixed-precision one (LiteRT cannot run its Flex ops)."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
     config = _float32_config(model.get_config())
@@ -134,16 +138,18 @@ def _float32_config(value: Any) -> Any:
 
 
 def _check_images(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to CHECK_IMAGES real test images with labels, and a training sample for int8 calibration."""
+    """Up to CHECK_IMAGES real test images with labels; a training sample to calibrate int8."""
     from cnnctl.config import load_config
     from cnnctl.data import load_dataset
 
     if not run.config.is_file():
-        raise RunError(f"{run.config}: missing; the check needs the run's data", "export a complete run")
+        raise RunError(f"{run.config}: missing; the check needs the run's data",
+                       "export a complete run")
     config = load_config(run.config)
     dataset = load_dataset(config)
     x_test, y_test = dataset.split("test")
-    pick = np.random.default_rng(config.seed).permutation(len(dataset.x_train))[:REPRESENTATIVE_IMAGES]
+    order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
+    pick = order[:REPRESENTATIVE_IMAGES]
     return (x_test[:CHECK_IMAGES].astype(np.float32), y_test[:CHECK_IMAGES],
             dataset.x_train[np.sort(pick)].astype(np.float32))
 
@@ -155,7 +161,8 @@ def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.n
     elif fmt == "onnx":
         model.export(str(path), format="onnx", verbose=False)
     else:
-        model.export(str(path), format="litert", verbose=False, **_litert_options(quantize, x_train))
+        options = _litert_options(quantize, x_train)
+        model.export(str(path), format="litert", verbose=False, **options)
 
 
 def _litert_options(quantize: str | None, x_train: np.ndarray) -> dict[str, Any]:
@@ -164,7 +171,8 @@ def _litert_options(quantize: str | None, x_train: np.ndarray) -> dict[str, Any]
     if quantize is None:
         return {}
     if quantize == "float16":
-        return {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_types": [tf.float16]}}
+        return {"optimizations": [tf.lite.Optimize.DEFAULT],
+                "target_spec": {"supported_types": [tf.float16]}}
 
     def representative():  # the converter calibrates each int8 range on these real images
         for image in x_train:
@@ -213,8 +221,10 @@ def compare(expected: np.ndarray, got: np.ndarray, labels: np.ndarray, fmt: str,
 
 
 def _figures(check: dict[str, Any]) -> str:
-    return (f"max abs diff {check['max_abs_diff']:.2e}, top-1 agreement {100 * check['top1_agreement']:.2f}%, "
-            f"accuracy {100 * check['keras_accuracy']:.2f}% -> {100 * check['export_accuracy']:.2f}% "
+    return (f"max abs diff {check['max_abs_diff']:.2e}, "
+            f"top-1 agreement {100 * check['top1_agreement']:.2f}%, "
+            f"accuracy {100 * check['keras_accuracy']:.2f}% -> "
+            f"{100 * check['export_accuracy']:.2f}% "
             f"on {check['images']:,} test images")
 
 
@@ -228,8 +238,10 @@ def _record(source: Source, model: Any, output: Path, fmt: str, quantize: str | 
     return {
         "format": fmt, "quantize": quantize, "file": output.name, "path": str(output),
         "size_bytes": _size(output), "source": str(source.model),
-        "input": {"shape": [None, height, width, channels], "dtype": "float32", "channels": channels},
-        "output": {"shape": [None, model.output_shape[-1]], "dtype": "float32", "meaning": "probabilities"},
+        "input": {"shape": [None, height, width, channels], "dtype": "float32",
+                  "channels": channels},
+        "output": {"shape": [None, model.output_shape[-1]], "dtype": "float32",
+                   "meaning": "probabilities"},
         "class_names": names or [str(i) for i in range(model.output_shape[-1])],
         "preprocessing": PREPROCESSING[rescales],
         "check": check, "export_seconds": round(seconds, 2), "keras": keras.__version__,
@@ -244,7 +256,7 @@ def _size(path: Path) -> int:
 
 
 def _update_index(index: Path, record: dict[str, Any]) -> None:
-    """export.json lists every file in the folder; a new export of the same file replaces its entry."""
+    """export.json lists every file in the folder; exporting a file again replaces its entry."""
     import json
 
     records: list[dict[str, Any]] = []
@@ -256,8 +268,9 @@ def _update_index(index: Path, record: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _temporary(output: Path):
-    """A temporary path beside `output`, with its suffix (the LiteRT exporter insists); removed on failure."""
-    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=f".tmp{output.suffix}")
+    """A temporary path beside `output`, with its suffix (LiteRT insists); removed on failure."""
+    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.",
+                                suffix=f".tmp{output.suffix}")
     os.close(fd)
     tmp = Path(name)
     tmp.unlink()
@@ -318,14 +331,15 @@ def export_table(record: dict[str, Any]) -> Any:
     table = Table(show_header=False, show_edge=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    rows = [("file", record["path"]), ("format", record["format"] + (f" ({record['quantize']})"
-                                                                      if record["quantize"] else "")),
+    kind = record["format"] + (f" ({record['quantize']})" if record["quantize"] else "")
+    rows = [("file", record["path"]), ("format", kind),
             ("size", f"{record['size_bytes'] / 1024:,.1f} KiB"),
             ("input", f"{record['input']['shape']} float32; {record['preprocessing']}"),
             ("check", f"{check['images']:,} test images against Keras: passed"),
             ("max abs diff", f"{check['max_abs_diff']:.2e}"),
             ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
-            ("accuracy", f"{100 * check['keras_accuracy']:.2f}% (Keras) -> {100 * check['export_accuracy']:.2f}% "
+            ("accuracy", f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
+                         f"{100 * check['export_accuracy']:.2f}% "
                          f"(drop {check['accuracy_drop_points']:.2f} points)")]
     for key, value in rows:
         table.add_row(key, value)

@@ -24,6 +24,7 @@ EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
 ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 PIP_EXTRA = 'pip install "cnnctl[export]"'
+STANDARD = "cnnctl runs ONNX models built from standard operators only"
 
 
 def is_exported(path: Path | str | None) -> bool:
@@ -73,7 +74,8 @@ def load_exported(path: Path) -> ExportedModel:
     loader = _load_onnx if path.suffix.lower() == ".onnx" else _load_tflite
     model = loader(path, data)
     _, height, width, channels = model.input_shape
-    if not all(isinstance(n, int) and n > 0 for n in (height, width, channels)) or channels not in (1, 3):
+    sizes = (height, width, channels)
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or channels not in (1, 3):
         raise ModelFileError(f"{path}: takes input {list(model.input_shape)}, not images "
                              "(batch, height, width, 1 or 3 channels)",
                              "pass a model exported with cnnctl export")
@@ -84,12 +86,13 @@ def _read_bounded(path: Path) -> bytes:
     try:
         info = path.stat()
     except OSError:
-        raise ModelFileError(f"{path}: no such model file",
-                             "pass a .keras, .onnx or .tflite file, e.g. runs/<run>/export/model.onnx") from None
+        raise ModelFileError(f"{path}: no such model file", "pass a .keras, .onnx or .tflite "
+                             "file, e.g. runs/<run>/export/model.onnx") from None
     if not stat.S_ISREG(info.st_mode):
         raise ModelFileError(f"{path}: not a regular file", "pass the model file itself")
     if info.st_size > MAX_BYTES:
-        raise ModelFileError(f"{path}: refused: {info.st_size:,} bytes is larger than any model cnnctl exports")
+        raise ModelFileError(f"{path}: refused: {info.st_size:,} bytes is larger than any model "
+                             "cnnctl exports")
     with open(path, "rb") as stream:
         data = stream.read(MAX_BYTES + 1)
     if not data:
@@ -106,7 +109,8 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
         raise ModelFileError(f"{path}: damaged or not an ONNX model ({first_line(error)})",
                              "export the model again") from None
     if not proto.graph.node:
-        raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)", "export the model again")
+        raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)",
+                             "export the model again")
     _vet_onnx(path, proto)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -115,7 +119,8 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
     except Exception as error:  # onnxruntime's own exception types vary by version
         raise ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(error)})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+    if (len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)"
+            or len(inputs[0].shape) != 4):
         raise ModelFileError(f"{path}: not a one-input float image classifier",
                              "pass a model exported with cnnctl export")
     name = inputs[0].name
@@ -131,12 +136,11 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
 def _vet_onnx(path: Path, proto: Any) -> None:
     """Standard operators only, no local functions, no tensors read from other files."""
     if proto.functions:
-        raise ModelFileError(f"{path}: refused: it defines its own functions",
-                             "cnnctl runs ONNX models built from standard operators only")
+        raise ModelFileError(f"{path}: refused: it defines its own functions", STANDARD)
     for opset in proto.opset_import:
         if opset.domain not in ONNX_DOMAINS:
-            raise ModelFileError(f"{path}: refused: it uses the custom operator domain '{opset.domain}'",
-                                 "cnnctl runs ONNX models built from standard operators only")
+            raise ModelFileError(f"{path}: refused: it uses the custom operator domain "
+                                 f"'{opset.domain}'", STANDARD)
     graphs = [proto.graph]
     while graphs:
         graph = graphs.pop()
@@ -146,8 +150,8 @@ def _vet_onnx(path: Path, proto: Any) -> None:
                                      "export the model again as one self-contained file")
         for node in graph.node:
             if node.domain not in ONNX_DOMAINS:
-                raise ModelFileError(f"{path}: refused: operator {node.op_type} from the custom domain "
-                                     f"'{node.domain}'", "cnnctl runs ONNX models built from standard operators only")
+                raise ModelFileError(f"{path}: refused: operator {node.op_type} from the custom "
+                                     f"domain '{node.domain}'", STANDARD)
             for attribute in node.attribute:  # If, Loop and Scan carry subgraphs
                 graphs.extend([attribute.g] if attribute.HasField("g") else [])
                 graphs.extend(attribute.graphs)
@@ -155,24 +159,27 @@ def _vet_onnx(path: Path, proto: Any) -> None:
 
 def _load_tflite(path: Path, data: bytes) -> ExportedModel:
     if data[4:8] != b"TFL3":
-        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)", "export the model again")
+        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)",
+                             "export the model again")
     interpreter_module = require_extra("ai_edge_litert.interpreter")
     try:
-        # The flatbuffer is verified before use; an unknown custom op fails here, before anything runs.
+        # The flatbuffer is verified before use; an unknown custom op fails here, before any runs.
         with quiet_stderr():  # LiteRT's C++ says "INFO: Created TensorFlow Lite XNNPACK delegate"
-            interpreter = interpreter_module.Interpreter(model_content=data, num_threads=os.cpu_count() or 1)
+            interpreter = interpreter_module.Interpreter(model_content=data,
+                                                         num_threads=os.cpu_count() or 1)
             interpreter.allocate_tensors()
     except Exception as error:  # LiteRT raises ValueError and RuntimeError for bad files
         raise ModelFileError(f"{path}: damaged or unusable TFLite model ({first_line(error)})",
                              "export the model again with cnnctl export") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
-        raise ModelFileError(f"{path}: not a one-input image classifier", "pass a model exported with cnnctl export")
+        raise ModelFileError(f"{path}: not a one-input image classifier",
+                             "pass a model exported with cnnctl export")
     source, target = inputs[0], outputs[0]
     state = {"batch": None}
 
     def run(batch: np.ndarray) -> np.ndarray:
-        if state["batch"] != len(batch):  # LiteRT runs one batch size at a time; resize when it changes
+        if state["batch"] != len(batch):  # LiteRT runs one batch size at a time; resize on change
             interpreter.resize_tensor_input(source["index"], [len(batch), *source["shape"][1:]])
             interpreter.allocate_tensors()
             state["batch"] = len(batch)
@@ -204,7 +211,8 @@ def _quantize(batch: np.ndarray, detail: dict) -> np.ndarray:
         return batch
     scale, zero = detail["quantization"]
     info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(batch / (scale or 1.0) + zero), info.min, info.max).astype(detail["dtype"])
+    values = np.clip(np.round(batch / (scale or 1.0) + zero), info.min, info.max)
+    return values.astype(detail["dtype"])
 
 
 def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
