@@ -24,7 +24,7 @@ EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
 ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 PIP_EXTRA = 'pip install "cnnctl[export]"'
-STANDARD = "cnnctl runs ONNX models built from standard operators only"
+STANDARD = "cnnctl runs ONNX models of standard operators only"
 
 
 def is_exported(path: Path | str | None) -> bool:
@@ -89,14 +89,14 @@ def _read_bounded(path: Path) -> bytes:
         raise ModelFileError(f"{path}: no such model file", "pass a .keras, .onnx or .tflite "
                              "file, e.g. runs/<run>/export/model.onnx") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ModelFileError(f"{path}: not a regular file", "pass the model file itself")
+        raise ModelFileError(f"{path}: refused: not a regular file")
     if info.st_size > MAX_BYTES:
         raise ModelFileError(f"{path}: refused: {info.st_size:,} bytes is larger than any model "
                              "cnnctl exports")
     with open(path, "rb") as stream:
         data = stream.read(MAX_BYTES + 1)
     if not data:
-        raise ModelFileError(f"{path}: the file is empty", "export the model again")
+        raise ModelFileError(f"{path}: damaged: the file is empty")
     return data
 
 
@@ -106,11 +106,10 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as error:  # protobuf raises DecodeError and others for damaged bytes
-        raise ModelFileError(f"{path}: damaged or not an ONNX model ({first_line(error)})",
-                             "export the model again") from None
+        why = first_line(error, 120)
+        raise ModelFileError(f"{path}: damaged or not an ONNX model ({why})") from None
     if not proto.graph.node:
-        raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)",
-                             "export the model again")
+        raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)")
     _vet_onnx(path, proto)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -136,22 +135,22 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
 def _vet_onnx(path: Path, proto: Any) -> None:
     """Standard operators only, no local functions, no tensors read from other files."""
     if proto.functions:
-        raise ModelFileError(f"{path}: refused: it defines its own functions", STANDARD)
+        raise ModelFileError(f"{path}: refused: it defines its own functions ({STANDARD})")
     for opset in proto.opset_import:
         if opset.domain not in ONNX_DOMAINS:
             raise ModelFileError(f"{path}: refused: it uses the custom operator domain "
-                                 f"'{opset.domain}'", STANDARD)
+                                 f"'{opset.domain}' ({STANDARD})")
     graphs = [proto.graph]
     while graphs:
         graph = graphs.pop()
         for tensor in list(graph.initializer) + list(graph.sparse_initializer):
             if getattr(tensor, "data_location", 0) == 1 or getattr(tensor, "external_data", None):
-                raise ModelFileError(f"{path}: refused: it reads tensors from other files",
-                                     "export the model again as one self-contained file")
+                raise ModelFileError(f"{path}: refused: it reads tensors from other files "
+                                     "(cnnctl runs self-contained ONNX files only)")
         for node in graph.node:
             if node.domain not in ONNX_DOMAINS:
                 raise ModelFileError(f"{path}: refused: operator {node.op_type} from the custom "
-                                     f"domain '{node.domain}'", STANDARD)
+                                     f"domain '{node.domain}' ({STANDARD})")
             for attribute in node.attribute:  # If, Loop and Scan carry subgraphs
                 graphs.extend([attribute.g] if attribute.HasField("g") else [])
                 graphs.extend(attribute.graphs)
@@ -159,8 +158,7 @@ def _vet_onnx(path: Path, proto: Any) -> None:
 
 def _load_tflite(path: Path, data: bytes) -> ExportedModel:
     if data[4:8] != b"TFL3":
-        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)",
-                             "export the model again")
+        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)")
     interpreter_module = require_extra("ai_edge_litert.interpreter")
     try:
         # The flatbuffer is verified before use; an unknown custom op fails here, before any runs.
@@ -169,8 +167,8 @@ def _load_tflite(path: Path, data: bytes) -> ExportedModel:
                                                          num_threads=os.cpu_count() or 1)
             interpreter.allocate_tensors()
     except Exception as error:  # LiteRT raises ValueError and RuntimeError for bad files
-        raise ModelFileError(f"{path}: damaged or unusable TFLite model ({first_line(error)})",
-                             "export the model again with cnnctl export") from None
+        why = first_line(error, 120)
+        raise ModelFileError(f"{path}: damaged or unusable TFLite model ({why})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
         raise ModelFileError(f"{path}: not a one-input image classifier",
