@@ -188,7 +188,8 @@ def _run_export(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
     if fmt == "savedmodel":
         import tensorflow as tf
 
-        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        loaded = tf.saved_model.load(str(path))  # must outlive the calls: it owns the variables
+        serve = loaded.signatures["serving_default"]
         name = next(iter(serve.structured_input_signature[1]))
         parts = [next(iter(serve(**{name: tf.constant(x[i: i + 256])}).values())).numpy()
                  for i in range(0, len(x), 256)]
