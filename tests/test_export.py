@@ -238,3 +238,61 @@ def test_float32_copy_of_a_mixed_precision_model():
     assert {layer.dtype_policy.name for layer in twin.layers} == {"float32"}
     x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
     assert np.allclose(twin(x), mixed(x), atol=0.05)
+
+
+def _onnx_graph(path: Path, kind: str) -> None:
+    """Small hand-made ONNX files, each wrong in one way."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = {"not-images": [1, 10], "five-channels": [1, 28, 28, 5]}.get(kind, [1, 28, 28, 1])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    nodes = [] if kind == "empty" else [helper.make_node("Identity", ["x"], ["y"])]
+    initializers = []
+    if kind == "external-data":
+        weights = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+        weights.ClearField("raw_data")
+        weights.data_location = TensorProto.EXTERNAL
+        weights.external_data.add(key="location", value="../../etc/passwd")
+        initializers.append(weights)
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if kind == "functions":
+        model.functions.append(helper.make_function("local", "f", ["a"], ["b"],
+                                                    [helper.make_node("Identity", ["a"], ["b"])],
+                                                    [helper.make_opsetid("", 17)]))
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "damaged or not an ONNX model (its graph is empty)"),
+    ("external-data", "refused: it reads tensors from other files"),
+    ("functions", "refused: it defines its own functions"),
+    ("not-images", "not a one-input float image classifier"),
+    ("five-channels", "takes input [None, 28, 28, 5], not images"),
+], ids=lambda value: value if "-" in value or value.isalpha() else "")
+def test_hand_made_onnx_files_are_refused(tmp_path, kind, message):
+    from cnnctl.errors import ModelFileError
+    from cnnctl.runtimes import load_exported
+
+    path = tmp_path / f"{kind}.onnx"
+    _onnx_graph(path, kind)
+    with pytest.raises(ModelFileError) as caught:
+        load_exported(path)
+    assert caught.value.message.startswith(f"{path}: ") and message in caught.value.message
+
+
+def test_export_output_suffix_must_match(exported, runner):
+    result = runner.invoke(main, ["export", str(exported), "--format", "tflite", "--output", "m.onnx"])
+    assert result.exit_code == 2
+    assert "--output m.onnx: a tflite file must end in .tflite" in result.output
+
+
+def test_export_of_a_lone_model_file_needs_its_run(exported, runner, tmp_path):
+    lone = tmp_path / "lone" / "model.keras"
+    lone.parent.mkdir()
+    shutil.copy(exported / "model.keras", lone)
+    result = runner.invoke(main, ["export", "--model", str(lone), "--format", "savedmodel"])
+    assert result.exit_code == 2
+    assert f"{lone}: no config.yaml beside the model (or its folder)" in result.output
+    assert "hint: export a run: cnnctl export RUN --format" in result.output
