@@ -225,6 +225,9 @@ def main() -> None:
 
     Image.fromarray(load_builtin("fashion_mnist").x_test[0]).save(work / "one.png")
     starts = startup(work, model, work / "one.png", reps=3 if args.quick else 5)
+    from bench_export import export_predict  # beside this file
+
+    starts |= export_predict(work, model.parent, work / "one.png", reps=3 if args.quick else 5)
     print("start-up", starts, flush=True)
     predict = predict_folder(work, model, 2000)
     print("predict", predict, flush=True)

@@ -195,7 +195,8 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 @main.command()
 @click.argument("run", required=False)
 @click.option("--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument).")
-@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--model", "model_file", type=click.Path(path_type=Path),
+              help="A .keras, .onnx or .tflite file instead of a run.")
 @click.option("--data", help="A config file, a built-in dataset or a data path (default: the run's data).")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
@@ -227,7 +228,10 @@ def evaluate(run: str | None, run_option: str | None, model_file: Path | None, d
         if running_pid(found) is not None:
             _note(f"warning: {found.path} is still training; this scores its best model so far")
     with _stdout_for_json(as_json):
-        _tensorflow()
+        from cnnctl.runtimes import is_exported
+
+        if not is_exported(model_path):  # .onnx and .tflite run without TensorFlow
+            _tensorflow()
         from cnnctl import report
         from cnnctl.evaluate import evaluate_run
 
@@ -238,7 +242,8 @@ def evaluate(run: str | None, run_option: str | None, model_file: Path | None, d
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--run", "run_ref", help="Run whose model to use (default: the latest run with a model).")
-@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
+@click.option("--model", "model_file", type=click.Path(path_type=Path),
+              help="A .keras, .onnx or .tflite file instead of a run.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
@@ -256,6 +261,7 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run
+    from cnnctl.runtimes import exported_class_names, is_exported
 
     if model_file is not None and run_ref is not None:
         raise click.UsageError("give --run or --model, not both")
@@ -264,13 +270,14 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     output_format = "json" if as_json else output_format
     if model_file is not None:
         beside = Run(model_file.parent)
-        names = beside.class_names() if beside.classes.is_file() else None
+        names = beside.class_names() if beside.classes.is_file() else exported_class_names(model_file)
     else:
         run = find_run(run_ref, _setting("runs_dir"), with_model=True)
         model_file, names = run.model, run.class_names()
-    _note(f"predicting with {model_file}")
+        _note(f"predicting with {model_file}")
     with _stdout_for_json(as_json):
-        _tensorflow()
+        if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
+            _tensorflow()
         from cnnctl import report
         from cnnctl.predict import predict_images
 
@@ -300,6 +307,36 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     if result.failures:
         _note(f"{report.plural(len(result.failures), 'unreadable file')}")
         ctx.exit(1)
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .keras file instead of a run (its run folder supplies the check's data).")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx", "tflite"]), required=True)
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="TFLite only: smaller weights.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Where to write (default: RUN/export/).")
+@json_option
+@global_options
+def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | None,
+           output: Path | None, as_json: bool) -> None:
+    """Export RUN's model (default: the latest run) for serving, checked against Keras first."""
+    from cnnctl.export import check_request, export_source
+    from cnnctl.runs import find_run
+
+    if run is not None and model_file is not None:
+        raise click.UsageError("give a RUN or --model FILE, not both")
+    check_request(fmt, quantize, output)
+    source = export_source(None if model_file else find_run(run, _setting("runs_dir"), with_model=True),
+                           model_file)
+    with _stdout_for_json(as_json):
+        _tensorflow()
+        from cnnctl.export import export_model, export_table
+
+        record = export_model(source, fmt, quantize, output, bool(_setting("verbose")), bool(_setting("offline")))
+    _render(export_table(record), record, as_json)
 
 
 @main.command()

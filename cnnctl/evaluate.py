@@ -11,11 +11,11 @@ import numpy as np
 from cnnctl import report
 from cnnctl.config import BUILTIN_DATASETS, SPLITS, Config, DataConfig, load_config
 from cnnctl.data import Dataset, dataset_for, load_dataset
-from cnnctl.data.pipeline import EVAL_BATCH, eval_batches
 from cnnctl.errors import DataError, ModelFileError, RunError
 from cnnctl.modelfile import load_model
 from cnnctl.results import EvaluationResult
 from cnnctl.runs import Run, atomic_write, rows_to_csv, write_json, write_text
+from cnnctl.runtimes import is_exported, load_exported
 
 TOP_K = 3
 
@@ -32,14 +32,15 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     """
     if split not in SPLITS:
         raise DataError(f"--split {split}: unknown split", f"choose one of: {', '.join(SPLITS)}")
-    folder = run if run is not None else _run_of(model_file)
     model_file = Path(model_file) if model_file is not None else run.model
+    folder = run if run is not None else _run_of(model_file)
     if not model_file.is_file():
         if model_file.exists() or run is None:
             raise ModelFileError(f"{model_file}: no such model file",
                                  "give the path of a .keras file, or a run name (see cnnctl runs)")
         raise RunError(f"{model_file}: the run has no model yet", f"resume it: cnnctl train --resume {run.path}")
-    model = load_model(model_file, legacy_h5=legacy_h5)
+    exported = is_exported(model_file)  # .onnx / .tflite: scored in its own runtime, without TensorFlow
+    model = load_exported(model_file) if exported else load_model(model_file, legacy_h5=legacy_h5)
     config = _run_config(folder)
     dataset = _dataset(config, model, data, offline, model_file)
     names = folder.class_names() if folder is not None and folder.classes.is_file() else list(dataset.class_names)
@@ -47,10 +48,11 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
         raise DataError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
                         f"has {max(len(names), int(y.max(initial=0)) + 1)} classes")
-    one_hot = config.train.one_hot if config is not None else _one_hot(model)
-    batches = eval_batches(x, y, batch_size=EVAL_BATCH, num_classes=len(names), one_hot=one_hot)
-    metrics = model.evaluate(batches, verbose=0, return_dict=True)
-    probabilities = model.predict(batches, verbose=0)
+    if exported:
+        metrics, probabilities = _score_exported(model, x, y)
+    else:
+        one_hot = config.train.one_hot if config is not None else _one_hot(model)
+        metrics, probabilities = _score(model, x, y, len(names), one_hot)
     matrix = confusion_matrix(y, probabilities.argmax(axis=1), len(names))
     result = EvaluationResult(
         model=str(model_file), data=dataset.origin, split=split, examples=int(len(y)),
@@ -60,15 +62,35 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     where = output if output is not None else (folder.path if folder is not None else None)
     if where is not None:
         tag = "" if (data is None and split == "test") else f"-{_slug(data)}-{split}" if data else f"-{split}"
+        tag = f"-{model_file.name}{tag}" if exported else tag  # never the Keras model's report
         wrong = misclassified(y, probabilities, names, dataset.files.get(split))
         result.saved = _save(Path(where), tag, result, wrong, matrix, x)
     return result
 
 
-def _run_of(model_file: Path | None) -> Run | None:
-    """The run folder a model file sits in, if it sits in one."""
-    folder = Run(Path(model_file).parent) if model_file is not None else None
-    return folder if folder is not None and folder.config.is_file() else None
+def _run_of(model_file: Path) -> Run | None:
+    """The run folder a model file sits in (or, for an exported file, the one above `export/`)."""
+    for folder in (model_file.parent, model_file.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return Run(folder)
+    return None
+
+
+def _score(model: Any, x: np.ndarray, y: np.ndarray, classes: int, one_hot: bool):
+    """The model's compiled metrics and its probabilities, in one pipeline of batches."""
+    from cnnctl.data.pipeline import EVAL_BATCH, eval_batches  # TensorFlow: only for Keras models
+
+    batches = eval_batches(x, y, batch_size=EVAL_BATCH, num_classes=classes, one_hot=one_hot)
+    metrics = model.evaluate(batches, verbose=0, return_dict=True)
+    return metrics, model.predict(batches, verbose=0)
+
+
+def _score_exported(model: Any, x: np.ndarray, y: np.ndarray):
+    """Accuracy and cross-entropy of an exported file, computed here (it carries no metrics)."""
+    probabilities = model.predict(x.astype(np.float32), batch_size=256)
+    true = probabilities[np.arange(len(y)), y]
+    loss = float(-np.log(np.clip(true, 1e-7, 1.0)).mean()) if len(y) else 0.0
+    return {"accuracy": float((probabilities.argmax(axis=1) == y).mean()), "loss": loss}, probabilities
 
 
 def _run_config(folder: Run | None) -> Config | None:

@@ -11,6 +11,7 @@ from cnnctl.data.images import ImageError, expand_paths, load_image
 from cnnctl.errors import ModelFileError
 from cnnctl.modelfile import load_model
 from cnnctl.results import Guess, Prediction, Predictions
+from cnnctl.runtimes import is_exported, load_exported
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
 
@@ -23,7 +24,10 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
     result = Predictions(failures=failures)
     if not paths:
         return result
-    model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
+    if is_exported(model_path):  # .onnx / .tflite: onnxruntime or LiteRT, no TensorFlow
+        model = load_exported(model_path)
+    else:
+        model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
     _, height, width, channels = model.input_shape
     outputs = model.output_shape[-1]
     names = class_names or [str(i) for i in range(outputs)]

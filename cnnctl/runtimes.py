@@ -1,0 +1,238 @@
+"""Exported models (.onnx, .tflite) behind the face of a Keras model: images in, probabilities out.
+
+Nothing here imports TensorFlow: `cnnctl predict --model model.onnx` starts in a fraction of a
+second. Files may come from anywhere, so each one is vetted before a runtime sees it: a regular
+file of bounded size, a well-formed graph, standard operators only (an ONNX custom-op domain or
+a TFLite custom op would run code from outside the file), no external data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnctl.errors import CnnctlError, ModelFileError, first_line
+
+EXPORTED_SUFFIXES = (".onnx", ".tflite")
+MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
+ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+PIP_EXTRA = 'pip install "cnnctl[export]"'
+STANDARD = "cnnctl runs ONNX models of standard operators only"
+
+
+def is_exported(path: Path | str | None) -> bool:
+    """True for a file an exported runtime runs (by its suffix), False for .keras and others."""
+    return path is not None and Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def require_extra(module: str, load: bool = True) -> Any:
+    """Import (or, with `load=False`, only find) a module of the `export` extra; if it is
+    missing, say which pip command brings it (exit 2)."""
+    import importlib
+    import importlib.util
+
+    try:
+        if load:
+            return importlib.import_module(module)
+        if sys.modules.get(module, False) is None or importlib.util.find_spec(module) is None:
+            raise ImportError(module)
+        return None
+    except (ImportError, ValueError):
+        raise CnnctlError(f"{module.split('.')[0]} is not installed; exported models need the "
+                          "'export' extra", PIP_EXTRA) from None
+
+
+class ExportedModel:
+    """An .onnx or .tflite image classifier: `model(batch)` -> probabilities, like Keras."""
+
+    def __init__(self, path: Path, run: Any, input_shape: tuple, num_classes: int) -> None:
+        self.path = path
+        self._run = run
+        self.input_shape = (None, *input_shape)  # (None, height, width, channels), as Keras says
+        self.output_shape = (None, num_classes)
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
+        """Probabilities for every image of `x`, in batches."""
+        parts = [self(x[i: i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[-1]), np.float32)
+
+
+def load_exported(path: Path) -> ExportedModel:
+    """Vet and load an exported model file; every problem with the file is a ModelFileError."""
+    path = Path(path)
+    data = _read_bounded(path)
+    loader = _load_onnx if path.suffix.lower() == ".onnx" else _load_tflite
+    model = loader(path, data)
+    _, height, width, channels = model.input_shape
+    sizes = (height, width, channels)
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or channels not in (1, 3):
+        raise ModelFileError(f"{path}: takes input {list(model.input_shape)}, not images "
+                             "(batch, height, width, 1 or 3 channels)",
+                             "pass a model exported with cnnctl export")
+    return model
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        info = path.stat()
+    except OSError:
+        raise ModelFileError(f"{path}: no such model file", "pass a .keras, .onnx or .tflite "
+                             "file, e.g. runs/<run>/export/model.onnx") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{path}: refused: not a regular file")
+    if info.st_size > MAX_BYTES:
+        raise ModelFileError(f"{path}: refused: {info.st_size:,} bytes is larger than any model "
+                             "cnnctl exports")
+    with open(path, "rb") as stream:
+        data = stream.read(MAX_BYTES + 1)
+    if not data:
+        raise ModelFileError(f"{path}: damaged: the file is empty")
+    return data
+
+
+def _load_onnx(path: Path, data: bytes) -> ExportedModel:
+    onnx = require_extra("onnx")
+    ort = require_extra("onnxruntime")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf raises DecodeError and others for damaged bytes
+        why = first_line(error, 120)
+        raise ModelFileError(f"{path}: damaged or not an ONNX model ({why})") from None
+    if not proto.graph.node:
+        raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)")
+    _vet_onnx(path, proto)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types vary by version
+        raise ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(error)})") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if (len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)"
+            or len(inputs[0].shape) != 4):
+        raise ModelFileError(f"{path}: not a one-input float image classifier",
+                             "pass a model exported with cnnctl export")
+    name = inputs[0].name
+    classes = outputs[0].shape[-1] if outputs[0].shape else None
+    run = lambda batch: session.run(None, {name: batch})[0]  # noqa: E731
+    shape = tuple(inputs[0].shape[1:])
+    if not isinstance(classes, int):
+        classes = int(run(np.zeros((1, *shape), np.float32)).shape[-1]) if all(
+            isinstance(n, int) for n in shape) else None
+    return ExportedModel(path, run, shape, classes or 0)
+
+
+def _vet_onnx(path: Path, proto: Any) -> None:
+    """Standard operators only, no local functions, no tensors read from other files."""
+    if proto.functions:
+        raise ModelFileError(f"{path}: refused: it defines its own functions ({STANDARD})")
+    for opset in proto.opset_import:
+        if opset.domain not in ONNX_DOMAINS:
+            raise ModelFileError(f"{path}: refused: it uses the custom operator domain "
+                                 f"'{opset.domain}' ({STANDARD})")
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for tensor in list(graph.initializer) + list(graph.sparse_initializer):
+            if getattr(tensor, "data_location", 0) == 1 or getattr(tensor, "external_data", None):
+                raise ModelFileError(f"{path}: refused: it reads tensors from other files "
+                                     "(cnnctl runs self-contained ONNX files only)")
+        for node in graph.node:
+            if node.domain not in ONNX_DOMAINS:
+                raise ModelFileError(f"{path}: refused: operator {node.op_type} from the custom "
+                                     f"domain '{node.domain}' ({STANDARD})")
+            for attribute in node.attribute:  # If, Loop and Scan carry subgraphs
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+
+
+def _load_tflite(path: Path, data: bytes) -> ExportedModel:
+    if data[4:8] != b"TFL3":
+        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)")
+    interpreter_module = require_extra("ai_edge_litert.interpreter")
+    try:
+        # The flatbuffer is verified before use; an unknown custom op fails here, before any runs.
+        with quiet_stderr():  # LiteRT's C++ says "INFO: Created TensorFlow Lite XNNPACK delegate"
+            interpreter = interpreter_module.Interpreter(model_content=data,
+                                                         num_threads=os.cpu_count() or 1)
+            interpreter.allocate_tensors()
+    except Exception as error:  # LiteRT raises ValueError and RuntimeError for bad files
+        why = first_line(error, 120)
+        raise ModelFileError(f"{path}: damaged or unusable TFLite model ({why})") from None
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
+        raise ModelFileError(f"{path}: not a one-input image classifier",
+                             "pass a model exported with cnnctl export")
+    source, target = inputs[0], outputs[0]
+    state = {"batch": None}
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if state["batch"] != len(batch):  # LiteRT runs one batch size at a time; resize on change
+            interpreter.resize_tensor_input(source["index"], [len(batch), *source["shape"][1:]])
+            interpreter.allocate_tensors()
+            state["batch"] = len(batch)
+        interpreter.set_tensor(source["index"], _quantize(batch, source))
+        interpreter.invoke()
+        return _dequantize(interpreter.get_tensor(target["index"]), target).copy()
+
+    shape = tuple(int(n) for n in source["shape"][1:])
+    return ExportedModel(path, run, shape, int(target["shape"][-1]))
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Send file descriptor 2 to /dev/null for a moment: C++ runtimes log there past Python."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _quantize(batch: np.ndarray, detail: dict) -> np.ndarray:
+    """Float pixels -> the input's dtype (float32 unless the file takes integer input)."""
+    if detail["dtype"] == np.float32:
+        return batch
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    values = np.clip(np.round(batch / (scale or 1.0) + zero), info.min, info.max)
+    return values.astype(detail["dtype"])
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values
+    scale, zero = detail["quantization"]
+    return (values.astype(np.float32) - zero) * scale
+
+
+def exported_class_names(path: Path) -> list[str] | None:
+    """Class names recorded for an exported file in the export.json beside it, if any."""
+    with_names = Path(path).parent / "export.json"
+    try:
+        if with_names.stat().st_size > 16 * 2**20:
+            return None
+        records = json.loads(with_names.read_text())
+    except (OSError, ValueError):
+        return None
+    for record in records.get("exports", []) if isinstance(records, dict) else []:
+        if not isinstance(record, dict) or record.get("file") != Path(path).name:
+            continue
+        names = record.get("class_names")
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+    return None
