@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from cnnctl.builder import build_model, compile_model
@@ -48,6 +49,9 @@ def test_optimizer_mapping_and_metrics(write):
                         "  metrics: [accuracy, top_k_categorical_accuracy]\n")
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    assert float(model.optimizer.momentum) == pytest.approx(0.9)
+    model.evaluate(np.zeros((2, 28, 28, 1)), np.eye(10)[:2], verbose=0)  # builds the compiled metrics
+    assert {m.name for m in model.metrics[1].metrics} == {"accuracy", "top_k_categorical_accuracy"}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from cnnctl.config import Config, Source, dump_config, load_config, parse_yaml
 from cnnctl.errors import ConfigError
 
+from conftest import SMALL
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = "data:\n  dataset: mnist\nmodel:\n  input_shape: [28, 28, 1]\n  layers: [Flatten]\n"
 
@@ -145,3 +147,11 @@ def test_parse_yaml_keeps_marks():
     source = Source("f.yaml")
     assert parse_yaml("a:\n  b: [1, 2]\n", source) == {"a": {"b": [1, 2]}}
     assert source.marks[("a", "b", 1)] == (2, 10)
+
+
+def test_monitor_must_be_logged(write):
+    path = write("x.yaml", SMALL + "  checkpoint:\n    monitor: val_acuracy\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "x.yaml:22:14: train.checkpoint.monitor: 'val_acuracy' is not logged (did you mean 'val_accuracy'?)" \
+        in info.value.format_message()

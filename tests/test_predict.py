@@ -130,3 +130,17 @@ def _png_bytes() -> bytes:
     noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)  # does not compress
     Image.fromarray(noise).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_predict_formats_and_output_file(runner, trained, tmp_path, mnist_test_set):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(mnist_test_set[0][8000 + i]).save(tmp_path / f"d{i}.png")
+    as_csv = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--format", "csv", "--top-k", "2", "."])
+    assert as_csv.exit_code == 0
+    lines = as_csv.stdout.splitlines()
+    assert lines[0] == "path,label,probability,label_2,probability_2" and len(lines) == 4
+    done = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--output", "out.json", "."])
+    assert done.exit_code == 0 and "wrote 3 predictions to out.json" in done.stderr
+    assert len(json.loads(Path("out.json").read_text())) == 3
