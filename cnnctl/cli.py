@@ -135,6 +135,42 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials).")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Trial processes on this machine.")
+@click.option("--storage", metavar="URL", help="An RDB URL shared by machines (default: a journal file).")
+@click.option("--name", "study", help="Study name: its folder under --runs-dir (default: <config name>-tune).")
+@runs_dir_option
+@json_option
+@click.pass_context
+def tune(ctx: click.Context, config: Path, overrides: tuple[str, ...], trials: int | None, workers: int,
+         storage: str | None, study: str | None, runs_dir: Path, as_json: bool) -> None:
+    """Search CONFIG's tune: section with Optuna; each trial is a run in RUNS_DIR/STUDY/trial-NNN."""
+    from cnnctl.config import load_config
+
+    cfg = load_config(config, overrides)
+    _tensorflow()
+    from cnnctl.tune import TuneOptions, run_study, summary_table
+
+    options = TuneOptions(config, overrides, study, trials, workers, storage, runs_dir,
+                          ctx.find_root().params.get("verbose", False))
+    result = run_study(cfg, options, _console(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    console = _console()
+    console.print(summary_table(result))
+    for note in result.notes:
+        console.print(note, style="dim", soft_wrap=True, markup=False)
+    if result.best:
+        console.print(f"best: trial {result.best['trial']}; train it with: "
+                      f"cnnctl train {result.folder / 'best.yaml'}", soft_wrap=True, markup=False)
+
+
+@main.command()
 @click.argument("run", required=False)
 @click.option("--model", "model_file", type=click.Path(path_type=Path), help="A .keras file instead of a run.")
 @click.option("--data", help="A config file or data path to evaluate on (default: the run's data).")

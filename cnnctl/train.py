@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,12 @@ class StopRequested(Exception):
 # --------------------------------------------------------------------------- entry points
 
 
-def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
-    """Train `config` from scratch into a new run folder under `runs_root`."""
+def train_run(config: Config, runs_root: Path, console: Console,
+              callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train `config` from scratch into a new run folder under `runs_root`.
+
+    `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
+    """
     _need_tensorboard(config)
     strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
     keras.utils.set_random_seed(config.seed)
@@ -111,7 +115,7 @@ def train_run(config: Config, runs_root: Path, console: Console) -> TrainResult:
     write_text(run.config, dump_config(config))
     write_json(run.classes, list(dataset.class_names))
     set_status(run, "running", started=time.time(), epochs=config.train.epochs)
-    return _fit(run, model, config, dataset, {}, console)
+    return _fit(run, model, config, dataset, {}, console, extra=callbacks)
 
 
 def resume_run(run: Run, console: Console, overrides: tuple[str, ...] = (),
@@ -173,7 +177,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
-         state: dict[str, Any], console: Console, write: bool = True) -> TrainResult:
+         state: dict[str, Any], console: Console, write: bool = True,
+         extra: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit from the epoch `state` names; only a writing process (the chief) touches the run folder."""
     train = config.train
     num_classes = len(dataset.class_names)
@@ -187,7 +192,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     prepare_multi_worker(model, validation)
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), console, write)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
-        callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
+        callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps), *extra]
         if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
