@@ -476,6 +476,8 @@ def _value(trial: Any) -> Any:
 
 
 def _seconds(trial: Any) -> Any:
+    if trial.user_attrs.get("killed") or trial.user_attrs.get("interrupted"):
+        return ""  # it ended when it was found dead, not when it stopped
     if trial.datetime_start and trial.datetime_complete:
         return round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
     return ""
@@ -498,6 +500,19 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _short(keys: list[str]) -> list[str]:
+    """The shortest unique tail of each dotted key: `learning_rate`, `0.filters`, `2.filters`."""
+    names = []
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(k == tail or k.endswith("." + tail) for k in keys) == 1:
+                break
+        names.append(tail)
+    return names
 
 
 def save_plots(study: Any, folder: Path) -> list[str]:
@@ -532,8 +547,8 @@ def summary_table(result: TuneResult, top: int = 10) -> Table:
     keys = [k for k in result.rows[0] if k not in ("trial", "state", "value", "seconds", "run", "host",
                                                    "note")] if result.rows else []
     table = Table(title=f"study {result.study}: {result.metric} ({result.direction})", title_justify="left")
-    for column in ("trial", "state", result.metric, "seconds", *keys):
-        table.add_column(column, justify="right" if column != "state" else "left", overflow="fold")
+    for column in ("trial", "state", result.metric, "seconds", *_short(keys)):
+        table.add_column(column, justify="right" if column != "state" else "left")
     scored = [r for r in result.rows if r["value"] != ""]
     scored.sort(key=lambda r: r["value"], reverse=result.direction == "maximize")
     for row in (scored + [r for r in result.rows if r["value"] == ""])[:top]:

@@ -120,10 +120,12 @@ def extremes(spec: ParamSpec) -> list[tuple[str, Any]]:
     """The values checked before any trial, each with the key of the place it is written."""
     if spec.type == "choice":
         return [(f"values.{i}", value) for i, value in enumerate(spec.values or [])]
-    high = spec.high
+    low, high = spec.low, spec.high
     if spec.step:  # Optuna keeps to low + k * step
-        high = spec.low + math.floor((spec.high - spec.low) / spec.step + 1e-9) * spec.step
-    return [("low", spec.low), ("high", high)]
+        high = low + math.floor((high - low) / spec.step + 1e-9) * spec.step
+    if spec.type != "int":  # what Optuna will hand out: floats, even for `low: 16`
+        low, high = float(low), float(high)
+    return [("low", low), ("high", high)]
 
 
 def grid(tune: TuneConfig) -> dict[str, list[Any]]:
@@ -165,8 +167,11 @@ def check_space(config: Config) -> None:
                 at_key = config.where(("tune", "parameters", key), at_key=True)
                 raise ConfigError(f"{at_key}: {error}", error.hint) from None
             except ConfigError as error:
+                hint = error.hint
+                if isinstance(value, float) and "valid integer" in error.message:
+                    hint = "for whole numbers use type: int (or type: choice)"
                 raise ConfigError(f"{where}: {value!r} makes the config invalid: {inner_message(error)}",
-                                  error.hint) from None
+                                  hint) from None
     keras.backend.clear_session()
 
 
