@@ -153,7 +153,8 @@ def tune(ctx: click.Context, config: Path, overrides: tuple[str, ...], trials: i
 
     cfg = load_config(config, overrides)
     _tensorflow()
-    from cnnctl.tune import TuneOptions, run_study, summary_table
+    from cnnctl.tune import TuneOptions, run_study
+    from cnnctl.tune_report import summary_table
 
     options = TuneOptions(config, overrides, study, trials, workers, storage, runs_dir,
                           ctx.find_root().params.get("verbose", False))

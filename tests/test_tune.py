@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cnnctl.cli import main
-from cnnctl.config import load_config
+from cnnctl.config import duration_seconds, load_config
 from cnnctl.tune_space import PathError, set_path
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
@@ -143,6 +143,12 @@ def test_paths_are_the_same_as_set_and_reach_into_bare_names(write):
     assert data["model"]["layers"][0]["kernel_size"] == [5, 5]
     with pytest.raises(PathError, match=r"model.layers\[7\]: no such list item"):
         set_path(data, "model.layers.7.units", 3)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("90s", 90), (45, 45),
+                                                ("1.5d", 129600), ("soon", 0), ("-5m", 0)])
+def test_timeouts_read_as_people_write_them(text, seconds):
+    assert duration_seconds(text) == seconds
 
 
 # --------------------------------------------------------------------------- studies
