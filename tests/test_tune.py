@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -143,6 +144,39 @@ def test_paths_are_the_same_as_set_and_reach_into_bare_names(write):
     assert data["model"]["layers"][0]["kernel_size"] == [5, 5]
     with pytest.raises(PathError, match=r"model.layers\[7\]: no such list item"):
         set_path(data, "model.layers.7.units", 3)
+
+
+def make_study(direction: str = "maximize", attrs: dict | None = None) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    Path("runs/tiny-tune").mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(JournalFileBackend("runs/tiny-tune/journal.log"))
+    study = optuna.create_study(study_name="tiny-tune", storage=storage, direction=direction)
+    for key, value in (attrs or {}).items():
+        study.set_user_attr(key, value)
+
+
+@pytest.mark.parametrize(("prepare", "args", "message"), [
+    (lambda: make_study(attrs={"cnnctl": {"config": {}, "tune": {}}}), [],
+     "tune.yaml: differs from the config study 'tiny-tune' was started with (in config.data, "),
+    (lambda: make_study("minimize"), [],
+     "study 'tiny-tune' was started to minimize, this config asks to maximize"),
+    (lambda: None, ["--storage", "nosuchdb://user:secret@host/db"],
+     "--storage nosuchdb://user:***@host/db: cannot open it"),
+    (lambda: None, ["--name", "../up"], "--name '../up': a study name is letters, digits"),
+    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or Path("runs/tiny-tune/config.yaml").write_text(""),
+     [], "runs/tiny-tune: is a run folder, not a study folder"),
+    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or os.mkfifo("runs/tiny-tune/journal.log"),
+     [], "runs/tiny-tune/journal.log: not a regular file"),
+], ids=["other-config", "other-goal", "bad-storage", "bad-name", "run-folder", "fifo-journal"])
+def test_a_study_that_cannot_be_continued_is_refused(runner, write, prepare, args, message):
+    config = write("tune.yaml", TUNED)
+    prepare()
+    result = runner.invoke(main, ["tune", str(config), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not list(Path("runs").glob("*/trial-*"))
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("90s", 90), (45, 45),
