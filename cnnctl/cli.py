@@ -193,6 +193,42 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@set_option
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials).")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Trial processes on this machine.")
+@click.option("--storage", metavar="URL", help="An RDB URL shared by machines (default: a journal file).")
+@click.option("--name", "study", help="Study name: its folder under --runs-dir (default: <config name>-tune).")
+@json_option
+@global_options
+def tune(config: Path, overrides: tuple[str, ...], trials: int | None, workers: int,
+         storage: str | None, study: str | None, as_json: bool) -> None:
+    """Search CONFIG's tune: section with Optuna; each trial is a run in RUNS_DIR/STUDY/trial-NNN."""
+    from cnnctl.config import load_config
+
+    cfg = load_config(config, overrides)
+    _tensorflow()
+    from cnnctl.tune import TuneOptions, run_study
+    from cnnctl.tune_report import summary_table
+
+    options = TuneOptions(config, overrides, study, trials, workers, storage, _setting("runs_dir"),
+                          bool(_setting("verbose")), bool(_setting("offline")))
+    with _stdout_for_json(as_json):
+        result = run_study(cfg, options, _console(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    console = _console()
+    console.print(summary_table(result))
+    for note in result.notes:
+        console.print(note, style="dim", soft_wrap=True, markup=False)
+    if result.best:
+        console.print(f"best: trial {result.best['trial']}; train it with: "
+                      f"cnnctl train {result.folder / 'best.yaml'}", soft_wrap=True, markup=False)
+
+
+@main.command()
 @click.argument("run", required=False)
 @click.option("--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument).")
 @click.option("--model", "model_file", type=click.Path(path_type=Path),

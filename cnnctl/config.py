@@ -184,14 +184,79 @@ class TrainConfig(_Strict):
         return LOSSES[self.loss]
 
 
+class ParamSpec(_Strict):
+    """One searched value: a float range, an integer range, or a list of choices."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = Field(default=None, gt=0)  # uniform, int: only multiples of it
+    log: bool = False  # int: sample on a log scale
+    values: list[Any] | None = Field(default=None, min_length=1)  # choice
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ParamSpec:
+        if self.type == "choice":
+            if self.values is None or self.low is not None or self.high is not None:
+                raise ValueError("type: choice takes `values: [...]` (and no low/high)")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"type: {self.type} takes `low:` and `high:` (and no values)")
+        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("type: int takes whole numbers for low, high and step")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if (self.type == "loguniform" or self.log) and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0, got {self.low}")
+        return self
+
+
+class TuneConfig(_Strict):
+    """The `tune:` section: what `cnnctl tune` searches; `cnnctl train` ignores it."""
+
+    metric: str = "val_loss"  # a per-epoch value training logs; the trial's value is its best epoch
+    goal: Literal["minimize", "maximize"] | None = None  # default: maximize for accuracy-like metrics
+    trials: int = Field(default=20, gt=0, le=100_000)  # trials that finish (killed ones are redone)
+    timeout: str | int | None = None  # e.g. 30m, 2h, 90s or seconds: no new trial after it
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(default=5, ge=0)  # sampled at random, and never pruned against
+    parameters: dict[str, ParamSpec] = Field(min_length=1)  # keyed by --set paths
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> str | int | None:
+        if value is not None and duration_seconds(value) <= 0:
+            raise ValueError(f"expected a duration such as 30m, 2h or 90s, got {value!r}")
+        return value
+
+    @property
+    def direction(self) -> str:
+        return self.goal or ("maximize" if mode_of(self.metric) == "max" else "minimize")
+
+
+def duration_seconds(value: str | int) -> float:
+    """'30m' -> 1800.0; a bare number is seconds; 0 for what is not a duration."""
+    if isinstance(value, int):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*", value)
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"] if match else 0.0
+
+
 class Config(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     seed: int = Field(default=42, ge=0, lt=2**31)
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig | None = None  # read by `cnnctl tune` only
 
     _source: Source = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> str:
+        """The config file these values were read from, for messages."""
+        return self._source.file if self._source is not None else "config"
 
     def where(self, path: Path_, at_key: bool = False) -> str:
         """`file:line:col: dotted.path` for the value at `path`."""

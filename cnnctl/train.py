@@ -11,6 +11,7 @@ import importlib.util
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,15 @@ from cnnctl.runs import (
 )
 
 
-def train_run(config: Config, runs_root: Path, display: Display | None = None,
-              offline: bool = False) -> TrainResult:
-    """Train `config` from scratch into a new run folder under `runs_root`."""
+def train_run(config: Config, runs_root: Path, display: Display | None = None, offline: bool = False,
+              callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train `config` from scratch into a new run folder under `runs_root`.
+
+    `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
+    """
     _need_tensorboard(config)
     strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
-    return _from_scratch(None, runs_root, config, strategy, display, offline)
+    return _from_scratch(None, runs_root, config, strategy, display, offline, callbacks)
 
 
 def resume_run(run: Run, display: Display | None = None, overrides: tuple[str, ...] = (),
@@ -90,7 +94,8 @@ def resume_run(run: Run, display: Display | None = None, overrides: tuple[str, .
 
 
 def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: Any,
-                  display: Display | None, offline: bool) -> TrainResult:
+                  display: Display | None, offline: bool,
+                  extra: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Build the model and fit it from epoch 0; the run folder is made only once the model builds."""
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config, offline)
@@ -107,7 +112,7 @@ def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: An
     write_text(run.config, dump_config(config))
     write_json(run.classes, list(dataset.class_names))
     set_status(run, "running", started=time.time(), epochs=config.train.epochs)
-    result = _fit(run, model, config, dataset, ResumeState(), display)
+    result = _fit(run, model, config, dataset, ResumeState(), display, extra=extra)
     result.restarted = restarted
     return result
 
@@ -125,7 +130,8 @@ def _check_same(saved: Config, wanted: Config, run: Run) -> None:
 
 
 def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: ResumeState,
-         display: Display | None, write: bool = True) -> TrainResult:
+         display: Display | None, write: bool = True,
+         extra: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit from the epoch `state` names; only a writing process (the chief) touches the run folder."""
     train = config.train
     num_classes = len(dataset.class_names)
@@ -139,7 +145,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
-        callbacks = [recorder, ProgressUpdater(bar, stop, train.epochs, steps)]
+        callbacks = [recorder, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
         if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:

@@ -1,0 +1,267 @@
+"""`cnnctl tune`: the search space checked before training, trials as run folders, workers, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnctl.cli import main
+from cnnctl.config import duration_seconds, load_config
+from cnnctl.tune_space import PathError, set_path
+
+CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
+
+TUNED = """\
+name: tiny
+data:
+  dataset: mnist
+  limit: 1000
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - type: Conv2D
+      filters: 4
+      kernel_size: [3, 3]
+      activation: relu
+    - type: MaxPooling2D
+      pool_size: [4, 4]
+    - Flatten
+    - type: Dropout
+      rate: 0.2
+    - type: Dense
+      units: 10
+      activation: softmax
+train:
+  epochs: 1
+  batch_size: 64
+tune:
+  metric: val_accuracy
+  trials: 6
+  sampler: random
+  parameters:
+    train.optimizer.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+    model.layers.0.filters: {type: choice, values: [2, 4]}
+"""
+PARAMETER_LINE = 28  # the line after `parameters:` in TUNED, where a test adds one
+
+
+def with_parameter(text: str) -> str:
+    lines = TUNED.splitlines()
+    assert lines[PARAMETER_LINE - 2].strip() == "parameters:"
+    return "\n".join([*lines[: PARAMETER_LINE - 1], f"    {text}"]) + "\n"
+
+
+def trials_csv(study: Path) -> list[dict[str, str]]:
+    with open(study / "trials.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def start(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*CNNCTL, "tune", str(config), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- before any trial
+
+
+@pytest.mark.parametrize(("parameter", "where", "message"), [
+    ("model.layers.9.filters: {type: choice, values: [2, 4]}", f"{PARAMETER_LINE}:5",
+     "tune.parameters.model.layers.9.filters: model.layers[9]: no such list item (the list has 5)"),
+    ("model.layers.3.rate: {type: uniform, low: 0.1, high: 1.5}", f"{PARAMETER_LINE}:58",
+     "tune.parameters.model.layers.3.rate.high: 1.5 makes the config invalid: model.layers[3]: Dropout"),
+    ("model.layers.0.filterz: {type: int, low: 2, high: 8}", f"{PARAMETER_LINE}:46",
+     "unknown argument of Conv2D (did you mean 'filters'?)"),
+    ("model.layers.0.kernel_size: {type: choice, values: [[3, 3], [40, 40]]}", f"{PARAMETER_LINE}:65",
+     "values[1]: [40, 40] makes the config invalid: model.layers[0]: Conv2D cannot take an input"),
+    ("train.batch_size: {type: uniform, low: 16, high: 64}", f"{PARAMETER_LINE}:44",
+     "16.0 makes the config invalid: train.batch_size: Input should be a valid integer"),
+    ("model.layers.0.filters.x: {type: int, low: 1, high: 8}", f"{PARAMETER_LINE}:5",
+     "model.layers[0].filters is a single value, not a section"),
+    ("train.optimizer.learning_rate: {type: loguniform, low: 0, high: 1}", f"{PARAMETER_LINE}:36",
+     "a log scale needs low > 0, got 0"),
+    ("model.layers.3.rate: {type: uniform, low: 0.5, high: 0.5}", f"{PARAMETER_LINE}:26",
+     "low (0.5) must be below high (0.5)"),
+], ids=["bad-path", "bad-range", "unknown-argument", "bad-choice", "float-for-int", "into-a-value",
+        "log-of-zero", "empty-range"])
+def test_a_bad_search_space_fails_before_training(runner, write, parameter, where, message):
+    config = write("tune.yaml", with_parameter(parameter))
+    result = runner.invoke(main, ["tune", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: tune.yaml:{where}: " in result.output
+    assert message in result.output
+    assert not Path("runs").exists()  # nothing trained, no study made
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("  metric: val_accuracy", "  metric: val_acc"),
+     "tune.yaml:24:11: tune.metric: 'val_acc' is not logged (did you mean 'val_accuracy'?)"),
+    (("  sampler: random", "  sampler: grid"),
+     "tune.yaml:28:36: tune.parameters.train.optimizer.learning_rate: the grid sampler needs a finite"),
+    (("  trials: 6", "  trials: 6\n  timeout: soon"),
+     "tune.yaml:26:12: tune.timeout: expected a duration such as 30m, 2h or 90s, got 'soon'"),
+], ids=["metric-not-logged", "grid-of-floats", "bad-timeout"])
+def test_tune_section_mistakes_name_their_line(runner, write, edit, message):
+    config = write("tune.yaml", TUNED.replace(*edit))
+    result = runner.invoke(main, ["tune", str(config)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_config_without_tune_section_is_refused(runner, small_config):
+    result = runner.invoke(main, ["tune", str(small_config)])
+    assert result.exit_code == 2
+    assert "small.yaml: has no tune: section to search with" in result.output
+
+
+def test_train_ignores_the_tune_section(runner, write):
+    config = write("tune.yaml", TUNED)
+    result = runner.invoke(main, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+
+
+def test_paths_are_the_same_as_set_and_reach_into_bare_names(write):
+    config = load_config(write("tune.yaml", TUNED))
+    data = config.model_dump(mode="json", exclude_none=True)
+    set_path(data, "train.optimizer.learning_rate", 0.01)  # `optimizer: adam` by default
+    set_path(data, "model.layers.0.kernel_size", [5, 5])
+    assert data["train"]["optimizer"] == {"type": "adam", "learning_rate": 0.01}
+    assert data["model"]["layers"][0]["kernel_size"] == [5, 5]
+    with pytest.raises(PathError, match=r"model.layers\[7\]: no such list item"):
+        set_path(data, "model.layers.7.units", 3)
+
+
+def make_study(direction: str = "maximize", attrs: dict | None = None) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    Path("runs/tiny-tune").mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(JournalFileBackend("runs/tiny-tune/journal.log"))
+    study = optuna.create_study(study_name="tiny-tune", storage=storage, direction=direction)
+    for key, value in (attrs or {}).items():
+        study.set_user_attr(key, value)
+
+
+@pytest.mark.parametrize(("prepare", "args", "message"), [
+    (lambda: make_study(attrs={"cnnctl": {"config": {}, "tune": {}}}), [],
+     "tune.yaml: differs from the config study 'tiny-tune' was started with (in config.data, "),
+    (lambda: make_study("minimize"), [],
+     "study 'tiny-tune' was started to minimize, this config asks to maximize"),
+    (lambda: None, ["--storage", "nosuchdb://user:secret@host/db"],
+     "--storage nosuchdb://user:***@host/db: cannot open it"),
+    (lambda: None, ["--name", "../up"], "--name '../up': a study name is letters, digits"),
+    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or Path("runs/tiny-tune/config.yaml").write_text(""),
+     [], "runs/tiny-tune: is a run folder, not a study folder"),
+    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or os.mkfifo("runs/tiny-tune/journal.log"),
+     [], "runs/tiny-tune/journal.log: not a regular file"),
+], ids=["other-config", "other-goal", "bad-storage", "bad-name", "run-folder", "fifo-journal"])
+def test_a_study_that_cannot_be_continued_is_refused(runner, write, prepare, args, message):
+    config = write("tune.yaml", TUNED)
+    prepare()
+    result = runner.invoke(main, ["tune", str(config), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not list(Path("runs").glob("*/trial-*"))
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("90s", 90), (45, 45),
+                                                ("1.5d", 129600), ("soon", 0), ("-5m", 0)])
+def test_timeouts_read_as_people_write_them(text, seconds):
+    assert duration_seconds(text) == seconds
+
+
+# --------------------------------------------------------------------------- studies
+
+
+@pytest.mark.slow
+def test_six_trials_with_two_workers_give_runs_a_table_and_a_best_config(runner, write):
+    config = write("tune.yaml", TUNED)
+    done = subprocess.run([*CNNCTL, "tune", str(config), "--workers", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    study = Path("runs/tiny-tune")
+    rows = trials_csv(study)
+    assert [r["state"] for r in rows] == ["complete"] * 6
+    assert len({(r["train.optimizer.learning_rate"], r["model.layers.0.filters"]) for r in rows}) == 6
+    assert sorted(p.name for p in study.glob("trial-*")) == [f"trial-{n:03d}" for n in range(6)]
+    assert done.stdout.count("complete  val_accuracy") >= 6  # one line per trial, then the table
+    assert "study tiny-tune: val_accuracy (maximize)" in done.stdout
+    assert (study / "history.png").stat().st_size > 0 and (study / "importances.png").stat().st_size > 0
+    listed = runner.invoke(main, ["runs", str(study), "--json"])
+    assert listed.exit_code == 0 and listed.output.count('"status": "finished"') == 6
+
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    assert "tune" not in best and best["name"] == "tiny-tune-best"
+    winner = max(rows, key=lambda r: float(r["value"]))
+    assert best["train"]["optimizer"]["learning_rate"] == float(winner["train.optimizer.learning_rate"])
+    trained = runner.invoke(main, ["train", str(study / "best.yaml")])
+    assert trained.exit_code == 0, trained.output
+    assert Path("runs/tiny-tune-best/model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_trial_then_the_same_command_finishes_the_study(write):
+    config = write("tune.yaml", TUNED)
+    study = Path("runs/tiny-tune")
+    process = start(config, "--workers", "2")
+    wait_for(study / "trial-002" / "config.yaml", process)  # the third trial is training
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(1.5)  # the workers notice their parent is gone
+
+    done = subprocess.run([*CNNCTL, "tune", str(config), "--workers", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "killed trials marked failed" in done.stdout
+    rows = trials_csv(study)
+    killed = [r for r in rows if r["state"] == "failed"]
+    assert sum(r["state"] == "complete" for r in rows) == 6
+    assert "2" in [r["trial"] for r in killed]
+    assert all(r["note"].startswith("killed; its folder is kept") for r in killed)
+    folders = sorted(p.name for p in study.glob("trial-*"))
+    assert folders == [f"trial-{int(r['trial']):03d}" for r in rows]  # none reused, none overwritten
+    for name in folders:
+        assert yaml.safe_load((study / name / "config.yaml").read_text())["name"] == name
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_the_command_that_resumes(write):
+    config = write("tune.yaml", TUNED)
+    process = start(config, "--trials", "2")
+    wait_for(Path("runs/tiny-tune/trial-000/config.yaml"), process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "hint: resume with: cnnctl tune tune.yaml --name tiny-tune --trials 2" in err
+    assert trials_csv(Path("runs/tiny-tune"))[0]["note"] == "interrupted; it will be run again"
+
+
+@pytest.mark.slow
+def test_the_median_pruner_stops_a_hopeless_trial(write):
+    text = TUNED.replace("  epochs: 1", "  epochs: 3").replace("  trials: 6", "  trials: 4\n  startup_trials: 1")
+    text = text.replace("{type: loguniform, low: 1.0e-4, high: 1.0e-2}", "{type: choice, values: [0.01, 1.0e-7]}")
+    config = write("tune.yaml", text)
+    done = subprocess.run([*CNNCTL, "tune", str(config)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = trials_csv(Path("runs/tiny-tune"))
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert pruned, rows
+    run = Path("runs/tiny-tune") / pruned[0]["run"]
+    assert yaml.safe_load((run / "run.json").read_text())["status"] == "pruned"
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) < 3
+    assert (run / "model.keras").is_file()  # a pruned trial is still a whole run folder
