@@ -296,7 +296,7 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
             output: Path | None, as_json: bool) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
-    from cnnctl.runs import Run, find_run
+    from cnnctl.runs import Run, find_run, run_of_model
     from cnnctl.runtimes import exported_class_names, is_exported
 
     if model_file is not None and run_ref is not None:
@@ -305,8 +305,8 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         raise click.UsageError(f"--json and --format {output_format} disagree; give one of them")
     output_format = "json" if as_json else output_format
     if model_file is not None:
-        beside = Run(model_file.parent)
-        names = beside.class_names() if beside.classes.is_file() else exported_class_names(model_file)
+        owner = run_of_model(model_file) or Run(model_file.parent)  # classes.json beside a bare model too
+        names = owner.class_names() if owner.classes.is_file() else exported_class_names(model_file)
     else:
         run = find_run(run_ref, _setting("runs_dir"), with_model=True)
         model_file, names = run.model, run.class_names()

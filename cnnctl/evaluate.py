@@ -14,7 +14,7 @@ from cnnctl.data import Dataset, dataset_for, load_dataset
 from cnnctl.errors import DataError, ModelFileError, RunError
 from cnnctl.modelfile import load_model
 from cnnctl.results import EvaluationResult
-from cnnctl.runs import Run, atomic_write, rows_to_csv, write_json, write_text
+from cnnctl.runs import Run, atomic_write, rows_to_csv, run_of_model, write_json, write_text
 from cnnctl.runtimes import is_exported, load_exported
 
 TOP_K = 3
@@ -33,7 +33,7 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
     if split not in SPLITS:
         raise DataError(f"--split {split}: unknown split", f"choose one of: {', '.join(SPLITS)}")
     model_file = Path(model_file) if model_file is not None else run.model
-    folder = run if run is not None else _run_of(model_file)
+    folder = run if run is not None else run_of_model(model_file)
     if not model_file.is_file():
         if model_file.exists() or run is None:
             raise ModelFileError(f"{model_file}: no such model file",
@@ -66,14 +66,6 @@ def evaluate_run(run: Run | None, split: str = "test", model_file: Path | None =
         wrong = misclassified(y, probabilities, names, dataset.files.get(split))
         result.saved = _save(Path(where), tag, result, wrong, matrix, x)
     return result
-
-
-def _run_of(model_file: Path) -> Run | None:
-    """The run folder a model file sits in (or, for an exported file, the one above `export/`)."""
-    for folder in (model_file.parent, model_file.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return Run(folder)
-    return None
 
 
 def _score(model: Any, x: np.ndarray, y: np.ndarray, classes: int, one_hot: bool):

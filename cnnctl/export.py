@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CnnctlError, ConfigError, RunError
-from cnnctl.runs import Run, write_json
+from cnnctl.runs import Run, run_of_model, write_json
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE = ("float16", "int8")
@@ -52,11 +52,7 @@ def export_source(run: Run | None, model_file: Path | None) -> Source:
     """The model file and its run: a run's model.keras, or a file inside (or beside) a run."""
     if run is not None:
         return Source(run.model, run)
-    model_file = Path(model_file)
-    for folder in (model_file.parent, model_file.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return Source(model_file, Run(folder))
-    return Source(model_file, None)
+    return Source(Path(model_file), run_of_model(Path(model_file)))
 
 
 def default_output(source: Source, fmt: str, quantize: str | None) -> Path:

@@ -124,6 +124,14 @@ def _started(run: Run) -> float:
     return run.config.stat().st_mtime
 
 
+def run_of_model(model_file: Path) -> Run | None:
+    """The run folder a model file belongs to: its own folder, or the one above `export/`."""
+    for folder in (Path(model_file).parent, Path(model_file).parent.parent):
+        if (folder / "config.yaml").is_file():
+            return Run(folder)
+    return None
+
+
 def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
     """The run named `ref` (a folder path, or a name under `root`), or the latest one.
 

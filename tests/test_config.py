@@ -155,3 +155,9 @@ def test_monitor_must_be_logged(write):
         load_config(path)
     assert "x.yaml:22:14: train.checkpoint.monitor: 'val_acuracy' is not logged (did you mean 'val_accuracy'?)" \
         in info.value.format_message()
+
+
+def test_a_folder_is_not_a_config(tmp_path):
+    (tmp_path / "configs").mkdir()
+    with pytest.raises(ConfigError, match="configs: is a folder, not a config file"):
+        load_config(Path("configs"))

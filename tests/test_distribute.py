@@ -80,3 +80,11 @@ def test_two_workers_on_loopback_train_one_run(small_config):
     assert summary["epochs_done"] == 2 and summary["test"]["accuracy"] > 0.85  # single process: about 0.9
     assert outputs[1][0].strip() == ""  # the other worker reports nothing and wrote nothing
     keras.saving.load_model(Path("runs/small/model.keras"))
+
+
+def test_a_bad_tf_config_is_named(runner, small_config, monkeypatch):
+    from cnnctl.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    result = runner.invoke(main, ["train", str(small_config), "--set", "train.distribute=multi_worker"])
+    assert result.exit_code == 2 and "TF_CONFIG: not valid JSON with cluster and task" in result.stderr

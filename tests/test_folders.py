@@ -152,3 +152,14 @@ def test_datasets_lists_builtins_offline(runner):
     assert rows["cifar10"]["shape"] == [32, 32, 3] and rows["cifar100"]["classes"] == 100
     assert rows["mnist"]["found"].endswith("mnist")  # the test data dir
     assert rows["cifar10"]["fallback"] == "not found (offline)"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: (root / "val" / "a").mkdir(parents=True), "has val/ but no train/"),
+    (lambda root: root.mkdir(), "no class folders"),
+    (lambda root: (root / "cats").mkdir(parents=True), "cats: class folder has no images"),
+], ids=["no-train", "no-classes", "empty-class"])
+def test_folder_layout_mistakes_are_named(runner, write, tmp_path, make, message):
+    make(tmp_path / "pics")
+    result = runner.invoke(main, ["datasets", "check", str(folder_config(write, "pics"))])
+    assert result.exit_code == 2 and message in result.stderr, result.output

@@ -74,3 +74,27 @@ def test_resume_refuses_fewer_epochs(small_config):
         resume_run(result.run, None)  # a finished run: say so, and how to add epochs
     assert "cnnctl train --resume runs/small --epochs 7" in refused.value.hint
     assert [r["epoch"] for r in rows(result.run)] == ["1", "2"]
+
+
+def test_resume_refuses_a_run_another_process_is_training(small_config):
+    import subprocess
+    import sys
+
+    result = train_run(load_config(small_config, ["train.epochs=1"]), Path("runs"), None)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        result.run.run_json.write_text(json.dumps({"status": "running", "pid": other.pid}))
+        with pytest.raises(RunError, match=rf"runs/small: is still being trained \(pid {other.pid}\)"):
+            resume_run(result.run, None)
+    finally:
+        other.kill()
+
+
+def test_tensorboard_needs_its_package(small_config, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="--set train.tensorboard=true: train.tensorboard: needs the tensorboard package"):
+        train_run(load_config(small_config, ["train.tensorboard=true"]), Path("runs"), None)
+    assert not Path("runs").exists()
