@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from cnnctl.blocks import BLOCK_TYPES, build_block
 from cnnctl.config import Config, ObjectSpec, suggest
 from cnnctl.errors import ConfigError, first_line
 
@@ -94,8 +95,7 @@ def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras
         last = index == len(config.model.layers) - 1
         # The output stays float32 under mixed precision, so that softmax and the loss stay stable.
         extra = {"dtype": "float32"} if last and float32_last and "dtype" not in spec.args else {}
-        layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
-        _check_size(layer, shape, config, path)
+        layer = _layer(spec, shape, config, path, extra)
         try:
             model.add(layer)
             shape = model.output_shape
@@ -108,6 +108,15 @@ def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras
     if num_classes is not None:
         _check_output(model, config, num_classes)
     return model
+
+
+def _layer(spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None) -> Any:
+    """The layer at `path` (an allow-listed Keras layer, or a block of them) for inputs of `shape`."""
+    if spec.type in BLOCK_TYPES:
+        return build_block(spec, shape, config, path, _layer)
+    layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
+    _check_size(layer, shape, config, path)
+    return layer
 
 
 def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | None = None) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from rich.console import Console
 
 from cnnctl import report
+from cnnctl.blocks import walk_layers
 from cnnctl.builder import build_model, compile_model
 from cnnctl.config import Config, dump_config, load_config
 from cnnctl.data import Dataset, load_dataset
@@ -34,6 +35,7 @@ from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.finetune import FineTune
 from cnnctl.modelfile import load_model
 from cnnctl.runs import (
     Run,
@@ -188,6 +190,8 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset,
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), console, write)
     with _stop_on_signals() as stop, report.training_progress(console) as progress:
         callbacks = [recorder, ProgressUpdater(progress, stop, train.epochs, steps)]
+        if train.fine_tune is not None:  # after the recorder: it may replace the optimizer the recorder set
+            callbacks.insert(1, FineTune(config, steps))
         if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
@@ -404,10 +408,10 @@ def read_state(path: Path) -> dict[str, Any]:
 def _rng_state(model: keras.Model) -> list[list[int]]:
     """Dropout and other random layers keep their generator state out of the weights file."""
     return [np.asarray(layer.seed_generator.state).tolist()
-            for layer in model.layers if hasattr(layer, "seed_generator")]
+            for layer in walk_layers(model) if hasattr(layer, "seed_generator")]
 
 
 def _restore_rng(model: keras.Model, states: list[list[int]]) -> None:
-    layers = [layer for layer in model.layers if hasattr(layer, "seed_generator")]
+    layers = [layer for layer in walk_layers(model) if hasattr(layer, "seed_generator")]
     for layer, value in zip(layers, states, strict=False):
         layer.seed_generator.state.assign(np.asarray(value, dtype=layer.seed_generator.state.dtype))
