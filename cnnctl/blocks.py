@@ -147,7 +147,7 @@ def _residual(spec: ObjectSpec, shape: tuple, config: Config, path: tuple, make:
 
 
 def _shortcut(inputs: Any, outputs: Any, mode: str, where: str, name: str) -> Any:
-    """`inputs` as they are, or projected (1x1 Conv2D or Dense, then BatchNormalization) to `outputs`' shape."""
+    """`inputs` as they are, or projected to `outputs`' shape: (pooling,) 1x1 Conv2D or Dense, BatchNormalization."""
     a, b = tuple(inputs.shape[1:]), tuple(outputs.shape[1:])
     if a == b:
         return inputs
@@ -157,8 +157,13 @@ def _shortcut(inputs: Any, outputs: Any, mode: str, where: str, name: str) -> An
     if len(a) == len(b) == 3:
         strides = tuple(_stride(n, m) for n, m in zip(a[:2], b[:2], strict=True))
         if None not in strides:
-            x = keras.layers.Conv2D(b[2], 1, strides=strides, padding="same", use_bias=False,
-                                    name=f"{name}_project")(inputs)
+            x = inputs
+            if strides != (1, 1):
+                # Pool, then a 1x1 convolution (ResNet-D's shortcut). A 1x1 convolution with strides
+                # crashes TensorFlow 2.21's oneDNN kernels on a batch of another size (the last one).
+                x = keras.layers.AveragePooling2D(strides, strides=strides, padding="same",
+                                                  name=f"{name}_pool")(x)
+            x = keras.layers.Conv2D(b[2], 1, use_bias=False, name=f"{name}_project")(x)
             return keras.layers.BatchNormalization(name=f"{name}_project_bn")(x)
     elif len(a) == len(b) == 1:
         x = keras.layers.Dense(b[0], use_bias=False, name=f"{name}_project")(inputs)

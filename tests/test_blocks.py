@@ -18,7 +18,7 @@ from cnnctl.errors import CnnctlError
 from cnnctl.modelfile import load_model
 from cnnctl.train import resume_run, train_run
 
-HEAD = "data:\n  dataset: mnist\n  limit: 1000\nmodel:\n  input_shape: [28, 28, 1]\n  layers:\n"
+HEAD = "data:\n  dataset: mnist\n  limit: 1000\n  validation: 0.2\nmodel:\n  input_shape: [28, 28, 1]\n  layers:\n"
 RESIDUAL = """\
     - {type: Conv2D, filters: 8, kernel_size: 3, padding: same}
     - type: Residual
@@ -83,9 +83,9 @@ def test_residual_saves_and_loads_through_the_allow_list(write, tmp_path):
     ("text", "expected"),
     [
         (RESIDUAL.replace("filters: 16, kernel_size: 3, strides", "filter: 16, kernel_size: 3, strides"),
-         "x.yaml:11:26: model.layers[1].layers[0].filter: unknown argument of Conv2D (did you mean 'filters'?)"),
+         "x.yaml:12:26: model.layers[1].layers[0].filter: unknown argument of Conv2D (did you mean 'filters'?)"),
         (RESIDUAL.replace("- BatchNormalization", "- Lambda"),
-         "x.yaml:12:11: model.layers[1].layers[1].type: unknown layer type 'Lambda'"),
+         "x.yaml:13:11: model.layers[1].layers[1].type: unknown layer type 'Lambda'"),
         (RESIDUAL.replace("shortcut: identity", "shortcut: identity\n      activation: relu\n"
                           "      padding: same"),
          "model.layers[2].padding: unknown argument of Residual"),
@@ -131,15 +131,6 @@ def test_preprocessing_layer_matches_the_applications_preprocess_input(mode, mod
                                rtol=1e-5, atol=1e-4)
 
 
-def test_backbone_with_random_weights_trains_saves_and_loads(write):
-    config = load_config(write("bb.yaml", HEAD + BACKBONE % "none" + "train: {epochs: 1, batch_size: 64}\n"))
-    result = train_run(config, Path("runs"), Console(quiet=True))
-    model = load_model(result.run.model)
-    block = model.get_layer("backbone_1")
-    assert not block.get_layer("preprocess").trainable  # preprocessing never trains
-    assert isinstance(block.layers[-1], keras.Model) and not block.layers[-1].trainable
-
-
 def test_backbone_loads_a_local_weights_file(write, tmp_path):
     app = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
                                               pooling="avg")
@@ -161,7 +152,7 @@ def test_offline_imagenet_names_the_file_and_the_folder(runner, write):
     config = write("bb.yaml", HEAD + BACKBONE % "imagenet")
     result = runner.invoke(main, ["validate", str(config)])  # the fixture sets CNNCTL_OFFLINE=1
     assert result.exit_code == 2
-    assert "bb.yaml:8:57: model.layers[1].weights: the ImageNet weights of MobileNetV3Small" in result.stderr
+    assert "bb.yaml:9:57: model.layers[1].weights: the ImageNet weights of MobileNetV3Small" in result.stderr
     assert "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in result.stderr
     assert "/models/" in result.stderr and "Traceback" not in result.output
 
@@ -195,7 +186,7 @@ def test_known_backbones_are_keras_applications():
 
 # --------------------------------------------------------------------------- fine_tune
 
-FINE_TUNE = "train:\n  epochs: 3\n  batch_size: 100\n  fine_tune: {at_epoch: 1, learning_rate: 1e-4%s}\n"
+FINE_TUNE = "train:\n  epochs: 2\n  batch_size: 100\n  fine_tune: {at_epoch: 1, learning_rate: 1e-4%s}\n"
 
 
 @pytest.mark.parametrize(
@@ -214,10 +205,13 @@ def test_fine_tune_mistakes(write, text, expected):
 
 
 def test_fine_tune_thaws_at_the_epoch_with_batch_norm_frozen(write):
+    """A backbone with random weights trains frozen, then thawed; its run saves and loads through the checks."""
     config = load_config(write("ft.yaml", HEAD + BACKBONE % "none" + FINE_TUNE % ", layers: last 20"))
     result = train_run(config, Path("runs"), Console(quiet=True))
-    assert [float(r["lr"]) for r in rows(result.run)] == pytest.approx([1e-3, 1e-4, 1e-4])
-    app = load_model(result.run.last).get_layer("backbone_1").layers[-1]
+    assert [float(r["lr"]) for r in rows(result.run)] == pytest.approx([1e-3, 1e-4])
+    block = load_model(result.run.last).get_layer("backbone_1")
+    assert not block.get_layer("preprocess").trainable  # preprocessing never trains
+    app = block.layers[-1]
     trainable = [layer for layer in app.layers if layer.trainable and layer.weights]
     assert trainable and all(layer in app.layers[-20:] for layer in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
@@ -226,7 +220,7 @@ def test_fine_tune_thaws_at_the_epoch_with_batch_norm_frozen(write):
 @pytest.mark.slow
 def test_resume_across_the_thaw_is_exact(write):
     text = HEAD + BACKBONE % "none" + FINE_TUNE % ""
-    whole = train_run(load_config(write("a.yaml", text)), Path("runs"), Console(quiet=True))
+    whole = train_run(load_config(write("a.yaml", text), ["train.epochs=3"]), Path("runs"), Console(quiet=True))
     part = train_run(load_config(write("b.yaml", text), ["train.epochs=1"]), Path("runs"), Console(quiet=True))
     resume_run(part.run, Console(quiet=True), ("train.epochs=2",))  # the thaw happens in the resumed run
     resume_run(part.run, Console(quiet=True), ("train.epochs=3",))  # and this one resumes thawed
