@@ -164,7 +164,8 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
         else f"choose one of: {', '.join(allowed)}"
     )
     raise ConfigError(
-        f"{config.where((*path, 'type'))}: unknown {kind} type '{spec.type}'{suggest(spec.type, allowed)}",
+        f"{config.where((*path, 'type'))}: unknown {kind} type "
+        f"'{spec.type}'{suggest(spec.type, (*allowed, *BLOCK_TYPES) if kind == 'layer' else allowed)}",
         hint,
     )
 

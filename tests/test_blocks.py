@@ -98,9 +98,10 @@ def test_residual_saves_and_loads_through_the_allow_list(write, tmp_path):
          "model.layers[1].layers[0]: Conv2D cannot take an input of shape (None, 28, 28, 8)"),
         ("    - {type: Residual, shortcut: identity}\n", "model.layers[0]: a Residual block needs `layers:`"),
         ("    - {type: Residual, layers: [{units: 3}]}\n", "model.layers[0].layers[0]: needs a `type:`"),
+        ("    - {type: residual, layers: [Flatten]}\n", "unknown layer type 'residual' (did you mean 'Residual'?)"),
     ],
     ids=["nested-argument", "nested-lambda", "block-argument", "shortcut-choice", "identity-shape",
-         "nested-shape", "no-layers", "nested-type"],
+         "nested-shape", "no-layers", "nested-type", "type-case"],
 )
 def test_residual_mistakes_point_at_the_nested_layer(write, text, expected):
     assert expected in error(write, text)
