@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from cnnctl.blocks import BLOCK_TYPES, build_block
 from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, first_line
 from cnnctl.suggest import suggest
@@ -67,19 +68,22 @@ def mixed_policy() -> str | None:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
 
 
-def build_model(config: Config, num_classes: int | None = None) -> keras.Sequential:
-    """Build (not compile) the config's network; check its output against `num_classes`."""
+def build_model(config: Config, num_classes: int | None = None, offline: bool = False) -> keras.Sequential:
+    """Build (not compile) the config's network; check its output against `num_classes`.
+
+    `offline`: a Backbone's ImageNet weights must already be in Keras' cache.
+    """
     policy = mixed_policy() if config.train.precision == "mixed" else None
     previous = keras.config.dtype_policy()
     if policy:
         keras.config.set_dtype_policy(policy)
     try:
-        return _build(config, num_classes, float32_last=policy is not None)
+        return _build(config, num_classes, policy is not None, offline)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras.Sequential:
+def _build(config: Config, num_classes: int | None, float32_last: bool, offline: bool) -> keras.Sequential:
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
     # Augmentation sees raw 0..255 pixels, the range Keras' augmentation layers assume by default.
@@ -95,8 +99,8 @@ def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras
         last = index == len(config.model.layers) - 1
         # The output stays float32 under mixed precision, so that softmax and the loss stay stable.
         extra = {"dtype": "float32"} if last and float32_last and "dtype" not in spec.args else {}
-        layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
-        _check_size(layer, shape, config, path)
+        layer = (build_block(spec, shape, config, path, _layer, offline) if spec.type in BLOCK_TYPES
+                 else _layer(spec, shape, config, path, extra))
         try:
             model.add(layer)
             shape = model.output_shape
@@ -109,6 +113,15 @@ def _build(config: Config, num_classes: int | None, float32_last: bool) -> keras
     if num_classes is not None:
         _check_output(model, config, num_classes)
     return model
+
+
+def _layer(spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None) -> Any:
+    """The layer at `path` (an allow-listed Keras layer, or a block of them) for inputs of `shape`."""
+    if spec.type in BLOCK_TYPES:
+        return build_block(spec, shape, config, path, _layer)
+    layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
+    _check_size(layer, shape, config, path)
+    return layer
 
 
 def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | None = None) -> None:
@@ -156,7 +169,8 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
         else f"choose one of: {', '.join(allowed)}"
     )
     raise ConfigError(
-        f"{config.where((*path, 'type'))}: unknown {kind} type '{spec.type}'{suggest(spec.type, allowed)}",
+        f"{config.where((*path, 'type'))}: unknown {kind} type "
+        f"'{spec.type}'{suggest(spec.type, (*allowed, *BLOCK_TYPES) if kind == 'layer' else allowed)}",
         hint,
     )
 

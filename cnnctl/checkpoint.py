@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cnnctl.blocks import walk_layers
 from cnnctl.errors import RunError, first_line
 
 STATE_MEMBER = "cnnctl_state.json"
@@ -67,10 +68,10 @@ def read_state(path: Path) -> ResumeState:
 def rng_state(model: keras.Model) -> list[list[int]]:
     """Dropout and other random layers keep their generator state out of the weights file."""
     return [np.asarray(layer.seed_generator.state).tolist()
-            for layer in model.layers if hasattr(layer, "seed_generator")]
+            for layer in walk_layers(model) if hasattr(layer, "seed_generator")]
 
 
 def restore_rng(model: keras.Model, states: list[list[int]]) -> None:
-    layers = [layer for layer in model.layers if hasattr(layer, "seed_generator")]
+    layers = [layer for layer in walk_layers(model) if hasattr(layer, "seed_generator")]
     for layer, value in zip(layers, states, strict=False):
         layer.seed_generator.state.assign(np.asarray(value, dtype=layer.seed_generator.state.dtype))

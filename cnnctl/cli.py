@@ -140,7 +140,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     from cnnctl.builder import build_model, compile_model
     from cnnctl.data import num_classes_of
 
-    model = build_model(cfg, num_classes_of(cfg))
+    model = build_model(cfg, num_classes_of(cfg), bool(_setting("offline")))
     compile_model(model, cfg)
     console = _console()
     console.print(report.layers_table(model, config_layers=len(cfg.model.layers)))

@@ -47,11 +47,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# Layer types that hold layers of their own (cnnctl/blocks.py builds them).
+NESTING_TYPES = ("Residual",)
+
+
 class ObjectSpec(_Strict):
     """A Keras object named by its class: a bare `Flatten`, or `{type: Dense, units: 10}`."""
 
     type: str
     args: dict[str, Any] = Field(default_factory=dict)
+    layers: list[ObjectSpec] | None = None  # a Residual block's own layers, validated like model.layers
 
     @model_validator(mode="before")
     @classmethod
@@ -63,11 +68,16 @@ class ObjectSpec(_Strict):
                 raise ValueError("needs a `type:` (for example `type: Dense`)")
             if not isinstance(value["type"], str):
                 raise ValueError(f"`type` must be a class name, got {value['type']!r}")
-            return {"type": value["type"], "args": {k: v for k, v in value.items() if k != "type"}}
+            args = {k: v for k, v in value.items() if k != "type"}
+            if value["type"] in NESTING_TYPES and "layers" in args:
+                return {"type": value["type"], "layers": args.pop("layers"), "args": args}
+            return {"type": value["type"], "args": args}
         raise ValueError(f"expected a name or a mapping with `type:`, got {value!r}")
 
     @model_serializer
     def _flat(self) -> Any:
+        if self.layers is not None:
+            return {"type": self.type, "layers": [spec._flat() for spec in self.layers], **self.args}
         return {"type": self.type, **self.args} if self.args else self.type
 
 
@@ -154,6 +164,26 @@ class LRSchedule(_Strict):
     min_lr: float = Field(default=0.0, ge=0)
 
 
+class FineTuneConfig(_Strict):
+    """After `at_epoch` epochs, thaw the Backbone and train on at a lower learning rate."""
+
+    at_epoch: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    layers: str = "all"  # "all", or "last K": only the backbone's last K layers are thawed
+
+    @field_validator("layers")
+    @classmethod
+    def _all_or_last(cls, value: str) -> str:
+        if value == "all" or re.fullmatch(r"last [1-9][0-9]{0,5}", value):
+            return value
+        raise ValueError(f"must be `all` or `last K` such as `last 20`, got {value!r}")
+
+    @property
+    def last(self) -> int | None:
+        """K of `last K`; None for all layers."""
+        return None if self.layers == "all" else int(self.layers.split()[1])
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(default=10, gt=0, le=100_000)
     batch_size: int = Field(default=32, gt=0, le=65_536)
@@ -169,6 +199,7 @@ class TrainConfig(_Strict):
     precision: Literal["float32", "mixed"] = "float32"  # mixed: bfloat16 on capable CPUs, float16 on GPUs
     mixed_precision: bool | None = None  # the same as precision: mixed
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    fine_tune: FineTuneConfig | None = None
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:
@@ -399,6 +430,7 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
         raise _explain(_first(error.errors()), data, source) from None
     config._source = config.data._source = source
     _check_monitors(config)
+    _check_fine_tune(config)
     return config
 
 
@@ -414,6 +446,16 @@ def _check_monitors(config: Config) -> None:
                 f"{config.where(('train', section, 'monitor'))}: '{monitor}' is not logged{suggest(monitor, known)}",
                 f"choose one of: {', '.join(known)}",
             )
+
+
+def _check_fine_tune(config: Config) -> None:
+    """fine_tune needs a Backbone to thaw (an at_epoch past train.epochs waits for a resume with more)."""
+    rule = config.train.fine_tune
+    if rule is None:
+        return
+    if not any(spec.type == "Backbone" for spec in config.model.layers):
+        raise ConfigError(f"{config.where(('train', 'fine_tune'))}: the model has no Backbone layer to thaw",
+                          "add a {type: Backbone, ...} layer to model.layers, or remove fine_tune")
 
 
 def load_config(path: Path, overrides: Sequence[str] = (), values: dict[str, Any] | None = None) -> Config:

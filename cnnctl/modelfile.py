@@ -135,6 +135,8 @@ def check_config(path: Path, config: Any) -> None:
         registered = item.get("registered_name")
         if not isinstance(name, str):
             raise ModelFileError(f"{path}: damaged model config (class_name {name!r})")
+        if name == "__keras_tensor__" and module is None:
+            continue  # a functional model's record of the tensor between two layers, not a class
         if module is not None and (not isinstance(module, str) or module.split(".")[0] != "keras"):
             raise ModelFileError(f"{path}: refused: it names code from module '{module}'",
                                  "cnnctl only loads models built from standard Keras layers")
@@ -155,9 +157,10 @@ _RISKY = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", 
 def _allowed_classes() -> frozenset[str]:
     import keras
 
+    from cnnctl.blocks import MODEL_FILE_CLASSES
     from cnnctl.builder import LAYERS, OPTIMIZERS
 
-    names = set(LAYERS) | set(OPTIMIZERS) | MODEL_CLASSES
+    names = set(LAYERS) | set(OPTIMIZERS) | MODEL_CLASSES | set(MODEL_FILE_CLASSES)
     names |= set(dir(keras.optimizers.schedules))
     for module in SAFE_MODULES:
         names |= {n for n in dir(getattr(keras, module)) if n[:1].isupper()}

@@ -26,6 +26,7 @@ from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import EVAL_BATCH, eval_batches, training_batches
 from cnnctl.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.finetune import FineTune
 from cnnctl.modelfile import load_model
 from cnnctl.results import TrainResult
 from cnnctl.runs import (
@@ -103,7 +104,7 @@ def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: An
         if display is not None:
             display.warn(line)
     with strategy.scope():
-        model = build_model(config, len(dataset.class_names))
+        model = build_model(config, len(dataset.class_names), offline)
         compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
     if not is_chief():  # other workers compute, and write nothing
         return _fit(Run(runs_root / config.name), model, config, dataset, ResumeState(), None, write=False)
@@ -146,6 +147,8 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
         callbacks = [recorder, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
+        if train.fine_tune is not None:  # after the recorder: it may replace the optimizer the recorder set
+            callbacks.insert(1, FineTune(config, steps))
         if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
