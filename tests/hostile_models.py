@@ -133,12 +133,12 @@ CORPUS: dict[str, tuple[Callable[[Path, Path], None], int, str]] = {
     "zipbomb.keras": (_zip_bomb, 2, "(a zip bomb?)"),
     "shapebomb.keras": (_shape_bomb, 2, "(a shape bomb?)"),
     "traversal.keras": (_traversal, 2, "points outside the archive"),
-    "nested.keras": (_nested, 2, "damaged model file"),
+    "nested.keras": (_nested, 2, "nested too deeply"),
     "legacy.h5": (_legacy_h5, 2, "legacy HDF5 models are not loaded"),
     "text.keras": (_text, 2, "not a Keras model file (not a .keras zip archive)"),
     "truncated.keras": (_truncated, 2, "not a Keras model file"),
     "noconfig.keras": (_no_config, 2, "no config.json inside"),
-    "badjson.keras": (_bad_json, 2, "damaged model file"),
+    "badjson.keras": (_bad_json, 2, "config.json: not valid JSON"),
 }
 
 
