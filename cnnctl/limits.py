@@ -138,3 +138,13 @@ def inside(folder: Path, path: Path) -> bool:
         return path.resolve().is_relative_to(folder.resolve())
     except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
         return False
+
+
+def npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a `.npy` stream, from its header only (the data stays unread)."""
+    import numpy as np
+
+    major, _ = np.lib.format.read_magic(member)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(member)
+    return shape, dtype

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import ModelFileError, first_line
-from cnnctl.limits import refuse_over
+from cnnctl.limits import npy_header, refuse_over
 
 SLACK = 2**20  # HDF5 and npy headers, alignment
 
@@ -54,8 +54,6 @@ def check_h5_file(path: Path, h5_path: Path) -> None:
 
 def check_npz_file(path: Path, npz_path: Path) -> None:
     """Each `.npy` member: no objects, and no more data declared than the member holds."""
-    import numpy as np
-
     try:
         with zipfile.ZipFile(npz_path) as npz:
             members = npz.infolist()
@@ -65,10 +63,7 @@ def check_npz_file(path: Path, npz_path: Path) -> None:
                         "its weights unpack to too many bytes", ModelFileError)
             for info in members:
                 with npz.open(info) as member:
-                    major, _ = np.lib.format.read_magic(member)
-                    reader = (np.lib.format.read_array_header_1_0 if major == 1
-                              else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = reader(member)
+                    shape, dtype = npy_header(member)
                 if dtype.hasobject:
                     raise ModelFileError(f"{path}: refused: weights '{info.filename}' hold Python objects")
                 declared = math.prod(shape) * dtype.itemsize
