@@ -58,7 +58,9 @@ def _console(quiet: bool = False):
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 @click.option("--verbose", is_flag=True, help="Let TensorFlow and Keras print their own messages.")
 @click.option("--offline", is_flag=True, help="Never download datasets (also CNNCTL_OFFLINE=1).")
-def main(debug: bool, verbose: bool, offline: bool) -> None:
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a safety limit for files you trust, e.g. --limit pixels=200000000.")
+def main(debug: bool, verbose: bool, offline: bool, limits: tuple[str, ...]) -> None:
     """Train convolutional neural networks described in YAML.
 
     \b
@@ -70,6 +72,10 @@ def main(debug: bool, verbose: bool, offline: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if offline:
         os.environ["CNNCTL_OFFLINE"] = "1"  # read where the data sources look for files
+    if limits:
+        from cnnctl.limits import ENV, check_limit_names
+
+        os.environ[ENV] = check_limit_names(limits)  # read by every file reader (cnnctl/limits.py)
 
 
 @main.command()
@@ -192,8 +198,10 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
     from cnnctl.predict import predict_images
 
     result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
+    from cnnctl.escape import safe_text
+
     for path, reason in result.failures:
-        click.echo(f"{path}: {reason}", err=True)
+        click.echo(safe_text(f"{path}: {reason}"), err=True)
     if not result.items:
         raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
     output_format = "json" if as_json else output_format

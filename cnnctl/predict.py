@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.data.images import ImageError, expand_paths, load_image
+from cnnctl.errors import DataError
 from cnnctl.modelfile import load_model
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
@@ -33,7 +34,11 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         return result
     model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
     _, height, width, channels = model.input_shape
-    names = class_names or [str(i) for i in range(model.output_shape[-1])]
+    outputs = model.output_shape[-1]
+    if class_names is not None and len(class_names) != outputs:
+        raise DataError(f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
+                        f"for a model with {outputs} outputs", "the file does not belong to this model")
+    names = class_names or [str(i) for i in range(outputs)]
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []

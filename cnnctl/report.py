@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from cnnctl.escape import csv_cell, safe, safe_text
+
 
 def training_progress(console: Console) -> Progress:
     """A progress bar for the steps of the current epoch (shown on terminals only)."""
@@ -52,7 +54,7 @@ def layers_table(model: Any) -> Table:
     table.add_column("params", justify="right")
     for index, layer in enumerate(model.layers):
         shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
-        table.add_row(str(index), f"{layer.name} ({type(layer).__name__})", str(shape),
+        table.add_row(str(index), safe(f"{layer.name} ({type(layer).__name__})"), str(shape),
                       f"{layer.count_params():,}")
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     table.caption = f"total params: {model.count_params():,}  (trainable: {trainable:,})"
@@ -62,7 +64,7 @@ def layers_table(model: Any) -> Table:
 
 def training_summary(summary: dict[str, Any]) -> Group:
     """The end of `cnnctl train`: where the run went, its best epoch and test results."""
-    lines = [Text.assemble(("run saved to ", "dim"), (summary["run"], "bold"))]
+    lines = [Text.assemble(("run saved to ", "dim"), (safe_text(summary["run"]), "bold"))]
     if summary.get("best_epoch"):
         lines.append(Text(f"best epoch {summary['best_epoch']} by {summary['monitor']} "
                           f"({summary['best_value']:.4f}); "
@@ -82,7 +84,7 @@ def evaluation_table(result: dict[str, Any]) -> Group:
     for column in ("precision", "recall", "f1", "support"):
         table.add_column(column, justify="right")
     for name, row in result["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(safe(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     table.add_section()
     for name in ("macro avg", "weighted avg"):
@@ -90,25 +92,27 @@ def evaluation_table(result: dict[str, Any]) -> Group:
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     header = Text.assemble((f"{result['split']} split", "bold"), f" ({result['examples']:,} images "
-                           f"of {result['data']})\n", (overall, "bold"))
-    confused = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in result["most_confused"][:3])
+                           f"of {safe_text(result['data'])})\n", (overall, "bold"))
+    confused = ", ".join(f"{safe_text(c['true'])} as {safe_text(c['predicted'])} ({c['count']})"
+                         for c in result["most_confused"][:3])
     footer = Text.assemble(("most confused: ", "dim"), confused or "none")
     return Group(header, table, footer)
 
 
 def predictions_table(predictions: Sequence[dict[str, Any]]) -> Table:
     """One row per image: path, then its top classes with probabilities."""
-    label_width = max(len(item["top"][0]["label"]) for item in predictions) if predictions else 5
+    label_width = max(len(safe_text(item["top"][0]["label"])) for item in predictions) if predictions else 5
     table = Table(show_edge=False)  # one line per image: long paths and runners-up are cut, not wrapped
-    paths = [item["path"] if len(item["path"]) <= 38 else "…" + item["path"][-37:] for item in predictions]
+    paths = [safe_text(item["path"]) for item in predictions]
+    paths = [path if len(path) <= 38 else "…" + path[-37:] for path in paths]
     table.add_column("image", no_wrap=True, min_width=max(map(len, paths), default=5))
     table.add_column("class", no_wrap=True, min_width=min(label_width, 24))
     table.add_column("prob", justify="right", no_wrap=True, min_width=5)
     table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
     for path, item in zip(paths, predictions, strict=True):  # long paths keep their file name
         top = item["top"]
-        rest = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in top[1:])
-        table.add_row(path, top[0]["label"], f"{top[0]['probability']:.3f}", rest)
+        rest = ", ".join(f"{safe_text(t['label'])} {t['probability']:.2f}" for t in top[1:])
+        table.add_row(safe(path), safe(top[0]["label"]), f"{top[0]['probability']:.3f}", safe(rest))
     return table
 
 
@@ -123,8 +127,9 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> Table:
         best = (f"{run['best_metric'].removeprefix('val_')} {run['best_value']:.4f}"
                 if "best_metric" in run else "-")
         test = f"{run['test_accuracy']:.4f}" if "test_accuracy" in run else "-"
-        table.add_row(run["name"], str(run.get("dataset", "?")), f"{run['epochs_done']}/{run.get('epochs', '?')}",
-                      best, test, Text(run["status"], style=styles.get(run["status"], "")))
+        table.add_row(safe(run["name"]), safe(run.get("dataset", "?")),
+                      safe(f"{run['epochs_done']}/{run.get('epochs', '?')}"),
+                      best, test, safe(run["status"], style=styles.get(run["status"], "")))
     return table
 
 
@@ -140,7 +145,8 @@ def predictions_csv(predictions: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for item in predictions:
-        writer.writerow([item["path"], *(v for t in item["top"] for v in (t["label"], t["probability"]))])
+        writer.writerow([csv_cell(item["path"]),
+                         *(csv_cell(v) for t in item["top"] for v in (t["label"], t["probability"]))])
     return out.getvalue()
 
 
@@ -154,14 +160,14 @@ def checks_table(checks: Any) -> Group:
     rows = list(enumerate(names)) if len(names) <= 20 else [*enumerate(names[:10]), (None, "..."),
                                                            *list(enumerate(names))[-5:]]
     for index, name in rows:
-        table.add_row(name, *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
+        table.add_row(safe(name), *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
     table.add_section()
     table.add_row("total", *(f"{sum(c):,}" for c in checks.counts.values()))
     return Group(table, *check_warnings(checks))
 
 
 def check_warnings(checks: Any) -> list[Text]:
-    return [Text.assemble(("warning: ", "yellow"), line) for line in checks.warnings]
+    return [Text.assemble(("warning: ", "yellow"), safe_text(line)) for line in checks.warnings]
 
 
 def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -171,7 +177,7 @@ def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["name"], "x".join(map(str, row["shape"])), str(row["classes"]),
-                      row["found"] or Text(row["fallback"], style="dim"))
+                      safe(row["found"]) if row["found"] else Text(row["fallback"], style="dim"))
     return table
 
 
@@ -185,7 +191,7 @@ def facts_table(facts: dict[str, Any]) -> Table:
             value = "\n".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value)
-        table.add_row(key, str(value))
+        table.add_row(key, Text("\n".join(safe_text(line) for line in str(value).split("\n"))))
     return table
 
 

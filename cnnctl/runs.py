@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import RunError
+from cnnctl.errors import CnnctlError, RunError
+from cnnctl.escape import csv_cell
+from cnnctl.limits import inside, read_bounded, read_json
 
 RUNS_DIR = Path("runs")
 
@@ -47,18 +49,37 @@ class Run:
     confusion = property(lambda self: self.path / "confusion_matrix.png")
 
     def read_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?") from None
-        except (OSError, ValueError) as error:
-            raise RunError(f"{path}: unreadable ({error})", "the file was damaged; train again") from None
+        """A JSON file of the run, read through cnnctl's limits; it must lie inside the run folder."""
+        if not path.exists():
+            raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?")
+        self.check_inside(path)
+        return read_json(path, RunError)
+
+    def check_inside(self, *paths: Path) -> None:
+        """The run folder is a boundary: a file (or symlink) of the run that leads outside is refused."""
+        for path in paths or self.known_files():
+            if os.path.lexists(path) and not inside(self.path, path):
+                raise RunError(f"{path}: refused: it points outside the run folder {self.path}",
+                               "a run folder's files must be inside it; remove the symlink")
+
+    def known_files(self) -> tuple[Path, ...]:
+        return (self.config, self.classes, self.model, self.checkpoints, self.last, self.state,
+                self.metrics_csv, self.metrics_json, self.curves, self.status, self.evaluation,
+                self.confusion, self.path / "misclassified.csv", self.path / "errors.png")
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.classes)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise RunError(f"{self.classes}: expected a list of class names")
         return names
+
+    def status_data(self) -> dict[str, Any]:
+        """run.json as a dict; {} when it is missing, damaged or not a JSON object."""
+        with contextlib.suppress(CnnctlError):
+            data = self.read_json(self.status)
+            if isinstance(data, dict):
+                return data
+        return {}
 
 
 def create_run(root: Path, name: str) -> Run:
@@ -94,9 +115,11 @@ def list_runs(root: Path) -> list[Run]:
 
 
 def _started(run: Run) -> float:
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        return float(json.loads(run.status.read_text())["started"])
-    return run.config.stat().st_mtime
+    with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError):
+        return float(run.status_data()["started"])
+    with contextlib.suppress(OSError):
+        return run.config.stat().st_mtime
+    return 0.0
 
 
 def find_run(ref: str | None, root: Path) -> Run:
@@ -105,9 +128,11 @@ def find_run(ref: str | None, root: Path) -> Run:
         runs = list_runs(root)
         if not runs:
             raise RunError(f"no runs in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
+        runs[-1].check_inside()
         return runs[-1]
     for path in (Path(ref), root / ref):
         if (path / "config.yaml").is_file():
+            Run(path).check_inside()
             return Run(path)
     names = [run.name for run in list_runs(root)]
     close = difflib.get_close_matches(ref, names, n=1)
@@ -156,22 +181,24 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return out.getvalue()
 
 
 def clean_leftovers(run: Run) -> None:
     """Remove temporary files a killed process left behind."""
     for folder in (run.path, run.checkpoints):
+        if not inside(run.path, folder):
+            continue  # never delete outside the run folder
         for tmp in folder.glob(".*.tmp*"):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if inside(run.path, tmp.parent):
+                    tmp.unlink()
 
 
 def set_status(run: Run, status: str, **extra: Any) -> None:
     data = {"status": status, "pid": os.getpid(), "updated": time.time()}
-    with contextlib.suppress(OSError, ValueError):
-        data = {**json.loads(run.status.read_text()), **data}
+    data = {**run.status_data(), **data}
     data.setdefault("started", time.time())
     write_json(run.status, {**data, **extra})
 
@@ -179,15 +206,15 @@ def set_status(run: Run, status: str, **extra: Any) -> None:
 def _alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, OverflowError):
         return False
     return True
 
 
 def running_pid(run: Run) -> int | None:
     """The pid of the process training `run` right now, if one is."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        status = json.loads(run.status.read_text())
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, OverflowError):
+        status = run.status_data()
         if status["status"] == "running" and int(status["pid"]) != os.getpid() and _alive(status["pid"]):
             return int(status["pid"])
     return None
@@ -195,28 +222,29 @@ def running_pid(run: Run) -> int | None:
 
 def describe(run: Run) -> dict[str, Any]:
     """One line of `cnnctl runs`: what the run trained, how far it got, how good it is."""
-    import yaml
+    from cnnctl.yamlfile import read_config_file
 
     info: dict[str, Any] = {"name": run.name, "path": str(run.path)}
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
-        config = yaml.safe_load(run.config.read_text())
+    with contextlib.suppress(CnnctlError, AttributeError, TypeError, KeyError):
+        run.check_inside(run.config)
+        config, _ = read_config_file(run.config)  # the hardened reader: no alias bombs
         info["dataset"] = config["data"].get("dataset") or config["data"].get("path")
         info["epochs"] = config.get("train", {}).get("epochs", 10)
-    status: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        status = json.loads(run.status.read_text())
+    status = run.status_data()
     rows = []
-    with contextlib.suppress(OSError), open(run.metrics_csv, newline="") as stream:
-        rows = list(csv.DictReader(stream))
+    with contextlib.suppress(CnnctlError, ValueError, csv.Error):
+        run.check_inside(run.metrics_csv)
+        rows = list(csv.DictReader(io.StringIO(read_bounded(run.metrics_csv, RunError).decode())))
     info["epochs_done"] = len(rows)
     for key, pick in (("val_accuracy", max), ("val_loss", min)):
-        values = [float(r[key]) for r in rows if r.get(key)]
-        if values:
-            info["best_metric"], info["best_value"] = key, pick(values)
-            break
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        info["test_accuracy"] = json.loads(run.metrics_json.read_text())["test"]["accuracy"]
-    state = status.get("status", "unknown")
+        with contextlib.suppress(ValueError, TypeError):
+            values = [float(r[key]) for r in rows if r.get(key)]
+            if values:
+                info["best_metric"], info["best_value"] = key, pick(values)
+                break
+    with contextlib.suppress(CnnctlError, KeyError, TypeError):
+        info["test_accuracy"] = float(run.read_json(run.metrics_json)["test"]["accuracy"])
+    state = str(status.get("status", "unknown"))
     if state == "running" and running_pid(run) is None:
         state = "interrupted"  # killed without a chance to say so
     missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]

@@ -393,12 +393,10 @@ def _save_with_state(model: keras.Model, path: Path, state: dict[str, Any]) -> N
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """The resume state stored inside a checkpoint."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(STATE_MEMBER))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise RunError(f"{path}: not a cnnctl checkpoint ({error})", "train the run again") from None
+    """The resume state stored inside a checkpoint, bounded and checked (cnnctl/statefile.py)."""
+    from cnnctl.statefile import read_checkpoint_state
+
+    return read_checkpoint_state(path)
 
 
 def _rng_state(model: keras.Model) -> list[list[int]]:
