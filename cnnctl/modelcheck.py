@@ -91,13 +91,21 @@ def _objects(path: Path, value: Any, owner: str | None = None,
             yield from _objects(path, child, owner, depth + 1)
 
 
-def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> None:
-    """Bound parameters and the largest activation (batch 1) without allocating the model."""
+def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int:
+    """Bound parameters and the largest activation (batch 1) without allocating the model.
+
+    Returns:
+        The model's parameter count.
+    """
     import keras
+    from keras.src.backend.common import global_state
 
     plain = {k: v for k, v in config.items() if k != "compile_config"}
+    # Variables made in a StatelessScope get a shape but no memory; Keras would allocate them
+    # all when the scope ends, so the scope is told not to, and they are forgotten afterwards.
+    pending = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
     try:
-        with keras.StatelessScope():
+        with keras.StatelessScope(initialize_variables=False):
             if legacy:  # Keras 2 style config, as legacy .h5 files hold
                 from keras.src.legacy.saving import saving_utils
 
@@ -119,9 +127,12 @@ def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> Non
     except Exception as error:  # a damaged config makes Keras raise nearly anything
         raise ModelFileError(f"{path}: not a loadable Keras model ({type(error).__name__}: "
                              f"{first_line(error)})") from None
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", pending)
     refuse_over("params", params, str(path), "the model has too many parameters", ModelFileError)
     refuse_over("activation", largest, str(path),
                 f"layer '{where}' makes too large an output for one image", ModelFileError)
+    return params
 
 
 def _dims(shape: Any) -> list[int]:

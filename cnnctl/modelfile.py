@@ -70,8 +70,10 @@ def unpack_archive(path: Path, folder: Path) -> Path:
         try:
             with zipfile.ZipFile(stream) as archive:
                 config = _vet_archive(path, archive)
+                params = check_sizes(path, config)
                 (folder / "config.json").write_bytes(_read_member(path, archive, "config.json"))
                 name = next(n for n in WEIGHTS if n in archive.NameToInfo)
+                _check_weights_size(path, archive.getinfo(name), params)
                 _extract(path, archive, name, folder / name)
         except zipfile.BadZipFile:
             raise ModelFileError(f"{path}: not a Keras model file (not a .keras zip archive)",
@@ -81,7 +83,6 @@ def unpack_archive(path: Path, folder: Path) -> Path:
         except DAMAGE as error:
             raise ModelFileError(f"{path}: damaged model file ({type(error).__name__}: "
                                  f"{first_line(error)})") from None
-    check_sizes(path, config)
     if name.endswith(".h5"):
         check_h5_file(path, folder / name)
     else:
@@ -123,6 +124,14 @@ def _check_member(path: Path, info: zipfile.ZipInfo, name: str = "bytes") -> Non
     refuse_over(name, info.file_size, str(path), f"{info.filename} is too large", ModelFileError)
     if info.flag_bits & 0x1:
         raise ModelFileError(f"{path}: refused: {info.filename} is encrypted")
+
+
+def _check_weights_size(path: Path, info: zipfile.ZipInfo, params: int) -> None:
+    """Weights (with optimizer state, float64 at most) take < 32 bytes per parameter of the config."""
+    most = 32 * params + 16 * 2**20
+    if info.file_size > most:
+        raise ModelFileError(f"{path}: refused: {info.filename} unpacks to {info.file_size:,} bytes, "
+                             f"far more than a model of {params:,} parameters needs ({most:,})")
 
 
 def _read_member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:

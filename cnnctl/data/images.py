@@ -81,7 +81,7 @@ def load_image(path: Path, height: int, width: int, channels: int, invert: bool 
     from PIL import Image, UnidentifiedImageError
 
     pixels = limit("pixels")
-    Image.MAX_IMAGE_PIXELS = pixels
+    Image.MAX_IMAGE_PIXELS = None  # cnnctl checks the header itself, below, with its own limit
     try:
         stream = open_regular(path, DataError)
     except DataError as error:
