@@ -26,6 +26,7 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "activation": (2**26, "values in one layer's output for one image"),
     "pixels": (64_000_000, "pixels of one image, checked before decoding"),
     "files": (1_000_000, "files found under one folder or glob"),
+    "h5_seconds": (20, "seconds to read an HDF5 weights file in a child process (+10 s per GiB)"),
 }
 ENV = "CNNCTL_LIMITS"
 

@@ -169,21 +169,9 @@ def read_member_json(path: Path, name: str) -> Any:
 
 def check_h5(path: Path) -> None:
     """Vet a legacy HDF5 model: its `model_config` attribute, model size and dataset shapes."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as h5:
-            raw = h5.attrs.get("model_config")
-            if raw is None:
-                raise ModelFileError(f"{path}: not a Keras model file (no model_config in the HDF5 file)")
-            if not isinstance(raw, (bytes, str)):
-                raise ModelFileError(f"{path}: damaged model file (model_config is not text)")
-            config = parse_json(raw, f"{path}: model_config", ModelFileError)
-    except ModelFileError:
-        raise
-    except DAMAGE as error:
-        raise ModelFileError(f"{path}: not a readable HDF5 model ({type(error).__name__}: "
-                             f"{first_line(error)})") from None
+    raw = check_h5_file(path, path)  # read whole in a child process first: HDF5 can hang
+    if raw is None:
+        raise ModelFileError(f"{path}: not a Keras model file (no model_config in the HDF5 file)")
+    config = parse_json(raw, f"{path}: model_config", ModelFileError)
     check_config(path, config)
     check_sizes(path, config, legacy=True)
-    check_h5_file(path, path)

@@ -51,6 +51,18 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         return (np.stack(images).astype(np.float32) if images else np.zeros((0, height, width, channels))), kept
 
     def classify(batch: np.ndarray) -> np.ndarray:
+        try:
+            return _classify(batch)
+        except MemoryError:  # the input or the model, not training's batch size: say which
+            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
+                            "lower --batch-size, or check the model's size") from None
+        except Exception as error:
+            if type(error).__name__ != "ResourceExhaustedError":
+                raise
+            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
+                            "lower --batch-size, or check the model's size") from None
+
+    def _classify(batch: np.ndarray) -> np.ndarray:
         # Plain eager calls: no tf.function to trace, faster than model.predict for a single pass.
         return np.concatenate([np.asarray(model(batch[i: i + batch_size], training=False))
                                for i in range(0, len(batch), batch_size)] or [np.zeros((0, len(names)))])

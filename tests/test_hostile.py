@@ -59,12 +59,15 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
     with open(cwd / "child.out", "wb") as out, open(cwd / "child.err", "wb") as err:
         child = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=cwd, env=env,
                                  stdout=out, stderr=err)
-        deadline = time.monotonic() + 20 + CASE_SECONDS * len(cases)
+        done, deadline = 0, time.monotonic() + 60 + CASE_SECONDS  # start-up, then per case
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 child.returncode = os.waitstatus_to_exitcode(status)
                 break
+            finished = (cwd / "child.out").read_text().count("RESULT ")
+            if finished > done:
+                done, deadline = finished, time.monotonic() + CASE_SECONDS + 5
             if time.monotonic() > deadline:
                 child.kill()
                 os.wait4(child.pid, 0)
