@@ -162,7 +162,7 @@ def read_member_json(path: Path, name: str) -> Any:
         except ModelFileError:
             raise
         except DAMAGE as error:
-            raise ModelFileError(f"{path}: damaged checkpoint ({type(error).__name__}: "
+            raise ModelFileError(f"{path}: not a cnnctl checkpoint ({type(error).__name__}: "
                                  f"{first_line(error)})") from None
     return parse_json(data, f"{path}: {name}", ModelFileError)
 
