@@ -25,9 +25,6 @@ from cnnctl.suggest import suggest
 BLOCK_TYPES = ("Residual", "Backbone")
 RESIDUAL_ARGS = ("layers", "shortcut", "activation", "name")
 BACKBONE_ARGS = ("name", "weights", "trainable", "pooling")
-# Classes inside saved blocks beyond builder.LAYERS: the shortcut's Add, and what the
-# applications are made of. The model-file allow-list takes these too.
-MODEL_FILE_CLASSES = ("Add", "Multiply", "Concatenate", "Normalization", "InputLayer")
 MAX_WEIGHTS_BYTES = 2 * 2**30
 PREPROCESS = "preprocess"  # the name of a Backbone's frozen input-preprocessing layer
 

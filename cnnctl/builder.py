@@ -14,42 +14,11 @@ from typing import Any
 
 import keras
 
+from cnnctl.allowlist import AUGMENTATIONS, LAYERS, OPTIMIZERS
 from cnnctl.blocks import BLOCK_TYPES, build_block
 from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, first_line
 from cnnctl.suggest import suggest
-
-# Layers that fit a Sequential image classifier and take only plain values.
-LAYERS = (
-    # convolution
-    "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D",
-    "SeparableConv1D", "SeparableConv2D",
-    # pooling
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "MaxPool2D", "AvgPool2D",
-    # core, reshaping, regularization
-    "Dense", "Activation", "Flatten", "Reshape", "Permute", "Identity", "Dropout",
-    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout", "GaussianNoise",
-    "AlphaDropout", "ActivityRegularization", "Cropping2D", "ZeroPadding2D", "UpSampling2D",
-    # normalization and activations
-    "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
-    "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
-    # image preprocessing and augmentation (active in training only where Keras says so)
-    "Rescaling", "Resizing", "CenterCrop", "RandomCrop", "RandomFlip", "RandomRotation",
-    "RandomTranslation", "RandomZoom", "RandomContrast", "RandomBrightness",
-)
-
-# Image augmentation: active only while training (Keras turns them off in evaluate and predict).
-AUGMENTATIONS = (
-    "RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast", "RandomBrightness",
-    "RandomCrop", "GaussianNoise",
-)
-
-OPTIMIZERS = (
-    "SGD", "RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "Adafactor", "Nadam",
-    "Ftrl", "Lion", "Lamb",
-)
 
 # Arguments every layer takes through `keras.layers.Layer`.
 _COMMON_LAYER_ARGS = ("name", "trainable", "dtype", "activity_regularizer")

@@ -55,14 +55,19 @@ def read_state(path: Path) -> ResumeState:
             if info.file_size > STATE_LIMIT:
                 raise RunError(f"{path}: resume state of {info.file_size:,} bytes is too large", hint)
             with archive.open(info) as stream:
-                raw = stream.read(STATE_LIMIT + 1)
+                raw = stream.read(STATE_LIMIT + 1)  # the header's size may lie
+        if len(raw) > STATE_LIMIT:
+            raise RunError(f"{path}: resume state larger than {STATE_LIMIT:,} bytes", hint)
         return ResumeState.model_validate(json.loads(raw))
     except RunError:
         raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, RecursionError, NotImplementedError,
             RuntimeError, EOFError) as error:
-        detail = "invalid state" if isinstance(error, ValidationError) else first_line(error, 120)
-        raise RunError(f"{path}: not a cnnctl checkpoint ({detail})", hint) from None
+        detail = first_line(error, 120)
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            detail = f"{'.'.join(map(str, first['loc'])) or 'state'}: {first['msg'].lower()}"
+        raise RunError(f"{path}: not a cnnctl checkpoint ({STATE_MEMBER}: {detail})", hint) from None
 
 
 def rng_state(model: keras.Model) -> list[list[int]]:

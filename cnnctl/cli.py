@@ -110,7 +110,9 @@ def _stdout_for_json(as_json: bool) -> Iterator[None]:
 @click.option("--offline", is_flag=True, envvar="CNNCTL_OFFLINE", help=GLOBAL_FLAGS["offline"])
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.")
-def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path) -> None:
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a safety limit for files you trust, e.g. --limit pixels=200000000.")
+def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path, limits: tuple[str, ...]) -> None:
     """Train convolutional neural networks described in YAML.
 
     \b
@@ -120,6 +122,10 @@ def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path) -> None:
 
     Global options (--debug, --verbose, --offline, --runs-dir) go before or after the command.
     """
+    if limits:  # the same as CNNCTL_LIMITS; read by every file reader (cnnctl/limits.py)
+        from cnnctl.limits import ENV, check_limit_names
+
+        os.environ[ENV] = check_limit_names(limits)
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -318,8 +324,10 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         from cnnctl.predict import predict_images
 
         result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
+    from cnnctl.escape import safe_text
+
     for path, reason in result.failures:
-        _note(f"{path}: {reason}")
+        _note(safe_text(f"{path}: {reason}"))
     if not result.items:
         raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
     if output is not None:

@@ -27,8 +27,10 @@ class CnnctlError(click.ClickException):
 
 
 def _one_line(text: str) -> str:
-    """Escape control characters (from a user's file or argument) so a message stays one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    """Control characters (from a user's file or argument) shown escaped, so a message stays one line."""
+    from cnnctl.escape import safe_text
+
+    return safe_text(text)
 
 
 class ConfigError(CnnctlError):

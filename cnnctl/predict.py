@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnctl.data.images import ImageError, expand_paths, load_image
-from cnnctl.errors import ModelFileError
+from cnnctl.errors import DataError
 from cnnctl.modelfile import load_model
 from cnnctl.results import Guess, Prediction, Predictions
 from cnnctl.runtimes import is_exported, load_exported
@@ -30,10 +30,10 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
     _, height, width, channels = model.input_shape
     outputs = model.output_shape[-1]
+    if class_names is not None and len(class_names) != outputs:
+        raise DataError(f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
+                        f"for a model with {outputs} outputs", "the file does not belong to this model")
     names = class_names or [str(i) for i in range(outputs)]
-    if len(names) != outputs:
-        raise ModelFileError(f"{model_path}: the model has {outputs} outputs but classes.json names "
-                             f"{len(names)} classes", "use the classes.json written with this model")
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
@@ -46,6 +46,18 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
         return (np.stack(images).astype(np.float32) if images else np.zeros((0, height, width, channels))), kept
 
     def classify(batch: np.ndarray) -> np.ndarray:
+        try:
+            return _classify(batch)
+        except MemoryError:  # the input or the model, not training's batch size: say which
+            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
+                            "lower --batch-size, or check the model's size") from None
+        except Exception as error:
+            if type(error).__name__ != "ResourceExhaustedError":
+                raise
+            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
+                            "lower --batch-size, or check the model's size") from None
+
+    def _classify(batch: np.ndarray) -> np.ndarray:
         # Plain eager calls: no tf.function to trace, faster than model.predict for a single pass.
         return np.concatenate([np.asarray(model(batch[i: i + batch_size], training=False))
                                for i in range(0, len(batch), batch_size)] or [np.zeros((0, len(names)))])

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from cnnctl.escape import csv_cell, safe, safe_text
 from cnnctl.results import EvaluationResult, Prediction, TrainResult
 from cnnctl.runs import RunSummary
 
@@ -116,7 +117,7 @@ def layers_table(model: Any, config_layers: int | None = None) -> Table:
     for index, layer in enumerate(model.layers):
         shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
         number = "+" if index < added else str(index - added)
-        table.add_row(number, Text(f"{layer.name} ({type(layer).__name__})"), str(shape),
+        table.add_row(number, safe(f"{layer.name} ({type(layer).__name__})"), str(shape),
                       f"{layer.count_params():,}")
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     table.caption = f"total params: {model.count_params():,}  (trainable: {trainable:,})"
@@ -127,7 +128,7 @@ def layers_table(model: Any, config_layers: int | None = None) -> Table:
 def training_summary(result: TrainResult) -> Group:
     """The end of `cnnctl train`: where the run went, its best epoch and test results."""
     summary = result.summary()
-    lines = [Text.assemble(("run saved to ", "dim"), (summary["run"], "bold"))]
+    lines = [Text.assemble(("run saved to ", "dim"), (safe_text(summary["run"]), "bold"))]
     if result.stopped_early:
         lines.append(Text(f"stopped early at epoch {result.stopped_early} of {result.epochs} "
                           "(train.early_stopping)", style="yellow"))
@@ -150,7 +151,7 @@ def evaluation_table(result: EvaluationResult) -> Group:
     for column in ("precision", "recall", "f1", "support"):
         table.add_column(column, justify="right")
     for name, row in result.per_class.items():
-        table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(safe(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     table.add_section()
     for name in ("macro avg", "weighted avg"):
@@ -158,10 +159,11 @@ def evaluation_table(result: EvaluationResult) -> Group:
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     header = Text.assemble((f"{result.split} split", "bold"), f" ({plural(result.examples, 'image')} "
-                           f"of {result.data})\n", (overall, "bold"))
-    confused = ", ".join(f"{c['true']} as {c['predicted']} ({c['count']})" for c in result.most_confused[:3])
+                           f"of {safe_text(result.data)})\n", (overall, "bold"))
+    confused = ", ".join(f"{safe_text(c['true'])} as {safe_text(c['predicted'])} ({c['count']})"
+                         for c in result.most_confused[:3])
     footer = Text.assemble(("most confused: ", "dim"), confused or "none")
-    saved = Text.assemble(("saved: ", "dim"), ", ".join(result.saved)) if result.saved else Text(
+    saved = Text.assemble(("saved: ", "dim"), safe_text(", ".join(result.saved))) if result.saved else Text(
         "not saved (the model is not in a run folder; pass --output DIR to keep the report)", style="dim")
     return Group(header, table, footer, saved)
 
@@ -174,9 +176,9 @@ def predictions_table(predictions: Sequence[Prediction], width: int | None = Non
     `width`, the runners-up go first and long paths lose their start, never the file
     name; class and probability always stay. With no width (a pipe, a file) nothing is cut.
     """
-    paths = [_relative(item.path, base) for item in predictions]
-    labels = [item.top[0].label for item in predictions]
-    rest = [", ".join(f"{t.label} {t.probability:.2f}" for t in item.top[1:]) for item in predictions]
+    paths = [safe_text(_relative(item.path, base)) for item in predictions]
+    labels = [safe_text(item.top[0].label) for item in predictions]
+    rest = [", ".join(f"{safe_text(t.label)} {t.probability:.2f}" for t in item.top[1:]) for item in predictions]
     keep_rest = any(rest)
     if width is not None:
         fixed = max(map(len, labels), default=5) + 5 + 3 * 3  # class, prob, and cell padding
@@ -217,12 +219,13 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
                _Column("status")]
     rows = []
     for run in runs:
-        best = (f"{run.monitor} {run.best_value:.4f}" if run.best_value is not None and run.monitor else "-")
+        best = (f"{safe_text(run.monitor)} {run.best_value:.4f}"
+                if run.best_value is not None and run.monitor else "-")
         epochs = f"{run.epochs_done}/{run.epochs if run.epochs is not None else '?'}"
         status = run.status + (f" (early, {run.stopped_early})" if run.stopped_early else "")
-        rows.append([Text(run.name), Text(str(run.dataset or "?")), epochs, best,
+        rows.append([safe(run.name), safe(run.dataset or "?"), epochs, best,
                      f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
-                     Text(status, style=styles.get(run.status, ""))])
+                     safe(status, style=styles.get(run.status, ""))])
     return _fitted(columns, rows, width)
 
 
@@ -235,7 +238,7 @@ def predictions_csv(predictions: Sequence[Prediction]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for item in predictions:
-        writer.writerow([item.path, *(v for t in item.top for v in (t.label, t.probability))])
+        writer.writerow([csv_cell(item.path), *(csv_cell(v) for t in item.top for v in (t.label, t.probability))])
     return out.getvalue()
 
 
@@ -249,14 +252,14 @@ def checks_table(checks: Any) -> Group:
     rows = list(enumerate(names)) if len(names) <= 20 else [*enumerate(names[:10]), (None, "..."),
                                                            *list(enumerate(names))[-5:]]
     for index, name in rows:
-        table.add_row(name, *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
+        table.add_row(safe(name), *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
     table.add_section()
     table.add_row("total", *(f"{sum(c):,}" for c in checks.counts.values()))
     return Group(table, *check_warnings(checks))
 
 
 def check_warnings(checks: Any) -> list[Text]:
-    return [Text.assemble(("warning: ", "yellow"), line) for line in checks.warnings]
+    return [Text.assemble(("warning: ", "yellow"), safe_text(line)) for line in checks.warnings]
 
 
 def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -266,7 +269,7 @@ def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["name"], "x".join(map(str, row["shape"])), str(row["classes"]),
-                      row["found"] or Text(row["fallback"], style="dim"))
+                      safe(row["found"]) if row["found"] else Text(row["fallback"], style="dim"))
     return table
 
 
@@ -280,7 +283,7 @@ def facts_table(facts: dict[str, Any]) -> Table:
             value = "\n".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value)
-        table.add_row(key, str(value))
+        table.add_row(key, Text("\n".join(safe_text(line) for line in str(value).split("\n"))))
     return table
 
 

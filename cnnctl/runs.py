@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CnnctlError, RunError
+from cnnctl.escape import csv_cell
+from cnnctl.limits import inside, read_bounded, read_json
 from cnnctl.suggest import suggest
 
 
@@ -65,12 +67,23 @@ class Run:
     confusion = property(lambda self: self.path / "confusion_matrix.png")
 
     def read_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?") from None
-        except (OSError, ValueError) as error:
-            raise RunError(f"{path}: unreadable ({error})", "the file was damaged; train again") from None
+        """A JSON file of the run, read through cnnctl's limits; it must lie inside the run folder."""
+        if not path.exists():
+            raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?")
+        self.check_inside(path)
+        return read_json(path, RunError)
+
+    def check_inside(self, *paths: Path) -> None:
+        """The run folder is a boundary: a file (or symlink) of the run that leads outside is refused."""
+        for path in paths or self.known_files():
+            if os.path.lexists(path) and not inside(self.path, path):
+                raise RunError(f"{path}: refused: it points outside the run folder {self.path}",
+                               "a run folder's files must be inside it; remove the symlink")
+
+    def known_files(self) -> tuple[Path, ...]:
+        return (self.config, self.classes, self.model, self.checkpoints, self.last,
+                self.metrics_csv, self.metrics_json, self.curves, self.run_json, self.evaluation,
+                self.confusion, self.path / "misclassified.csv", self.path / "errors.png")
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.classes)
@@ -78,12 +91,17 @@ class Run:
             raise RunError(f"{self.classes}: expected a list of class names")
         return names
 
-    def status_field(self, key: str) -> Any:
-        """One value of run.json (status, pid, started, epochs...), None when absent or unreadable."""
+    def status_data(self) -> dict[str, Any]:
+        """run.json as a dict; {} when it is missing, damaged or not a JSON object."""
         with contextlib.suppress(CnnctlError):
             data = self.read_json(self.run_json)
-            return data.get(key) if isinstance(data, dict) else None
-        return None
+            if isinstance(data, dict):
+                return data
+        return {}
+
+    def status_field(self, key: str) -> Any:
+        """One value of run.json (status, pid, started, epochs...), None when absent or unreadable."""
+        return self.status_data().get(key)
 
 
 def create_run(root: Path, name: str) -> Run:
@@ -119,9 +137,11 @@ def list_runs(root: Path) -> list[Run]:
 
 
 def _started(run: Run) -> float:
-    with contextlib.suppress(TypeError, ValueError):
-        return float(run.status_field("started"))
-    return run.config.stat().st_mtime
+    with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError):
+        return float(run.status_data()["started"])
+    with contextlib.suppress(OSError):
+        return run.config.stat().st_mtime
+    return 0.0
 
 
 def run_of_model(model_file: Path) -> Run | None:
@@ -143,9 +163,11 @@ def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
         if not runs:
             what = "with a model " if with_model and list_runs(root) else ""
             raise RunError(f"no runs {what}in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
+        runs[-1].check_inside()
         return runs[-1]
     for path in (Path(ref), root / ref):
         if (path / "config.yaml").is_file():
+            Run(path).check_inside()
             return Run(path)
     names = [run.name for run in list_runs(root)]
     shown = ", ".join(names[-5:]) + (", …" if len(names) > 5 else "")
@@ -194,23 +216,24 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return out.getvalue()
 
 
 def clean_leftovers(run: Run) -> None:
     """Remove temporary files a killed process left behind."""
     for folder in (run.path, run.checkpoints):
+        if not inside(run.path, folder):
+            continue  # never delete outside the run folder
         for tmp in folder.glob(".*.tmp*"):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if inside(run.path, tmp.parent):
+                    tmp.unlink()
 
 
 def set_status(run: Run, status: str, **extra: Any) -> None:
     data = {"status": status, "pid": os.getpid(), "updated": time.time()}
-    with contextlib.suppress(CnnctlError):
-        old = run.read_json(run.run_json)
-        data = {**old, **data} if isinstance(old, dict) else data
+    data = {**run.status_data(), **data}
     data.setdefault("started", time.time())
     write_json(run.run_json, {**data, **extra})
 
@@ -218,7 +241,7 @@ def set_status(run: Run, status: str, **extra: Any) -> None:
 def _alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, OverflowError):
         return False
     return True
 
@@ -226,7 +249,7 @@ def _alive(pid: Any) -> bool:
 def running_pid(run: Run) -> int | None:
     """The pid of the process training `run` right now, if one is."""
     pid = run.status_field("pid")
-    if run.status_field("status") == "running" and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+    if run.status_field("status") == "running" and type(pid) is int and pid != os.getpid() and _alive(pid):
         return pid
     return None
 
@@ -238,7 +261,8 @@ def describe(run: Run) -> RunSummary:
     summary = RunSummary(name=run.name, path=str(run.path), status="unknown")
     problems = []
     try:
-        config = load_config(run.config)
+        run.check_inside(run.config)
+        config = load_config(run.config)  # the hardened reader: no alias bombs, bounded size
         summary.dataset = config.data.dataset or config.data.path
         summary.epochs = config.train.epochs
         summary.monitor = config.train.checkpoint.monitor
@@ -247,8 +271,9 @@ def describe(run: Run) -> RunSummary:
         problems.append("unreadable config.yaml")
         mode = "min"
     rows = []
-    with contextlib.suppress(OSError, csv.Error, UnicodeDecodeError), open(run.metrics_csv, newline="") as stream:
-        rows = list(csv.DictReader(stream))
+    with contextlib.suppress(CnnctlError, ValueError, csv.Error):
+        run.check_inside(run.metrics_csv)
+        rows = list(csv.DictReader(io.StringIO(read_bounded(run.metrics_csv, RunError).decode())))
     summary.epochs_done = len(rows)
     finished = _read_dict(run, run.metrics_json)
     if isinstance(finished.get("best_value"), (int, float)):  # what chose model.keras, as training saw it

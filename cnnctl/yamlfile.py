@@ -7,6 +7,7 @@ Duplicate keys, alias bombs and deep nesting are refused here.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from cnnctl.errors import ConfigError
+from cnnctl.limits import open_regular
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000  # YAML aliases can expand a small file into billions of nodes.
@@ -108,6 +110,9 @@ def _construct(node: yaml.Node, loader: _Loader, source: Source, path: Path_, bu
         return items
     try:
         return loader.construct_object(node, deep=True)
+    except ValueError as error:  # e.g. an integer of 100,000 digits (Python refuses > 4,300)
+        raise ConfigError(f"{_at(source, node)}: {str(error).splitlines()[0][:100]}",
+                          "configs hold plain values: write a shorter number") from None
     except yaml.YAMLError as error:
         raise ConfigError(
             f"{_at(source, node)}: {getattr(error, 'problem', error)}",
@@ -140,6 +145,9 @@ def parse_yaml(text: str, source: Source) -> Any:
     except yaml.YAMLError as error:  # e.g. a control character the YAML reader refuses
         raise ConfigError(f"{source.file}: invalid YAML: {str(error).splitlines()[-1].strip()}",
                           "remove control characters; save the file as plain UTF-8 text") from error
+    except RecursionError:  # thousands of nested [ or { exhaust PyYAML's recursive composer
+        raise ConfigError(f"{source.file}: nested more than {MAX_DEPTH} levels deep",
+                          "a config is a few levels deep; check the brackets") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -155,11 +163,13 @@ def read_config_file(path: Path) -> tuple[Any, Source]:
         raise ConfigError(f"{path}: no such config file", "check the path; configs/ has examples")
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a config file", "pass a .yaml file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes is too large for a config (limit {MAX_FILE_BYTES:,})")
+    with open_regular(path, ConfigError) as stream:  # a FIFO or /dev/zero would never end
+        size = os.fstat(stream.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is too large for a config (limit {MAX_FILE_BYTES:,})")
+        data = stream.read(MAX_FILE_BYTES + 1)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason})") from error
     except OSError as error:

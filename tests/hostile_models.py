@@ -133,12 +133,12 @@ CORPUS: dict[str, tuple[Callable[[Path, Path], None], int, str]] = {
     "zipbomb.keras": (_zip_bomb, 2, "(a zip bomb?)"),
     "shapebomb.keras": (_shape_bomb, 2, "(a shape bomb?)"),
     "traversal.keras": (_traversal, 2, "points outside the archive"),
-    "nested.keras": (_nested, 2, "damaged model file"),
+    "nested.keras": (_nested, 2, "nested too deeply"),
     "legacy.h5": (_legacy_h5, 2, "legacy HDF5 models are not loaded"),
     "text.keras": (_text, 2, "not a Keras model file (not a .keras zip archive)"),
     "truncated.keras": (_truncated, 2, "not a Keras model file"),
     "noconfig.keras": (_no_config, 2, "no config.json inside"),
-    "badjson.keras": (_bad_json, 2, "damaged model file"),
+    "badjson.keras": (_bad_json, 2, "config.json: not valid JSON"),
 }
 
 
@@ -147,3 +147,107 @@ def make(name: str, good: Path, folder: Path) -> Path:
     target = folder / name
     CORPUS[name][0](good, target)
     return target
+
+
+# --------------------------------------------------------------------------- issue 18: resources
+
+
+def patch_central(path: Path, member: str, **fields: int) -> None:
+    """Rewrite fields of `member`'s central-directory entry: flags, method, packed, size."""
+    offsets = {"flags": (8, "<H"), "method": (10, "<H"), "packed": (20, "<I"), "size": (24, "<I")}
+    data = bytearray(path.read_bytes())
+    start = data.find(b"PK\x01\x02")
+    while start != -1:
+        name_length = struct.unpack("<H", data[start + 28: start + 30])[0]
+        if data[start + 46: start + 46 + name_length] == member.encode():
+            for key, value in fields.items():
+                offset, fmt = offsets[key]
+                data[start + offset: start + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+        start = data.find(b"PK\x01\x02", start + 4)
+    path.write_bytes(bytes(data))
+
+
+def rebuild(good: Path, target: Path, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None,
+            change: Callable[[dict], None] | None = None) -> Path:
+    """A copy of `good` without the members `drop`, with `add`, its config changed by `change`."""
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            if info.filename in drop:
+                continue
+            data = source.read(info.filename)
+            if info.filename == "config.json" and change is not None:
+                config = json.loads(data)
+                change(config)
+                data = json.dumps(config).encode()
+            out.writestr(info.filename, data)
+        for name, data in (add or {}).items():
+            out.writestr(name, data)
+    return target
+
+
+def npy_bomb() -> bytes:
+    """An .npz of one array whose header declares 8 GiB of float32 and that holds 16 bytes."""
+    import io
+
+    import numpy as np
+
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (2**31,)})
+    npy.write(b"\0" * 16)
+    npz = io.BytesIO()
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("layers/dense/vars/0.npy", npy.getvalue())
+    return npz.getvalue()
+
+
+def png_header_bomb(path: Path, width: int = 14142, height: int = 14142, depth: int = 16) -> Path:
+    """A small valid-looking grayscale PNG whose header declares width x height pixels."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = zlib.compress(b"\0" * (1 + width * depth // 8) * 64)  # the first 64 rows only
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
+                                                                       0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def _dense_layer(config: dict) -> dict:
+    return next(layer for layer in _layers(config) if layer["class_name"] == "Dense")
+
+
+def wide_dense(config: dict) -> None:
+    """Dense(units=250000) with its build_config removed: 196 million weights on 784 inputs."""
+    layer = _dense_layer(config)
+    layer["config"]["units"] = 250_000
+    layer.pop("build_config", None)
+
+
+def huge_build_input(config: dict) -> None:
+    """No Input layer; the model's build_config says each input holds 10 million values."""
+    config["config"]["layers"] = [layer for layer in _layers(config)
+                                  if layer["class_name"] not in ("InputLayer", "Rescaling", "Flatten")]
+    for layer in _layers(config):
+        layer.pop("build_config", None)
+    config["build_config"] = {"input_shape": [None, 10_000_000]}
+    config["config"]["build_input_shape"] = [None, 10_000_000]
+
+
+def deserialize_activation(config: dict) -> None:
+    """An activation naming the function `keras.layers.deserialize` (a function, not a class)."""
+    _dense_layer(config)["config"]["activation"] = {"module": "keras.layers", "class_name": "deserialize",
+                                                    "config": {}, "registered_name": None}
+
+
+def flip_bytes(data: bytes, seed: int, count: int = 8) -> bytes:
+    """`data` with `count` bytes replaced at positions drawn from `seed`."""
+    import random
+
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(count):
+        out[rng.randrange(len(out))] = rng.randrange(256)
+    return bytes(out)

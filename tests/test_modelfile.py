@@ -62,3 +62,15 @@ def test_legacy_h5_with_a_lambda_is_refused_even_when_asked(runner, image, tmp_p
     result = runner.invoke(main, ["predict", str(image), "--model", str(tmp_path / "evil.h5"), "--legacy-h5"])
     assert result.exit_code == 2 and "refused: it contains a Lambda layer" in result.stderr
     assert not Path("pwned").exists()
+
+
+def test_functional_models_load_and_refusals_name_the_real_class(runner, image, tmp_path):
+    inp = keras.Input((28, 28, 1))
+    keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp))).save(tmp_path / "functional.keras")
+    result = runner.invoke(main, ["predict", str(image), "--model", str(tmp_path / "functional.keras"), "--json"])
+    assert result.exit_code == 0, result.output
+    evil = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Lambda(lambda x: x)(keras.layers.Flatten()(inp))))
+    evil.save(tmp_path / "evil.keras")
+    result = runner.invoke(main, ["predict", str(image), "--model", str(tmp_path / "evil.keras")])
+    assert result.exit_code == 2 and "refused: it contains a Lambda layer" in result.stderr
+    assert "__keras_tensor__" not in result.stderr

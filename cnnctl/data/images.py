@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
+from struct import error as struct_error
 
 import numpy as np
 
+from cnnctl.errors import DataError
+from cnnctl.limits import is_regular, kind_of, limit, open_regular
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-MAX_PIXELS = 100_000_000  # refuse decompression bombs
 
 
 class ImageError(Exception):
@@ -22,14 +26,17 @@ def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            images = sorted(p for p in _walk(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not images:
                 failures.append((text, "folder holds no image files"))
             found.extend(images)
         elif path.exists():
-            found.append(path)
+            if is_regular(path):
+                found.append(path)
+            else:
+                failures.append((text, f"not a regular file ({kind_of(os.stat(path).st_mode)})"))
         elif glob.has_magic(text):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            matches = sorted(p for p in _glob(text) if is_regular(p))
             if not matches:
                 failures.append((text, "no file matches this pattern"))
             found.extend(matches)
@@ -38,28 +45,68 @@ def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return list(dict.fromkeys(found)), failures
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Regular files under `folder`; symlinked folders are not entered (no loops), FIFOs skipped."""
+    found: list[Path] = []
+    for root, _, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(root, name)
+            if is_regular(path):
+                found.append(path)
+                if len(found) > limit("files"):
+                    raise DataError(f"{folder}: holds more than {limit('files'):,} files",
+                                    f"pass a smaller folder, or raise: cnnctl --limit files={len(found)}")
+    return found
+
+
+def _glob(pattern: str) -> list[Path]:
+    """A glob whose `**` never follows symlinked folders (`a -> .` would recurse forever)."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path()
+    rest = "/".join(parts[fixed:])
+    if "**" not in rest:
+        return [Path(p) for p in glob.glob(pattern)]
+    found = []
+    for path in root.glob(rest):  # pathlib's ** does not recurse into symlinks (Python < 3.13)
+        found.append(path)
+        if len(found) > limit("files"):
+            raise DataError(f"{pattern}: matches more than {limit('files'):,} files",
+                            f"narrow the pattern, or raise: cnnctl --limit files={len(found)}")
+    return found
+
+
 def load_image(path: Path, height: int, width: int, channels: int, invert: bool = False) -> np.ndarray:
     """Decode with Pillow, convert to `channels`, resize to (height, width); uint8 (H, W, C)."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    pixels = limit("pixels")
+    Image.MAX_IMAGE_PIXELS = None  # cnnctl checks the header itself, below, with its own limit
     try:
-        with Image.open(path) as image:
+        stream = open_regular(path, DataError)
+    except DataError as error:
+        raise ImageError(str(error.message).removeprefix(f"{path}: ")) from None
+    try:
+        with stream, Image.open(stream) as image:
+            # The header gives the size in every format, mode and bit depth: check before decoding.
+            if image.width * image.height > pixels:
+                raise ImageError(f"refused: {image.width}x{image.height} is more than {pixels:,} pixels "
+                                 f"(raise with cnnctl --limit pixels={image.width * image.height})")
             image.load()
             if image.width == 0 or image.height == 0:
                 raise ImageError("image has zero size")
             mode = "L" if channels == 1 else "RGB"
             if image.mode != mode:
-                image = _to_mode(image, mode)
+                image = _to_mode(image, mode, (width, height))
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except UnidentifiedImageError:
         empty = path.is_file() and path.stat().st_size == 0
         raise ImageError("empty file" if empty else "not an image file Pillow can read") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"image is larger than {MAX_PIXELS:,} pixels") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (Image.DecompressionBombError, MemoryError):
+        raise ImageError(f"refused: image is larger than {pixels:,} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:
         raise ImageError(f"damaged or truncated image ({error})") from None
     if array.ndim == 2:
         array = array[..., np.newaxis]
@@ -68,13 +115,17 @@ def load_image(path: Path, height: int, width: int, channels: int, invert: bool 
     return 255 - array if invert else array
 
 
-def _to_mode(image, mode: str):
+def _to_mode(image, mode: str, size: tuple[int, int]):
     """Convert any Pillow mode (16-bit, palette, CMYK, with alpha) to 8-bit L or RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         from PIL import Image
 
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(image.getextrema()[1]), 1.0)
+        if image.mode != "F":
+            image = image.convert("I")
+        if image.size != size:  # shrink first: a large 16-bit image never becomes a float array
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        values = np.asarray(image, dtype=np.float32)
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cnnctl.errors import DataError, first_line
+from cnnctl.limits import limit, npy_header, open_regular, refuse_over
 
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -138,16 +141,20 @@ def verify(name: str, place: Path) -> tuple[str, ...]:
 
 
 def _digest(path: Path, kind: str) -> str:
-    if kind == "md5-file":
-        return hashlib.md5(path.read_bytes()).hexdigest()
-    if kind == "sha256-file":
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    opener = gzip.open if path.suffix == ".gz" else open
+    """The file's digest, read in chunks (a gzip member may unpack to anything)."""
+    digest = hashlib.md5() if kind == "md5-file" else hashlib.sha256()
     try:
-        with opener(path, "rb") as stream:
-            return hashlib.sha256(stream.read()).hexdigest()
-    except (OSError, EOFError):
+        with open_regular(path, DataError) as raw:
+            stream = gzip.open(raw) if kind == "sha256" and path.suffix == ".gz" else raw
+            read = 0
+            while chunk := stream.read(2**20):
+                digest.update(chunk)
+                read += len(chunk)
+                if read > limit("bytes"):
+                    return "too large"
+    except (OSError, EOFError, DataError, zlib.error):
         return "unreadable"
+    return digest.hexdigest()
 
 
 def _download(name: str, looked: str, hint: str) -> Arrays:
@@ -210,22 +217,25 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzipped or not."""
+    """Read one IDX file (the MNIST format), gzipped or not: never more than its header declares."""
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
-            raw = stream.read()
-    except (OSError, EOFError) as error:
+        with open_regular(path, DataError) as raw, (gzip.open(raw) if path.suffix == ".gz" else raw) as stream:
+            magic = stream.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            head = stream.read(4 * magic[3])
+            shape = tuple(int.from_bytes(head[4 * i: 4 * i + 4], "big") for i in range(len(head) // 4))
+            dtype = np.dtype(_IDX_TYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize
+            refuse_over("bytes", expected, str(path), f"its header declares {list(shape)} values", DataError)
+            body = stream.read(expected)
+            extra = stream.read(1)
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read: {error}", "the file may be truncated; fetch it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, expected {expected})")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    if len(head) != 4 * magic[3] or len(body) != expected or extra:
+        size = "more" if extra else f"{4 + len(head) + len(body)} bytes"
+        raise DataError(f"{path}: truncated IDX file ({size}, expected {4 + 4 * magic[3] + expected})")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------- NPZ and CSV
@@ -233,6 +243,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def load_npz(path: Path) -> Arrays:
     """An .npz with x_train, y_train, x_test, y_test (and optionally class_names)."""
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
@@ -247,10 +258,34 @@ def load_npz(path: Path) -> Arrays:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
 
 
+def _check_npz(path: Path) -> None:
+    """Every array's header, read before numpy allocates it: declared sizes within the budget."""
+    try:
+        with open_regular(path, DataError) as raw, zipfile.ZipFile(raw) as archive:
+            declared = 0
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    shape, dtype = npy_header(member)
+                size = math.prod(shape) * dtype.itemsize
+                if size > info.file_size:
+                    raise DataError(f"{path}: {info.filename} declares {size:,} bytes but holds "
+                                    f"{info.file_size:,} (damaged, or a shape bomb)")
+                declared += size
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError, zlib.error) as error:
+        raise DataError(f"{path}: not a readable .npz file ({first_line(error, 120)})") from None
+    refuse_over("bytes", declared, str(path), "its arrays hold too many bytes", DataError)
+
+
 def load_csv(path: Path, label_column: str, shape: tuple[int, int, int]) -> Arrays:
     """A CSV with a label column and one column per pixel (Kaggle's digit-recognizer layout)."""
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        header = stream.readline().strip().split(",")
+    with open_regular(path, DataError) as raw:
+        refuse_over("bytes", os.fstat(raw.fileno()).st_size, str(path), "the file is too large",
+                    DataError)
+        line = raw.readline(2**24)  # a header of 16 MiB is 2 million columns
+    header = line.decode("utf-8", errors="replace").strip().split(",")
     if label_column not in header:
         raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])}, ...)",
                         "set data.label_column to the column that holds the class")
