@@ -248,6 +248,14 @@ def eval_batches(x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: 
             .map(_finish(x, "eval", num_classes, one_hot)).prefetch(tf.data.AUTOTUNE))
 
 
+def decode_batches(x: FileImages, batch_size: int):
+    """(float32 images, weights) batches in order, for prediction; weight 0: the file failed."""
+    rows = tf.range(len(x), dtype=tf.int64)
+    return (_decoded_in_place(x, rows, tf.zeros(len(x), tf.int64)).batch(batch_size)
+            .map(lambda row, image, label, weight: (tf.cast(image, tf.float32), weight))
+            .prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+
+
 def files_for(paths: list[Path], image_shape: tuple[int, int, int]) -> FileImages:
     """Files to predict on, routed by suffix (no header check: a failure retries with Pillow)."""
     pillow = [p.suffix.lower() not in TF_SUFFIXES for p in paths]
