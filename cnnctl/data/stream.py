@@ -232,12 +232,15 @@ def training_batches(x: FileImages, y: np.ndarray, *, batch_size: int, seed: int
         return (_decoded_in_place(x, rows, tf.gather(labels, rows)).batch(local)
                 .map(_finish(x, epoch, num_classes, one_hot)))
 
-    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+    steps = math.ceil(n / batch_size)
+    batches = (tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+               .apply(tf.data.experimental.assert_cardinality(steps * max(epochs - first_epoch, 0)))
+               .prefetch(tf.data.AUTOTUNE))
     if workers > 1:  # each worker already reads only its share of the files
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         batches = batches.with_options(options)
-    return batches, math.ceil(n / batch_size)
+    return batches, steps
 
 
 def eval_batches(x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: int,
@@ -245,7 +248,9 @@ def eval_batches(x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: 
     """Batches in order (images, labels, weights), for validation, evaluation and prediction."""
     rows = tf.range(len(x), dtype=tf.int64)
     return (_decoded_in_place(x, rows, tf.constant(y)).batch(batch_size)
-            .map(_finish(x, "eval", num_classes, one_hot)).prefetch(tf.data.AUTOTUNE))
+            .map(_finish(x, "eval", num_classes, one_hot))
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def decode_batches(x: FileImages, batch_size: int):
