@@ -1,6 +1,6 @@
-"""`make bench`, streaming section: train on generated 128x128 JPEG folders streamed against in memory.
+"""`make bench`, streaming section: generated 128x128 JPEG folders, streamed against in memory.
 
-    python bench/bench_streaming.py                       # 20,000 and 80,000 files (issue 12's sizes)
+    python bench/bench_streaming.py                       # 20,000 and 80,000 files
     python bench/bench_streaming.py --small 2000 --large 8000
 
 Measures peak RSS of `cnnctl train` (data.cache: none) on the small and the large folder,
@@ -85,10 +85,18 @@ def train(work: Path, folder: Path, cache: str, tag: str) -> dict:
     summary = json.loads(result["stdout"])
     with open(work / summary["run"] / "metrics.csv") as stream:
         rows = list(csv.DictReader(stream))
-    images = summary["train_images_per_second"] * sum(float(r["train_seconds"]) for r in rows) / len(rows)
-    return {"peak_mb": result["peak_mb"], "wall_seconds": result["wall_seconds"], "train_images": round(images),
-            "epoch_images_per_second": [images / float(r["train_seconds"]) for r in rows],
-            "run": summary["run"]}
+    images = (
+        summary["train_images_per_second"]
+        * sum(float(r["train_seconds"]) for r in rows)
+        / len(rows)
+    )
+    return {
+        "peak_mb": result["peak_mb"],
+        "wall_seconds": result["wall_seconds"],
+        "train_images": round(images),
+        "epoch_images_per_second": [images / float(r["train_seconds"]) for r in rows],
+        "run": summary["run"],
+    }
 
 
 def streaming(work: Path, small: int, large: int) -> dict:
@@ -113,8 +121,13 @@ def streaming(work: Path, small: int, large: int) -> dict:
     model = work / out["memory"]["run"] / "model.keras"
     for fmt in ("png", "jpg"):
         folder = make_images(work / f"predict-{fmt}", 2000, fmt=fmt)
-        figures = json.loads(measure([PYTHON, "-c", PREDICT, str(folder), str(model)], work)["stdout"])
-        out[f"predict_{fmt}"] = {**figures, "ratio": figures["predict_seconds"] / figures["direct_seconds"]}
+        figures = json.loads(
+            measure([PYTHON, "-c", PREDICT, str(folder), str(model)], work)["stdout"]
+        )
+        out[f"predict_{fmt}"] = {
+            **figures,
+            "ratio": figures["predict_seconds"] / figures["direct_seconds"],
+        }
     print("streaming", json.dumps(out), flush=True)
     return out
 
@@ -122,29 +135,43 @@ def streaming(work: Path, small: int, large: int) -> dict:
 def streaming_markdown(s: dict) -> str:
     small, large, memory, disk = s["stream_small"], s["stream_large"], s["memory"], s["disk"]
     lines = [
-        "## Streaming image folders (128x128 JPEGs generated from Fashion-MNIST)", "",
-        f"Peak RSS of `cnnctl train` with `data.cache: none`: {small['peak_mb']:,.0f} MB on {s['small']:,} "
+        "## Streaming image folders (128x128 JPEGs generated from Fashion-MNIST)",
+        "",
+        f"Peak RSS of `cnnctl train` with `data.cache: none`: "
+        f"{small['peak_mb']:,.0f} MB on {s['small']:,} "
         f"files, {large['peak_mb']:,.0f} MB on {s['large']:,} files: ratio "
-        f"{large['peak_mb'] / small['peak_mb']:.2f}x (aim: at most 1.1x).", "",
+        f"{large['peak_mb'] / small['peak_mb']:.2f}x (aim: at most 1.1x).",
+        "",
         f"| route ({s['small']:,} files) | epoch 1 images/s | epoch 2 images/s | peak MB |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for name, row in [("in memory (`cache: memory`)", memory), ("streamed (`cache: none`)", small),
-                      ("decode cache (`cache: disk`, built before epoch 1)", disk)]:
+    for name, row in [
+        ("in memory (`cache: memory`)", memory),
+        ("streamed (`cache: none`)", small),
+        ("decode cache (`cache: disk`, built before epoch 1)", disk),
+    ]:
         first, second = row["epoch_images_per_second"][:2]
         lines.append(f"| {name} | {first:,.0f} | {second:,.0f} | {row['peak_mb']:,.0f} |")
-    lines += ["", f"Streamed epoch 1 against in memory: "
-                  f"{small['epoch_images_per_second'][0] / memory['epoch_images_per_second'][0]:.2f}x; "
-                  f"disk-cache epoch 2 against in memory: "
-                  f"{disk['epoch_images_per_second'][1] / memory['epoch_images_per_second'][1]:.2f}x (aim: >= 0.9x).",
-              f"Time to the first training batch (TensorFlow start-up excluded): in memory "
-              f"{s['first_batch_memory']:.2f} s, streamed {s['first_batch_none']:.2f} s.", ""]
+    lines += [
+        "",
+        f"Streamed epoch 1 against in memory: "
+        f"{small['epoch_images_per_second'][0] / memory['epoch_images_per_second'][0]:.2f}x; "
+        f"disk-cache epoch 2 against in memory: "
+        f"{disk['epoch_images_per_second'][1] / memory['epoch_images_per_second'][1]:.2f}x "
+        "(aim: >= 0.9x).",
+        f"Time to the first training batch (TensorFlow start-up excluded): in memory "
+        f"{s['first_batch_memory']:.2f} s, streamed {s['first_batch_none']:.2f} s.",
+        "",
+    ]
     for fmt in ("png", "jpg"):
         p = s[f"predict_{fmt}"]
-        lines.append(f"Predict on {p['images']:,} {fmt.upper()} files of 128x128: "
-                     f"{p['images'] / p['predict_seconds']:,.0f} images/s against model.predict on the "
-                     f"same images in memory {p['images'] / p['direct_seconds']:,.0f}: ratio {p['ratio']:.2f}x "
-                     f"(aim: at most 1.5x).")
+        lines.append(
+            f"Predict on {p['images']:,} {fmt.upper()} files of 128x128: "
+            f"{p['images'] / p['predict_seconds']:,.0f} images/s against model.predict on the "
+            f"same images in memory {p['images'] / p['direct_seconds']:,.0f}: "
+            f"ratio {p['ratio']:.2f}x "
+            f"(aim: at most 1.5x)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Generate a folder of image files from Fashion-MNIST: upscaled to 128x128, tinted RGB, class folders.
+"""Generate image folders from Fashion-MNIST: upscaled to 128x128, tinted RGB, class folders.
 
     python bench/make_images.py out/jpgs --count 20000            # JPEG, out/jpgs/<class>/00000.jpg
     python bench/make_images.py out/pngs --count 2000 --format png
@@ -16,7 +16,7 @@ import numpy as np
 
 
 def make_images(out: Path, count: int, size: int = 128, fmt: str = "jpg") -> Path:
-    """Write `count` images into `out/<class>/`; returns `out`. Idempotent for the same arguments."""
+    """Write `count` images into `out/<class>/`; returns `out`. Files already there are kept."""
     from PIL import Image
 
     from cnnctl.data.sources import load_builtin
@@ -34,7 +34,9 @@ def make_images(out: Path, count: int, size: int = 128, fmt: str = "jpg") -> Pat
             return
         gray = Image.fromarray(x[i % len(x)]).resize((size, size), Image.Resampling.BILINEAR)
         rgb = (np.asarray(gray, dtype=np.float32)[..., None] * tints[i]).astype(np.uint8)
-        Image.fromarray(rgb, "RGB").save(path, quality=90) if fmt == "jpg" else Image.fromarray(rgb).save(path)
+        Image.fromarray(rgb, "RGB").save(path, quality=90) if fmt == "jpg" else Image.fromarray(
+            rgb
+        ).save(path)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(write, range(count)))

@@ -1,4 +1,4 @@
-"""Image folders and CSV files of paths -> a file index -> arrays in memory, a decode cache, or a stream.
+"""Image folders and CSVs of paths -> a file index -> arrays, a decode cache, or a stream.
 
     data/cats/001.jpg  data/dogs/002.png ...                       one split
     data/train/cats/...  data/test/cats/...  [data/val/cats/...]    given splits
@@ -23,11 +23,13 @@ __all__ = ["SPLIT_FOLDERS", "load_image_folder", "load_path_csv", "load_index", 
 
 
 def load_image_folder(folder: Path, shape: tuple[int, int, int], cache: str = "auto") -> Arrays:
-    """Index every image under `folder` (header check only), then place the pixels as `cache` says."""
+    """Index the images under `folder` (headers only), then place the pixels as `cache` says."""
     return load_index(index_folder(folder), shape, cache)
 
 
-def load_path_csv(path: Path, label_column: str, shape: tuple[int, int, int], cache: str = "auto") -> Arrays:
+def load_path_csv(
+    path: Path, label_column: str, shape: tuple[int, int, int], cache: str = "auto"
+) -> Arrays:
     """A CSV of `path,label[,split]` rows, read like a folder."""
     return load_index(index_csv(path, label_column), shape, cache)
 
@@ -65,7 +67,9 @@ def load_index(index: FileIndex, shape: tuple[int, int, int], cache: str = "auto
         failed = {row: files.reason(row) for row in bad}
     usable = np.ones(len(index.paths), dtype=bool)
     usable[list(failed)] = False
-    skipped = index.skipped + tuple((str(index.paths[r]), reason) for r, reason in sorted(failed.items()))
+    skipped = index.skipped + tuple(
+        (str(index.paths[r]), reason) for r, reason in sorted(failed.items())
+    )
     loaded, names = {}, {}
     for split in ("train", "test", "validation"):
         rows = index.select(split)
@@ -74,7 +78,18 @@ def load_index(index: FileIndex, shape: tuple[int, int, int], cache: str = "auto
             raise DataError(f"{index.origin}: none of its {len(index.paths)} images could be read")
         if len(rows):
             x = pixels[rows] if mode == "memory" else files[rows]
-            loaded[split], names[split] = (x, index.labels[rows]), tuple(str(p) for p in index.paths[rows])
+            loaded[split], names[split] = (
+                (x, index.labels[rows]),
+                tuple(str(p) for p in index.paths[rows]),
+            )
     test, val = loaded.get("test", (None, None)), loaded.get("validation", (None, None))
-    return Arrays(*loaded["train"], *test, index.class_names, index.origin, *val,
-                  skipped=skipped, files=names, warnings=warnings)
+    return Arrays(
+        *loaded["train"],
+        *test,
+        index.class_names,
+        index.origin,
+        *val,
+        skipped=skipped,
+        files=names,
+        warnings=warnings,
+    )

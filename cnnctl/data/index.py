@@ -27,13 +27,17 @@ from cnnctl.errors import DataError
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
 PATH_COLUMNS = ("path", "file", "filename", "image")
 MAX_CSV_ROWS = 10_000_000
-TF_FORMATS = {"JPEG": {"L", "RGB"}, "PNG": {"L", "LA", "RGB", "RGBA"}, "GIF": {"P", "L", "RGB"},
-              "BMP": {"L", "RGB", "RGBA"}}
+TF_FORMATS = {
+    "JPEG": {"L", "RGB"},
+    "PNG": {"L", "LA", "RGB", "RGBA"},
+    "GIF": {"P", "L", "RGB"},
+    "BMP": {"L", "RGB", "RGBA"},
+}
 
 
 @dataclass(frozen=True)
 class FileIndex:
-    """Every usable image file with its label and split; `pillow` marks files TensorFlow cannot decode."""
+    """Every usable image file with its label and split; `pillow`: TensorFlow cannot decode it."""
 
     paths: np.ndarray  # str, one per file
     labels: np.ndarray  # int64
@@ -57,19 +61,26 @@ class FileIndex:
 
 def index_folder(folder: Path) -> FileIndex:
     """Index a folder of class folders, or of train/ test/ [val/] split folders of class folders."""
-    splits = {SPLIT_FOLDERS[p.name]: p for p in sorted(folder.iterdir())
-              if p.is_dir() and p.name in SPLIT_FOLDERS}
+    splits = {
+        SPLIT_FOLDERS[p.name]: p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and p.name in SPLIT_FOLDERS
+    }
     if splits and "train" not in splits:
-        raise DataError(f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
-                        "put the training images in train/<class>/")
+        raise DataError(
+            f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
+            "put the training images in train/<class>/",
+        )
     roots = splits or {"train": folder}
     names = _class_names(roots["train"])
     paths, labels, split_of = [], [], []
     for split, root in roots.items():
         unknown = sorted(set(_class_names(root, allow_empty=True)) - set(names))
         if unknown:
-            raise DataError(f"{root}: class folder '{unknown[0]}' is not in {roots['train']}",
-                            "every split needs the same class folders")
+            raise DataError(
+                f"{root}: class folder '{unknown[0]}' is not in {roots['train']}",
+                "every split needs the same class folders",
+            )
         for label, name in enumerate(names):
             images = _images_in(root / name)
             paths += images
@@ -92,19 +103,25 @@ def index_csv(path: Path, label_column: str) -> FileIndex:
         header = [c.strip() for c in rows.fieldnames or []]
         column = next((c for c in header if c.lower() in PATH_COLUMNS), None)
         if label_column not in header:
-            raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])})",
-                            "set data.label_column to the column that holds the class")
+            raise DataError(
+                f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])})",
+                "set data.label_column to the column that holds the class",
+            )
         table = []
         for number, row in enumerate(rows, start=2):
             if number > MAX_CSV_ROWS:
                 raise DataError(f"{path}: more than {MAX_CSV_ROWS:,} rows")
             file, label = (row.get(column) or "").strip(), (row.get(label_column) or "").strip()
             if not file or not label:
-                raise DataError(f"{path}:{number}: empty {column if not file else label_column}",
-                                "every row needs a file path and a label")
+                raise DataError(
+                    f"{path}:{number}: empty {column if not file else label_column}",
+                    "every row needs a file path and a label",
+                )
             split = SPLIT_FOLDERS.get((row.get("split") or "train").strip().lower())
             if split is None:
-                raise DataError(f"{path}:{number}: split '{row['split']}' is not train, val or test")
+                raise DataError(
+                    f"{path}:{number}: split '{row['split']}' is not train, val or test"
+                )
             table.append((str(path.parent / file), label, split))
     if not table:
         raise DataError(f"{path}: no rows")
@@ -118,34 +135,51 @@ def index_csv(path: Path, label_column: str) -> FileIndex:
 def _class_names(root: Path, allow_empty: bool = False) -> list[str]:
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names and not allow_empty:
-        raise DataError(f"{root}: no class folders", "put each class's images in a sub-folder named after it")
+        raise DataError(
+            f"{root}: no class folders", "put each class's images in a sub-folder named after it"
+        )
     return names
 
 
 def _images_in(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    images = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(
+        str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
     if not images:
-        raise DataError(f"{folder}: class folder has no images",
-                        f"add images ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...) or remove the folder")
+        raise DataError(
+            f"{folder}: class folder has no images",
+            f"add images ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...) or remove the folder",
+        )
     return images
 
 
-def _checked(paths: list[str], labels: list[int], splits: list[str], names: tuple[str, ...],
-             origin: str) -> FileIndex:
+def _checked(
+    paths: list[str], labels: list[int], splits: list[str], names: tuple[str, ...], origin: str
+) -> FileIndex:
     """Keep the files whose header reads; note each one's decoder."""
     with ThreadPoolExecutor(max_workers=8) as pool:
         probes = list(pool.map(probe, paths))
     keep = [i for i, p in enumerate(probes) if isinstance(p, bool)]
-    skipped = tuple((paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool))
+    skipped = tuple(
+        (paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool)
+    )
     if not keep:
-        raise DataError(f"{origin}: none of its {len(paths)} images could be read",
-                        f"first: {skipped[0][0]}: {skipped[0][1]}" if skipped else "add images")
+        raise DataError(
+            f"{origin}: none of its {len(paths)} images could be read",
+            f"first: {skipped[0][0]}: {skipped[0][1]}" if skipped else "add images",
+        )
     take = np.asarray(keep, dtype=np.int64)
-    return FileIndex(np.asarray(paths, dtype=object)[take], np.asarray(labels, dtype=np.int64)[take],
-                     np.asarray(splits, dtype=object)[take], np.asarray([probes[i] for i in keep], dtype=bool),
-                     names, origin, skipped)
+    return FileIndex(
+        np.asarray(paths, dtype=object)[take],
+        np.asarray(labels, dtype=np.int64)[take],
+        np.asarray(splits, dtype=object)[take],
+        np.asarray([probes[i] for i in keep], dtype=bool),
+        names,
+        origin,
+        skipped,
+    )
 
 
 def probe(path: str) -> bool | str:

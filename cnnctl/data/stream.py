@@ -30,8 +30,14 @@ class FileImages:
     ndim = 4
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, paths: np.ndarray, pillow: np.ndarray, image_shape: tuple[int, int, int],
-                 store: Path | None = None, rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        paths: np.ndarray,
+        pillow: np.ndarray,
+        image_shape: tuple[int, int, int],
+        store: Path | None = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.paths, self.pillow = np.asarray(paths, dtype=object), np.asarray(pillow, dtype=bool)
         self.image_shape = tuple(int(v) for v in image_shape)
         self.store = store  # a decode cache's images.npy; `rows` index into it
@@ -49,7 +55,9 @@ class FileImages:
         if isinstance(key, (int, np.integer)):
             return decode_all(self[np.asarray([key])])[0][0]
         take = np.arange(len(self))[key]
-        return FileImages(self.paths[take], self.pillow[take], self.image_shape, self.store, self.rows[take])
+        return FileImages(
+            self.paths[take], self.pillow[take], self.image_shape, self.store, self.rows[take]
+        )
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         pixels = decode_all(self)[0]
@@ -86,41 +94,65 @@ def decoder(image_shape: tuple[int, int, int]):
         else:
             x = tf.cond(few, lambda: x[..., :1], lambda: tf.image.rgb_to_grayscale(x[..., :3]))
         same = tf.reduce_all(tf.shape(x)[:2] == [height, width])
-        return tf.cond(same, lambda: x, lambda: tf.cast(tf.clip_by_value(tf.round(
-            tf.image.resize(x, (height, width), antialias=True)), 0, 255), tf.uint8))
+        return tf.cond(
+            same,
+            lambda: x,
+            lambda: tf.cast(
+                tf.clip_by_value(
+                    tf.round(tf.image.resize(x, (height, width), antialias=True)), 0, 255
+                ),
+                tf.uint8,
+            ),
+        )
 
     def decode(path: tf.Tensor, pillow: tf.Tensor) -> tf.Tensor:
-        image = tf.cond(pillow, lambda: tf.numpy_function(with_pillow, [path], tf.uint8, stateful=False),
-                        lambda: with_tf(path))
+        image = tf.cond(
+            pillow,
+            lambda: tf.numpy_function(with_pillow, [path], tf.uint8, stateful=False),
+            lambda: with_tf(path),
+        )
         return tf.ensure_shape(image, image_shape)
 
     return decode
 
 
 def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
-    """(row, image, label, weight) for `rows` in order; a failed decode gives a blank of weight 0."""
+    """(row, image, label, weight) for `rows` in order; a failed decode: a blank of weight 0."""
     shape, n = x.image_shape, tf.shape(rows, out_type=tf.int64)[0]
     decode = decoder(shape)
     if x.store is not None:
         return _from_store(x, rows, labels)
     paths, pillow = tf.constant(x.paths.astype(str)), tf.constant(x.pillow)
-    items = tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels)).map(
-        lambda pos, row, label: (pos, row, decode(paths[row], pillow[row]), label),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-    ).ignore_errors()
-    end = tf.data.Dataset.from_tensors((n, tf.constant(-1, tf.int64), tf.zeros(shape, tf.uint8),
-                                        tf.constant(0, labels.dtype)))
+    items = (
+        tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels))
+        .map(
+            lambda pos, row, label: (pos, row, decode(paths[row], pillow[row]), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .ignore_errors()
+    )
+    end = tf.data.Dataset.from_tensors(
+        (n, tf.constant(-1, tf.int64), tf.zeros(shape, tf.uint8), tf.constant(0, labels.dtype))
+    )
 
     def fill(expected, item):  # blanks for the positions a failed decode left empty
         pos, row, image, label = item
         gap = tf.range(expected, pos)
         blanks = tf.zeros(tf.concat([tf.shape(gap, out_type=tf.int64), shape], 0), tf.uint8)
-        return pos + 1, (tf.concat([tf.gather(rows, gap), [row]], 0), tf.concat([blanks, image[None]], 0),
-                         tf.concat([tf.gather(labels, gap), [label]], 0),
-                         tf.concat([tf.zeros(tf.shape(gap), tf.float32), [1.0]], 0))
+        return pos + 1, (
+            tf.concat([tf.gather(rows, gap), [row]], 0),
+            tf.concat([blanks, image[None]], 0),
+            tf.concat([tf.gather(labels, gap), [label]], 0),
+            tf.concat([tf.zeros(tf.shape(gap), tf.float32), [1.0]], 0),
+        )
 
-    return (items.concatenate(end).scan(tf.constant(0, tf.int64), fill).unbatch()
-            .filter(lambda row, image, label, weight: row >= 0))
+    return (
+        items.concatenate(end)
+        .scan(tf.constant(0, tf.int64), fill)
+        .unbatch()
+        .filter(lambda row, image, label, weight: row >= 0)
+    )
 
 
 def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
@@ -142,14 +174,22 @@ def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Da
         images = tf.ensure_shape(images, (None, *shape))
         return rows_batch, images, labels_batch, tf.ones(tf.shape(rows_batch), tf.float32)
 
-    return (tf.data.Dataset.from_tensor_slices((rows, labels)).batch(64)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch())
+    return (
+        tf.data.Dataset.from_tensor_slices((rows, labels))
+        .batch(64)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .unbatch()
+    )
 
 
 def _data_offset(path: Path) -> int:
     with open(path, "rb") as stream:
         version = np.lib.format.read_magic(stream)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         read(stream)
         return stream.tell()
 
@@ -163,7 +203,7 @@ def decode_all(x: FileImages, batch: int = 256, sink: Any = None) -> tuple[np.nd
     items = _decoded_in_place(x, positions, tf.zeros(len(x), tf.int64)).batch(batch).prefetch(2)
     for _, images, _, weights in items.as_numpy_iterator():
         if sink is None:
-            out[start: start + len(images)] = images
+            out[start : start + len(images)] = images
         else:
             sink(images)
         failed += (start + np.flatnonzero(weights == 0)).tolist()
@@ -182,8 +222,9 @@ def worker_of() -> tuple[int, int]:
     if spec is None:
         return 1, 0
     workers = sorted(spec["cluster"].get("chief", [])) + list(spec["cluster"].get("worker", []))
-    index = int(spec["task"]["index"]) + (len(spec["cluster"].get("chief", []))
-                                          if spec["task"]["type"] == "worker" else 0)
+    index = int(spec["task"]["index"]) + (
+        len(spec["cluster"].get("chief", [])) if spec["task"]["type"] == "worker" else 0
+    )
     return len(workers), index
 
 
@@ -217,8 +258,17 @@ def _finish(x: FileImages, key: Any, num_classes: int, one_hot: bool):
     return finish
 
 
-def training_batches(x: FileImages, y: np.ndarray, *, batch_size: int, seed: int, num_classes: int,
-                     one_hot: bool, first_epoch: int, epochs: int) -> tuple[tf.data.Dataset, int]:
+def training_batches(
+    x: FileImages,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    one_hot: bool,
+    first_epoch: int,
+    epochs: int,
+) -> tuple[tf.data.Dataset, int]:
     """Streamed batches for epochs `first_epoch`..`epochs - 1`, in the in-memory route's order."""
     n = len(x)
     workers, index = worker_of()
@@ -227,15 +277,22 @@ def training_batches(x: FileImages, y: np.ndarray, *, batch_size: int, seed: int
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
         rows = worker_share(order, batch_size, workers, index)
-        return (_decoded_in_place(x, rows, tf.gather(labels, rows)).batch(local)
-                .map(_finish(x, epoch, num_classes, one_hot)))
+        return (
+            _decoded_in_place(x, rows, tf.gather(labels, rows))
+            .batch(local)
+            .map(_finish(x, epoch, num_classes, one_hot))
+        )
 
     steps = math.ceil(n / batch_size)
-    batches = (tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
-               .apply(tf.data.experimental.assert_cardinality(steps * max(epochs - first_epoch, 0)))
-               .prefetch(tf.data.AUTOTUNE))
+    batches = (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_batches)
+        .apply(tf.data.experimental.assert_cardinality(steps * max(epochs - first_epoch, 0)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
     if workers > 1:  # each worker already reads only its share of the files
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -243,32 +300,44 @@ def training_batches(x: FileImages, y: np.ndarray, *, batch_size: int, seed: int
     return batches, steps
 
 
-def eval_batches(x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: int,
-                 one_hot: bool) -> tf.data.Dataset:
+def eval_batches(
+    x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: int, one_hot: bool
+) -> tf.data.Dataset:
     """Batches in order (images, labels, weights), for validation, evaluation and prediction."""
     rows = tf.range(len(x), dtype=tf.int64)
-    return (_decoded_in_place(x, rows, tf.constant(y)).batch(batch_size)
-            .map(_finish(x, "eval", num_classes, one_hot))
-            .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        _decoded_in_place(x, rows, tf.constant(y))
+        .batch(batch_size)
+        .map(_finish(x, "eval", num_classes, one_hot))
+        .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def decode_batches(x: FileImages, batch_size: int):
     """(float32 images, weights) batches in order, for prediction; weight 0: the file failed."""
     rows = tf.range(len(x), dtype=tf.int64)
-    return (_decoded_in_place(x, rows, tf.zeros(len(x), tf.int64)).batch(batch_size)
-            .map(lambda row, image, label, weight: (tf.cast(image, tf.float32), weight))
-            .prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+    return (
+        _decoded_in_place(x, rows, tf.zeros(len(x), tf.int64))
+        .batch(batch_size)
+        .map(lambda row, image, label, weight: (tf.cast(image, tf.float32), weight))
+        .prefetch(tf.data.AUTOTUNE)
+        .as_numpy_iterator()
+    )
 
 
 def files_for(paths: list[Path], image_shape: tuple[int, int, int]) -> FileImages:
     """Files to predict on, routed by suffix (no header check: a failure retries with Pillow)."""
     pillow = [p.suffix.lower() not in TF_SUFFIXES for p in paths]
-    return FileImages(np.asarray([str(p) for p in paths], dtype=object), np.asarray(pillow), image_shape)
+    return FileImages(
+        np.asarray([str(p) for p in paths], dtype=object), np.asarray(pillow), image_shape
+    )
 
 
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -300,7 +369,10 @@ def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any
                 from cnnctl.errors import _one_line
 
                 path, reason = reasons[0]
-                display.warn(f"epoch {epoch + 1}: skipped {len(failed)} images that could not be decoded "
-                             f"(first: {_one_line(path)}: {reason}); all listed in {run.path / 'skipped.csv'}")
+                display.warn(
+                    f"epoch {epoch + 1}: skipped {len(failed)} images that could not be decoded "
+                    f"(first: {_one_line(path)}: {reason}); "
+                    f"all listed in {run.path / 'skipped.csv'}"
+                )
 
     return [SkipReport()]
