@@ -231,6 +231,9 @@ def main() -> None:
     print("start-up", starts, flush=True)
     predict = predict_folder(work, model, 2000)
     print("predict", predict, flush=True)
+    from bench_streaming import streaming  # beside this file
+
+    stream = streaming(work, *((2000, 8000) if args.quick else (20000, 80000)))
     accurate = [cnnctl_train("fashion_mnist_accurate.yaml", args, work, f"seed={seed}") for seed in (1, 2, 3)] \
         if args.accurate else []
 
@@ -243,7 +246,7 @@ def main() -> None:
     raw = {"machine": info, "quick": args.quick, "reps": args.reps, "target_accuracy": TARGET,
            "training_flops_per_image": flops, "peak_flops": peak, "peak_assumptions": assumptions,
            "summary": summary, "runs": results, "startup_seconds": starts, "predict_folder": predict,
-           "accurate": accurate}
+           "accurate": accurate, "streaming": stream}
     args.out.mkdir(exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(raw, indent=2) + "\n")
     (args.out / "benchmarks.md").write_text(markdown(raw))
@@ -305,6 +308,10 @@ def markdown(raw: dict) -> str:
               f"{p['predict_images_per_second']:,.0f} images/s; the loaded model called directly on the same "
               f"images already in memory (`model.predict`) {p['direct_images_per_second']:,.0f} images/s; "
               f"ratio {p['ratio']:.2f}x (aim: 1.5x).", ""]
+    if raw.get("streaming"):
+        from bench_streaming import streaming_markdown
+
+        lines += [streaming_markdown(raw["streaming"])]
     if raw["accurate"]:
         accs = [r["test_accuracy"] for r in raw["accurate"]]
         walls = [r["wall_seconds"] for r in raw["accurate"]]

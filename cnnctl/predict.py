@@ -35,6 +35,9 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
                         f"for a model with {outputs} outputs", "the file does not belong to this model")
     names = class_names or [str(i) for i in range(outputs)]
 
+    if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
+        return _predict_streamed(model, paths, names, top_k, batch_size, invert, result)
+
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
         for path in paths:
@@ -71,6 +74,35 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
                 kept, future = pending
                 result.items.extend(_top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True))
             pending = None if decoded is None else (decoded[1], runner.submit(classify, decoded[0]))
+    return result
+
+
+def _predict_streamed(model, paths: list[Path], names: list[str], top_k: int, batch_size: int,
+                      invert: bool, result: Predictions) -> Predictions:
+    """Decode and classify as one stream; files TensorFlow cannot decode are retried with Pillow."""
+    from cnnctl.data.stream import decode_batches, files_for
+
+    _, height, width, channels = model.input_shape
+    files = files_for(paths, (height, width, channels))
+    found: dict[int, np.ndarray] = {}
+    retry: list[int] = []
+    start = 0
+    for images, weights in decode_batches(files, batch_size):
+        probabilities = np.asarray(model(255.0 - images if invert else images, training=False))
+        for i in range(len(weights)):
+            if weights[i]:
+                found[start + i] = probabilities[i]
+            else:
+                retry.append(start + i)
+        start += len(weights)
+    for i in retry:
+        try:
+            image = load_image(paths[i], height, width, channels, invert)
+        except ImageError as error:
+            result.failures.append((str(paths[i]), str(error)))
+            continue
+        found[i] = np.asarray(model(image[None].astype(np.float32), training=False))[0]
+    result.items.extend(_top(paths[i], found[i], names, top_k) for i in sorted(found))
     return result
 
 

@@ -86,6 +86,7 @@ class DataConfig(_Strict):
     label_column: str = "label"  # CSV files: the column with the class
     image_shape: list[int] | None = Field(default=None, min_length=3, max_length=3)  # CSV; default: the model's
     augment: list[ObjectSpec] = Field(default_factory=list)
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # image folders: where decoded pixels live
 
     _source: Source | None = PrivateAttr(default=None)
 

@@ -24,6 +24,7 @@ from cnnctl.config import Config, changed_keys, dump_config, load_config
 from cnnctl.data import Dataset, dataset_for
 from cnnctl.data.checks import check_dataset
 from cnnctl.data.pipeline import EVAL_BATCH, eval_batches, training_batches
+from cnnctl.data.stream import skip_reporter
 from cnnctl.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.finetune import FineTune
@@ -147,6 +148,7 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
         callbacks = [recorder, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
+        callbacks += skip_reporter(dataset, run, display, write)  # streamed files that fail to decode
         if train.fine_tune is not None:  # after the recorder: it may replace the optimizer the recorder set
             callbacks.insert(1, FineTune(config, steps))
         if train.tensorboard and write:

@@ -71,10 +71,16 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
             return load_idx_folder(path)
         from cnnctl.data.folders import load_image_folder
 
-        return load_image_folder(path, image_shape_of(data, input_shape))
+        return load_image_folder(path, image_shape_of(data, input_shape), data.cache)
     if path.suffix == ".npz":
         return load_npz(path)
     if path.suffix == ".csv":
+        from cnnctl.data.index import is_path_csv
+
+        if is_path_csv(path):  # a list of image files, read like a folder
+            from cnnctl.data.folders import load_path_csv
+
+            return load_path_csv(path, data.label_column, image_shape_of(data, input_shape), data.cache)
         return load_csv(path, data.label_column, image_shape_of(data, input_shape))
     raise DataError(f"{path}: unsupported data file",
                     "data.path takes a folder of class folders or IDX files, an .npz or a .csv")

@@ -1,78 +1,95 @@
-"""A folder of class sub-folders of images (the layout of keras.utils.image_dataset_from_directory).
+"""Image folders and CSVs of paths -> a file index -> arrays, a decode cache, or a stream.
 
     data/cats/001.jpg  data/dogs/002.png ...                       one split
     data/train/cats/...  data/test/cats/...  [data/val/cats/...]    given splits
+
+`data.cache` picks where the decoded pixels live: `memory` (arrays, as before),
+`disk` (the decode cache), `none` (decoded each epoch, streamed), `auto`
+(memory when the decoded images fit a quarter of RAM, else streamed).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.images import IMAGE_EXTENSIONS, ImageError, load_image
+from cnnctl.data.index import SPLIT_FOLDERS, FileIndex, index_csv, index_folder
 from cnnctl.data.sources import Arrays
 from cnnctl.errors import DataError
 
-# Split folder names people use -> our split names (config.SPLITS).
-SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
+__all__ = ["SPLIT_FOLDERS", "load_image_folder", "load_path_csv", "load_index", "placement"]
 
 
-def load_image_folder(folder: Path, shape: tuple[int, int, int]) -> Arrays:
-    """Decode every image, resized to `shape` (height, width, channels); report the unreadable ones."""
-    splits = {SPLIT_FOLDERS[p.name]: p for p in sorted(folder.iterdir())
-              if p.is_dir() and p.name in SPLIT_FOLDERS}
-    if splits and "train" not in splits:
-        raise DataError(f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
-                        "put the training images in train/<class>/")
-    roots = splits or {"train": folder}
-    names = _class_names(roots["train"])
-    loaded, skipped, files = {}, [], {}
-    for split, root in roots.items():
-        unknown = sorted(set(_class_names(root, allow_empty=True)) - set(names))
-        if unknown:
-            raise DataError(f"{root}: class folder '{unknown[0]}' is not in {roots['train']}",
-                            "every split needs the same class folders")
-        x, y, paths, bad = _load_split(root, names, shape)
-        loaded[split], files[split] = (x, y), paths
-        skipped += bad
-    test = loaded.get("test", (None, None))
-    val = loaded.get("validation", (None, None))
-    return Arrays(*loaded["train"], *test, tuple(names), str(folder), *val,
-                  skipped=tuple(skipped), files=files)
+def load_image_folder(folder: Path, shape: tuple[int, int, int], cache: str = "auto") -> Arrays:
+    """Index the images under `folder` (headers only), then place the pixels as `cache` says."""
+    return load_index(index_folder(folder), shape, cache)
 
 
-def _class_names(root: Path, allow_empty: bool = False) -> list[str]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names and not allow_empty:
-        raise DataError(f"{root}: no class folders", "put each class's images in a sub-folder named after it")
-    return names
+def load_path_csv(
+    path: Path, label_column: str, shape: tuple[int, int, int], cache: str = "auto"
+) -> Arrays:
+    """A CSV of `path,label[,split]` rows, read like a folder."""
+    return load_index(index_csv(path, label_column), shape, cache)
 
 
-def _load_split(root: Path, names: list[str], shape: tuple[int, int, int]):
-    paths, labels = [], []
-    for label, name in enumerate(names):
-        images = sorted(p for p in (root / name).rglob("*")
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) if (root / name).is_dir() else []
-        if not images and (root / name).is_dir():
-            raise DataError(f"{root / name}: class folder has no images",
-                            f"add images ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...) or remove the folder")
-        paths += images
-        labels += [label] * len(images)
+def memory_budget() -> int:
+    """A quarter of the machine's RAM, in bytes: the most `auto` keeps decoded in memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 * 1024**3
 
-    def decode(path: Path) -> np.ndarray | str:
-        try:
-            return load_image(path, shape[0], shape[1], shape[2])
-        except ImageError as error:
-            return str(error)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        decoded = list(pool.map(decode, paths))
-    keep = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
-    bad = [(str(paths[i]), decoded[i]) for i in range(len(paths)) if isinstance(decoded[i], str)]
-    if not keep:
-        raise DataError(f"{root}: none of its {len(paths)} images could be read")
-    x = np.stack([decoded[i] for i in keep])
-    y = np.asarray([labels[i] for i in keep], dtype=np.int64)
-    return x, y, tuple(str(paths[i]) for i in keep), bad
+def placement(cache: str, files: int, shape: tuple[int, int, int]) -> str:
+    """memory, disk or none: where decoded images live for `cache` and this many files."""
+    if cache != "auto":
+        return cache
+    return "memory" if files * int(np.prod(shape)) <= memory_budget() else "none"
+
+
+def load_index(index: FileIndex, shape: tuple[int, int, int], cache: str = "auto") -> Arrays:
+    """The index's splits as arrays (decoded now) or as FileImages (decoded while training)."""
+    from cnnctl.data.stream import FileImages, decode_all
+
+    mode = placement(cache, len(index.paths), shape)
+    files = FileImages(index.paths, index.pillow, shape)
+    store, failed, warnings = None, {}, ()
+    if mode == "disk":
+        from cnnctl.data.cache import cached_images
+
+        store, failed, note = cached_images(index, shape)
+        warnings = (note,)
+        files = FileImages(index.paths, index.pillow, shape, store)
+    elif mode == "memory":
+        pixels, bad = decode_all(files)
+        failed = {row: files.reason(row) for row in bad}
+    usable = np.ones(len(index.paths), dtype=bool)
+    usable[list(failed)] = False
+    skipped = index.skipped + tuple(
+        (str(index.paths[r]), reason) for r, reason in sorted(failed.items())
+    )
+    loaded, names = {}, {}
+    for split in ("train", "test", "validation"):
+        rows = index.select(split)
+        rows = rows[usable[rows]]
+        if split == "train" and len(rows) == 0:
+            raise DataError(f"{index.origin}: none of its {len(index.paths)} images could be read")
+        if len(rows):
+            x = pixels[rows] if mode == "memory" else files[rows]
+            loaded[split], names[split] = (
+                (x, index.labels[rows]),
+                tuple(str(p) for p in index.paths[rows]),
+            )
+    test, val = loaded.get("test", (None, None)), loaded.get("validation", (None, None))
+    return Arrays(
+        *loaded["train"],
+        *test,
+        index.class_names,
+        index.origin,
+        *val,
+        skipped=skipped,
+        files=names,
+        warnings=warnings,
+    )

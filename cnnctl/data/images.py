@@ -26,7 +26,7 @@ def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            images = sorted(p for p in _walk(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
+            images = image_files(path)
             if not images:
                 failures.append((text, "folder holds no image files"))
             found.extend(images)
@@ -43,6 +43,11 @@ def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         else:
             failures.append((text, "no such file or folder"))
     return list(dict.fromkeys(found)), failures
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, sorted: regular files only, symlinked folders not entered."""
+    return sorted(p for p in _walk(folder) if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _walk(folder: Path) -> list[Path]:

@@ -28,6 +28,11 @@ def training_batches(
     Each epoch's order depends only on (seed, epoch), so a resumed run sees
     exactly the batches the uninterrupted run would have seen.
     """
+    if not isinstance(x, np.ndarray):  # images still in files: streamed
+        from cnnctl.data import stream
+
+        return stream.training_batches(x, y, batch_size=batch_size, seed=seed, num_classes=num_classes,
+                                       one_hot=one_hot, first_epoch=first_epoch, epochs=epochs)
     n = len(x)
     x_t, y_t = tf.constant(x), tf.constant(y)
 
@@ -48,6 +53,10 @@ def training_batches(
 
 def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, num_classes: int, one_hot: bool):
     """Batches in order, for validation, evaluation and prediction."""
+    if not isinstance(x, np.ndarray):  # images still in files: streamed (with weights: 0 if unreadable)
+        from cnnctl.data import stream
+
+        return stream.eval_batches(x, y, batch_size=batch_size, num_classes=num_classes, one_hot=one_hot)
     x_t, y_t = tf.constant(x), tf.constant(y)
     return (
         tf.data.Dataset.range(len(x))

@@ -1,0 +1,212 @@
+"""A file index: (path, label, split) for every image of a folder or a CSV of paths, built once.
+
+Nothing here decodes pixels. Each file gets a header check (Pillow reads only the
+header) so unreadable files are found before training, and a route: TensorFlow's
+own decoders for plain JPEG/PNG/GIF/BMP, Pillow for what they cannot read.
+
+    data/cats/001.jpg  data/dogs/002.png ...                       one split
+    data/train/cats/...  data/test/cats/...  [data/val/cats/...]    given splits
+    images.csv with columns path,label[,split]                      a list of files
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl.data.images import IMAGE_EXTENSIONS, image_files
+from cnnctl.errors import DataError
+from cnnctl.limits import limit, open_regular
+
+# Split folder names people use -> our split names (config.SPLITS).
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
+PATH_COLUMNS = ("path", "file", "filename", "image")
+MAX_CSV_ROWS = 10_000_000
+TF_FORMATS = {
+    "JPEG": {"L", "RGB"},
+    "PNG": {"L", "LA", "RGB", "RGBA"},
+    "GIF": {"P", "L", "RGB"},
+    "BMP": {"L", "RGB", "RGBA"},
+}
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """Every usable image file with its label and split; `pillow`: TensorFlow cannot decode it."""
+
+    paths: np.ndarray  # str, one per file
+    labels: np.ndarray  # int64
+    splits: np.ndarray  # str: train / validation / test
+    pillow: np.ndarray  # bool
+    class_names: tuple[str, ...]
+    origin: str
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) failing the header check
+
+    def select(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    def signature(self) -> list[tuple[str, int, int]]:
+        """(path, size, mtime) of every file: what a decode cache is keyed by."""
+        out = []
+        for path in self.paths:
+            info = os.stat(path)
+            out.append((str(path), info.st_size, info.st_mtime_ns))
+        return out
+
+
+def index_folder(folder: Path) -> FileIndex:
+    """Index a folder of class folders, or of train/ test/ [val/] split folders of class folders."""
+    splits = {
+        SPLIT_FOLDERS[p.name]: p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and p.name in SPLIT_FOLDERS
+    }
+    if splits and "train" not in splits:
+        raise DataError(
+            f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
+            "put the training images in train/<class>/",
+        )
+    roots = splits or {"train": folder}
+    names = _class_names(roots["train"])
+    paths, labels, split_of = [], [], []
+    for split, root in roots.items():
+        unknown = sorted(set(_class_names(root, allow_empty=True)) - set(names))
+        if unknown:
+            raise DataError(
+                f"{root}: class folder '{unknown[0]}' is not in {roots['train']}",
+                "every split needs the same class folders",
+            )
+        for label, name in enumerate(names):
+            images = _images_in(root / name)
+            paths += images
+            labels += [label] * len(images)
+            split_of += [split] * len(images)
+    return _checked(paths, labels, split_of, tuple(names), str(folder))
+
+
+def _text(path: Path) -> io.TextIOWrapper:
+    """A CSV opened as text, only if it is a regular file (a FIFO would hang the read)."""
+    return io.TextIOWrapper(open_regular(path, DataError), encoding="utf-8", errors="replace", newline="")
+
+
+def is_path_csv(path: Path) -> bool:
+    """A CSV whose header names a column of file paths (else it is a CSV of pixels)."""
+    with _text(path) as stream:
+        header = [c.strip().lower() for c in stream.readline(65536).split(",")]
+    return any(c in PATH_COLUMNS for c in header)
+
+
+def index_csv(path: Path, label_column: str) -> FileIndex:
+    """Index a CSV of `path,label[,split]` rows; paths are relative to the CSV's folder."""
+    with _text(path) as stream:
+        rows = csv.DictReader(stream)
+        header = [c.strip() for c in rows.fieldnames or []]
+        column = next((c for c in header if c.lower() in PATH_COLUMNS), None)
+        if label_column not in header:
+            raise DataError(
+                f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])})",
+                "set data.label_column to the column that holds the class",
+            )
+        table = []
+        for number, row in enumerate(rows, start=2):
+            if number > MAX_CSV_ROWS:
+                raise DataError(f"{path}: more than {MAX_CSV_ROWS:,} rows")
+            file, label = (row.get(column) or "").strip(), (row.get(label_column) or "").strip()
+            if not file or not label:
+                raise DataError(
+                    f"{path}:{number}: empty {column if not file else label_column}",
+                    "every row needs a file path and a label",
+                )
+            split = SPLIT_FOLDERS.get((row.get("split") or "train").strip().lower())
+            if split is None:
+                raise DataError(
+                    f"{path}:{number}: split '{row['split']}' is not train, val or test"
+                )
+            table.append((str(path.parent / file), label, split))
+    if not table:
+        raise DataError(f"{path}: no rows")
+    found = sorted({label for _, label, _ in table})
+    names = sorted(found, key=int) if all(n.isdigit() for n in found) else found
+    number = {name: i for i, name in enumerate(names)}
+    paths, labels, splits = zip(*((f, number[lab], s) for f, lab, s in table), strict=True)
+    return _checked(list(paths), list(labels), list(splits), tuple(names), str(path))
+
+
+def _class_names(root: Path, allow_empty: bool = False) -> list[str]:
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names and not allow_empty:
+        raise DataError(
+            f"{root}: no class folders", "put each class's images in a sub-folder named after it"
+        )
+    return names
+
+
+def _images_in(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    images = [str(p) for p in image_files(folder)]
+    if not images:
+        raise DataError(
+            f"{folder}: class folder has no images",
+            f"add images ({', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...) or remove the folder",
+        )
+    return images
+
+
+def _checked(
+    paths: list[str], labels: list[int], splits: list[str], names: tuple[str, ...], origin: str
+) -> FileIndex:
+    """Keep the files whose header reads; note each one's decoder."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        probes = list(pool.map(probe, paths))
+    keep = [i for i, p in enumerate(probes) if isinstance(p, bool)]
+    skipped = tuple(
+        (paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool)
+    )
+    if not keep:
+        raise DataError(
+            f"{origin}: none of its {len(paths)} images could be read",
+            f"first: {skipped[0][0]}: {skipped[0][1]}" if skipped else "add images",
+        )
+    take = np.asarray(keep, dtype=np.int64)
+    return FileIndex(
+        np.asarray(paths, dtype=object)[take],
+        np.asarray(labels, dtype=np.int64)[take],
+        np.asarray(splits, dtype=object)[take],
+        np.asarray([probes[i] for i in keep], dtype=bool),
+        names,
+        origin,
+        skipped,
+    )
+
+
+def probe(path: str) -> bool | str:
+    """Read a file's header: whether Pillow must decode it, or why it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            width, height, fmt, mode = image.width, image.height, image.format, image.mode
+    except UnidentifiedImageError:
+        return "not an image file Pillow can read"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"damaged image header ({error})"
+    except Image.DecompressionBombError:
+        return f"image is larger than {limit('pixels'):,} pixels"
+    if width == 0 or height == 0:
+        return "image has zero size"
+    if width * height > limit("pixels"):
+        return f"image is larger than {limit('pixels'):,} pixels (raise it with --limit pixels=N)"
+    return mode not in TF_FORMATS.get(fmt or "", set())

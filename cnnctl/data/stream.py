@@ -1,0 +1,378 @@
+"""Images still on disk, streamed through tf.data: parallel decode and resize, batch, prefetch.
+
+Memory is bounded by the batches in flight. A file that fails to decode keeps its
+place in the batch as a blank image of weight 0, so batches, steps and a resumed
+run's order are the same whatever fails; its row is recorded and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from cnnctl.data.images import ImageError, load_image
+
+TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
+
+
+class FileImages:
+    """A read-only uint8 array (N, H, W, C) whose images stay in files (or in a decode cache).
+
+    Code that needs only the length, the shape or a few images uses it as an array;
+    the trainer streams it with `training_batches`.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(
+        self,
+        paths: np.ndarray,
+        pillow: np.ndarray,
+        image_shape: tuple[int, int, int],
+        store: Path | None = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        self.paths, self.pillow = np.asarray(paths, dtype=object), np.asarray(pillow, dtype=bool)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.store = store  # a decode cache's images.npy; `rows` index into it
+        self.rows = np.arange(len(self.paths)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.skips: dict[Any, set[int]] = {}  # epoch (or "eval") -> rows that failed to decode
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.paths), *self.image_shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return decode_all(self[np.asarray([key])])[0][0]
+        take = np.arange(len(self))[key]
+        return FileImages(
+            self.paths[take], self.pillow[take], self.image_shape, self.store, self.rows[take]
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        pixels = decode_all(self)[0]
+        return pixels if dtype is None else pixels.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
+
+    def reason(self, position: int) -> str:
+        """Why a file failed to decode, in Pillow's words where it has some."""
+        try:
+            h, w, c = self.image_shape
+            load_image(Path(self.paths[position]), h, w, c)
+        except ImageError as error:
+            return str(error)
+        return "TensorFlow could not decode it"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decoder(image_shape: tuple[int, int, int]):
+    """(path, use_pillow) -> uint8 (H, W, C): TensorFlow's decoders, Pillow for the rest."""
+    height, width, channels = image_shape
+
+    def with_pillow(path: bytes) -> np.ndarray:
+        return load_image(Path(path.decode()), height, width, channels)
+
+    def with_tf(path: tf.Tensor) -> tf.Tensor:
+        x = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+        few = tf.shape(x)[-1] < 3
+        if channels == 3:
+            x = tf.cond(few, lambda: tf.image.grayscale_to_rgb(x[..., :1]), lambda: x[..., :3])
+        else:
+            x = tf.cond(few, lambda: x[..., :1], lambda: tf.image.rgb_to_grayscale(x[..., :3]))
+        same = tf.reduce_all(tf.shape(x)[:2] == [height, width])
+        return tf.cond(
+            same,
+            lambda: x,
+            lambda: tf.cast(
+                tf.clip_by_value(
+                    tf.round(tf.image.resize(x, (height, width), antialias=True)), 0, 255
+                ),
+                tf.uint8,
+            ),
+        )
+
+    def decode(path: tf.Tensor, pillow: tf.Tensor) -> tf.Tensor:
+        image = tf.cond(
+            pillow,
+            lambda: tf.numpy_function(with_pillow, [path], tf.uint8, stateful=False),
+            lambda: with_tf(path),
+        )
+        return tf.ensure_shape(image, image_shape)
+
+    return decode
+
+
+def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
+    """(row, image, label, weight) for `rows` in order; a failed decode: a blank of weight 0."""
+    shape, n = x.image_shape, tf.shape(rows, out_type=tf.int64)[0]
+    decode = decoder(shape)
+    if x.store is not None:
+        return _from_store(x, rows, labels)
+    paths, pillow = tf.constant(x.paths.astype(str)), tf.constant(x.pillow)
+    items = (
+        tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels))
+        .map(
+            lambda pos, row, label: (pos, row, decode(paths[row], pillow[row]), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .ignore_errors()
+    )
+    end = tf.data.Dataset.from_tensors(
+        (n, tf.constant(-1, tf.int64), tf.zeros(shape, tf.uint8), tf.constant(0, labels.dtype))
+    )
+
+    def fill(expected, item):  # blanks for the positions a failed decode left empty
+        pos, row, image, label = item
+        gap = tf.range(expected, pos)
+        blanks = tf.zeros(tf.concat([tf.shape(gap, out_type=tf.int64), shape], 0), tf.uint8)
+        return pos + 1, (
+            tf.concat([tf.gather(rows, gap), [row]], 0),
+            tf.concat([blanks, image[None]], 0),
+            tf.concat([tf.gather(labels, gap), [label]], 0),
+            tf.concat([tf.zeros(tf.shape(gap), tf.float32), [1.0]], 0),
+        )
+
+    return (
+        items.concatenate(end)
+        .scan(tf.constant(0, tf.int64), fill)
+        .unbatch()
+        .filter(lambda row, image, label, weight: row >= 0)
+    )
+
+
+def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
+    """The same items read from a decode cache: plain reads at row offsets, no decoding."""
+    shape, store, where = x.image_shape, str(x.store), x.rows
+    row_bytes = int(np.prod(shape))
+    offset = _data_offset(x.store)
+
+    def read(batch: np.ndarray) -> np.ndarray:
+        out = np.empty((len(batch), *shape), np.uint8)
+        with open(store, "rb", buffering=0) as stream:
+            for i, row in enumerate(batch):
+                stream.seek(offset + int(where[row]) * row_bytes)
+                stream.readinto(memoryview(out[i]).cast("B"))
+        return out
+
+    def load(rows_batch, labels_batch):
+        images = tf.numpy_function(read, [rows_batch], tf.uint8, stateful=False)
+        images = tf.ensure_shape(images, (None, *shape))
+        return rows_batch, images, labels_batch, tf.ones(tf.shape(rows_batch), tf.float32)
+
+    return (
+        tf.data.Dataset.from_tensor_slices((rows, labels))
+        .batch(64)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .unbatch()
+    )
+
+
+def _data_offset(path: Path) -> int:
+    with open(path, "rb") as stream:
+        version = np.lib.format.read_magic(stream)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        read(stream)
+        return stream.tell()
+
+
+def decode_all(x: FileImages, batch: int = 256, sink: Any = None) -> tuple[np.ndarray, list[int]]:
+    """Every image of `x` in order, and the positions that failed; with `sink`, batches go there."""
+    out = np.empty(x.shape, np.uint8) if sink is None else np.empty((0, *x.image_shape), np.uint8)
+    failed: list[int] = []
+    positions = tf.range(len(x), dtype=tf.int64)
+    start = 0
+    items = _decoded_in_place(x, positions, tf.zeros(len(x), tf.int64)).batch(batch).prefetch(2)
+    for _, images, _, weights in items.as_numpy_iterator():
+        if sink is None:
+            out[start : start + len(images)] = images
+        else:
+            sink(images)
+        failed += (start + np.flatnonzero(weights == 0)).tolist()
+        start += len(images)
+    return out, failed
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def worker_of() -> tuple[int, int]:
+    """(workers, this worker's index) of a multi-worker cluster; (1, 0) otherwise."""
+    from cnnctl.distribute import cluster
+
+    spec = cluster()
+    if spec is None:
+        return 1, 0
+    workers = sorted(spec["cluster"].get("chief", [])) + list(spec["cluster"].get("worker", []))
+    index = int(spec["task"]["index"]) + (
+        len(spec["cluster"].get("chief", [])) if spec["task"]["type"] == "worker" else 0
+    )
+    return len(workers), index
+
+
+def worker_share(order: tf.Tensor, batch_size: int, workers: int, index: int) -> tf.Tensor:
+    """This worker's part of each global batch of `order`: contiguous, in order."""
+    if workers == 1:
+        return order
+    n = tf.shape(order, out_type=tf.int64)[0]
+    j = tf.range(n)
+    offset, length = j % batch_size, tf.minimum(batch_size, n - (j // batch_size) * batch_size)
+    mine = (offset >= length * index // workers) & (offset < length * (index + 1) // workers)
+    return tf.boolean_mask(order, mine)
+
+
+def _finish(x: FileImages, key: Any, num_classes: int, one_hot: bool):
+    def record(key_value, rows, weights) -> np.ndarray:
+        bad = rows[weights == 0]
+        if len(bad):
+            name = key_value.decode() if isinstance(key_value, bytes) else int(key_value)
+            x.skips.setdefault(name, set()).update(int(r) for r in bad)
+        return np.int64(len(bad))
+
+    def finish(rows, images, labels, weights):
+        if key is not None:
+            count = tf.numpy_function(record, [key, rows, weights], tf.int64, stateful=True)
+            with tf.control_dependencies([count]):
+                images = tf.identity(images)
+        images = tf.cast(images, tf.float32)
+        return images, (tf.one_hot(labels, num_classes) if one_hot else labels), weights
+
+    return finish
+
+
+def training_batches(
+    x: FileImages,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    one_hot: bool,
+    first_epoch: int,
+    epochs: int,
+) -> tuple[tf.data.Dataset, int]:
+    """Streamed batches for epochs `first_epoch`..`epochs - 1`, in the in-memory route's order."""
+    n = len(x)
+    workers, index = worker_of()
+    local = batch_size * (index + 1) // workers - batch_size * index // workers
+    labels = tf.constant(y)
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
+        rows = worker_share(order, batch_size, workers, index)
+        return (
+            _decoded_in_place(x, rows, tf.gather(labels, rows))
+            .batch(local)
+            .map(_finish(x, epoch, num_classes, one_hot))
+        )
+
+    steps = math.ceil(n / batch_size)
+    batches = (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_batches)
+        .apply(tf.data.experimental.assert_cardinality(steps * max(epochs - first_epoch, 0)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    if workers > 1:  # each worker already reads only its share of the files
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        batches = batches.with_options(options)
+    return batches, steps
+
+
+def eval_batches(
+    x: FileImages, y: np.ndarray, *, batch_size: int, num_classes: int, one_hot: bool
+) -> tf.data.Dataset:
+    """Batches in order (images, labels, weights), for validation, evaluation and prediction."""
+    rows = tf.range(len(x), dtype=tf.int64)
+    return (
+        _decoded_in_place(x, rows, tf.constant(y))
+        .batch(batch_size)
+        .map(_finish(x, "eval", num_classes, one_hot))
+        .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def decode_batches(x: FileImages, batch_size: int):
+    """(float32 images, weights) batches in order, for prediction; weight 0: the file failed."""
+    rows = tf.range(len(x), dtype=tf.int64)
+    return (
+        _decoded_in_place(x, rows, tf.zeros(len(x), tf.int64))
+        .batch(batch_size)
+        .map(lambda row, image, label, weight: (tf.cast(image, tf.float32), weight))
+        .prefetch(tf.data.AUTOTUNE)
+        .as_numpy_iterator()
+    )
+
+
+def files_for(paths: list[Path], image_shape: tuple[int, int, int]) -> FileImages:
+    """Files to predict on, routed by suffix (no header check: a failure retries with Pillow)."""
+    pillow = [p.suffix.lower() not in TF_SUFFIXES for p in paths]
+    return FileImages(
+        np.asarray([str(p) for p in paths], dtype=object), np.asarray(pillow), image_shape
+    )
+
+
+def cpu_count() -> int:
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any]:
+    """A callback reporting files that failed to decode, where the training images are streamed."""
+    if not isinstance(dataset.x_train, FileImages):
+        return []
+    import keras
+
+    x, skipped = dataset.x_train, list(dataset.skipped)
+    rows: list[dict[str, Any]] = [{"epoch": "", "path": p, "reason": r} for p, r in skipped]
+
+    class SkipReport(keras.callbacks.Callback):
+        """After each epoch: the files skipped in it, on the display and in skipped.csv."""
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            failed = sorted(x.skips.pop(epoch, set()))
+            if not failed:
+                return
+            reasons = [(str(x.paths[r]), x.reason(r)) for r in failed]
+            rows.extend({"epoch": epoch + 1, "path": p, "reason": r} for p, r in reasons)
+            if write:
+                from cnnctl.runs import rows_to_csv, write_text
+
+                write_text(run.path / "skipped.csv", rows_to_csv(rows))
+            if display is not None:
+                from cnnctl.errors import _one_line
+
+                path, reason = reasons[0]
+                display.warn(
+                    f"epoch {epoch + 1}: skipped {len(failed)} images that could not be decoded "
+                    f"(first: {_one_line(path)}: {reason}); "
+                    f"all listed in {run.path / 'skipped.csv'}"
+                )
+
+    return [SkipReport()]

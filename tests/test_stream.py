@@ -1,0 +1,218 @@
+"""Image folders streamed from disk: batches as in memory, skips reported, a safe decode cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnctl.cli import main
+from cnnctl.config import DataConfig
+from cnnctl.data import load_dataset
+from cnnctl.data.pipeline import eval_batches, training_batches
+
+from conftest import SMALL
+
+CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def write_images(root: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Real digits as PNG and JPEG (one in five RGB, one in seven 32x32: resized on reading)."""
+    for index, (image, label) in enumerate(zip(x, y, strict=True)):
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(image)
+        picture = picture.convert("RGB") if index % 5 == 0 else picture
+        picture = picture.resize((32, 32)) if index % 7 == 0 else picture
+        picture.save(folder / (f"{index:05d}.png" if index % 2 else f"{index:05d}.jpg"))
+
+
+@pytest.fixture
+def folder(tmp_path, mnist_test_set) -> Path:
+    x, y = mnist_test_set
+    write_images(tmp_path / "digits" / "train", x[:1200], y[:1200])
+    write_images(tmp_path / "digits" / "test", x[8000:8300], y[8000:8300])
+    return tmp_path / "digits"
+
+
+def config_for(write, path: Path, extra: str = "") -> Path:
+    return write(
+        "stream.yaml",
+        SMALL.replace("  dataset: mnist\n  limit: 4000\n", f"  path: {path}\n{extra}"),
+    )
+
+
+def batches(data: DataConfig) -> tuple[list, list]:
+    dataset = load_dataset(data, (28, 28, 1), seed=5)
+    train, _ = training_batches(
+        dataset.x_train,
+        dataset.y_train,
+        batch_size=64,
+        seed=5,
+        num_classes=10,
+        one_hot=False,
+        first_epoch=1,
+        epochs=3,
+    )
+    val = eval_batches(dataset.x_val, dataset.y_val, batch_size=100, num_classes=10, one_hot=False)
+    return (
+        [(b[0].numpy(), b[1].numpy()) for b in train],
+        [(b[0].numpy(), b[1].numpy()) for b in val],
+    )
+
+
+def test_streamed_and_in_memory_batches_are_the_same(folder):
+    memory = batches(DataConfig(path=str(folder), cache="memory", validation=0.1))
+    for mode in ("none", "disk"):
+        streamed = batches(DataConfig(path=str(folder), cache=mode, validation=0.1))
+        for ours, theirs in zip(memory, streamed, strict=True):
+            assert len(ours) == len(theirs) and len(ours) > 1
+            for (x1, y1), (x2, y2) in zip(ours, theirs, strict=True):
+                assert np.array_equal(y1, y2) and np.array_equal(x1, x2)
+
+
+def test_each_worker_reads_its_share_of_every_global_batch():
+    import tensorflow as tf
+
+    from cnnctl.data.stream import worker_share
+
+    order = tf.random.shuffle(tf.range(103, dtype=tf.int64), seed=1).numpy()
+    shares = [worker_share(tf.constant(order), 20, 3, w).numpy() for w in range(3)]
+    local = [6, 7, 7]  # 20 split three ways; the last global batch (3) gives one each
+    for k in range(6):
+        parts = [
+            share[k * size : (k + 1) * size] for share, size in zip(shares, local, strict=True)
+        ]
+        assert np.array_equal(np.concatenate(parts), order[k * 20 : (k + 1) * 20])
+
+
+def test_unreadable_files_are_skipped_and_reported_with_paths(runner, write, folder):
+    good = next((folder / "train" / "digit_3").glob("*.jpg"))
+    truncated = folder / "train" / "digit_3" / "truncated.jpg"
+    data = good.read_bytes()
+    truncated.write_bytes(
+        data[: data.index(b"\xff\xda") + 20]
+    )  # the header reads; the pixels do not
+    (folder / "train" / "digit_4" / "text.png").write_text("not an image")
+    result = runner.invoke(
+        main, ["train", str(config_for(write, folder, "  cache: none\n")), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    run = Path(json.loads(result.stdout)["run"])
+    assert (
+        f"epoch 1: skipped 1 images that could not be decoded (first: {truncated}:" in result.stderr
+    )
+    rows = list(csv.DictReader(open(run / "skipped.csv")))
+    assert {(r["epoch"], r["path"]) for r in rows} == {
+        ("", str(folder / "train" / "digit_4" / "text.png")),
+        ("1", str(truncated)),
+        ("2", str(truncated)),
+    }
+
+
+def test_a_changed_file_invalidates_the_cache(folder, cache_dir, mnist_test_set):
+    data = DataConfig(path=str(folder), cache="disk")
+    first = load_dataset(data, (28, 28, 1), seed=5)
+    assert (
+        "decode cache written to" in first.warnings[0]
+        and "delete it any time: rm -r" in first.warnings[0]
+    )
+    assert "decode cache read from" in load_dataset(data, (28, 28, 1), seed=5).warnings[0]
+    changed = Path(first.files["test"][0])
+    Image.fromarray(255 - mnist_test_set[0][0]).save(
+        changed, format="PNG" if changed.suffix == ".png" else "JPEG"
+    )
+    second = load_dataset(data, (28, 28, 1), seed=5)
+    assert "decode cache written to" in second.warnings[0]
+    assert len(list(cache_dir.glob("decoded-*"))) == 2
+    assert not np.array_equal(np.asarray(first.x_test[:1]), np.asarray(second.x_test[:1]))
+
+
+BUILD = """
+import hashlib, sys, numpy as np
+from cnnctl.config import DataConfig
+from cnnctl.data import load_dataset
+d = load_dataset(DataConfig(path=sys.argv[1], cache="disk"), (28, 28, 1), seed=5)
+print(hashlib.sha256(np.asarray(d.x_train).tobytes() + np.asarray(d.x_test).tobytes()).hexdigest())
+"""
+
+
+def test_two_processes_building_one_cache_both_succeed(folder, cache_dir):
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD, str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert outputs[0][0] == outputs[1][0]
+    assert [p.name for p in cache_dir.iterdir()] == [
+        next(cache_dir.glob("decoded-*")).name
+    ]  # no leftovers
+
+
+def test_datasets_check_hashes_files_of_a_streamed_folder(runner, write, folder):
+    duplicate = next((folder / "test" / "digit_2").glob("*"))
+    (folder / "train" / "digit_2" / f"copy{duplicate.suffix}").write_bytes(duplicate.read_bytes())
+    result = runner.invoke(
+        main, ["datasets", "check", str(config_for(write, folder, "  cache: none\n")), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["duplicates"] == {"train/test": 1}
+
+
+def test_csv_of_paths_reads_like_a_folder(runner, write, folder, tmp_path):
+    lines = ["path,label,split"] + [
+        f"{p.relative_to(tmp_path)},{p.parent.name},{p.parent.parent.name}"
+        for p in sorted(folder.rglob("*.*"))
+    ]
+    (tmp_path / "files.csv").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(DataConfig(path="files.csv", cache="none"), (28, 28, 1), seed=5)
+    from_folder = load_dataset(DataConfig(path=str(folder), cache="none"), (28, 28, 1), seed=5)
+    assert dataset.class_names == from_folder.class_names and np.array_equal(
+        dataset.y_test, from_folder.y_test
+    )
+    assert len(dataset.x_train) == len(from_folder.x_train)
+
+
+def test_sigkill_mid_epoch_while_streaming_then_resume_gives_the_planned_epochs(write, folder):
+    from test_interrupt import epochs_in, wait_for_epochs
+
+    config = config_for(write, folder, "  cache: none\n")
+    run = Path("runs/small")
+    process = subprocess.Popen(
+        [*CNNCTL, "train", str(config), "--set", "train.epochs=4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_epochs(process, run, 1)
+    seconds = float(list(csv.DictReader(open(run / "metrics.csv")))[-1]["seconds"])
+    time.sleep(seconds / 2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = epochs_in(run)
+    assert done_before in ([1], [1, 2])
+    done = subprocess.run(
+        [*CNNCTL, "train", "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert epochs_in(run) == [1, 2, 3, 4]
