@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from cnnctl.errors import CnnctlError, RunError
 from cnnctl.suggest import suggest
+
+CHECKPOINT_STATE = "cnnctl_state.json"  # checkpoint.STATE_MEMBER; this module must not import Keras
 
 
 @dataclass
@@ -261,9 +264,26 @@ def describe(run: Run) -> RunSummary:
     missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]
     if missing and rows:
         problems.append(f"missing {', '.join(missing)}")
+    elif rows and not checkpoint_is_whole(run.last):
+        problems.append("checkpoints/last.keras is truncated or not a cnnctl checkpoint")
     if problems:
         summary.status, summary.problem = "damaged", "; ".join(problems)
     return summary
+
+
+def checkpoint_is_whole(path: Path) -> bool:
+    """A cheap check, no TensorFlow: a regular file, a zip to its end, with the resume state inside.
+
+    A truncated zip loses its central directory (at the end), so `is_zipfile` fails on it.
+    """
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            archive.getinfo(CHECKPOINT_STATE)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    return True
 
 
 def _read_dict(run: Run, path: Path) -> dict[str, Any]:
