@@ -91,17 +91,20 @@ def worker_lost(error: BaseException, model: keras.Model, run: Run, epochs_done:
     spec = cluster()
     if spec is None or type(error).__name__ not in LOST_ERRORS or not is_multi_worker(model):
         return None
-    text = str(error)
+    return WorkerLost(lost_line(str(error), spec, run, epochs_done, epochs))
+
+
+def lost_line(text: str, spec: dict[str, Any], run: Run, epochs_done: int, epochs: int) -> str:
+    """One line: who was lost (as far as can be told), what is saved, how to go on."""
     names = lost_tasks(text, spec)
     if names:
         who = ", ".join(names) + (" was lost" if len(names) == 1 else " were lost")
     elif "timed out" in text:
-        who = "a worker stopped answering (distribute_timeout)"
+        who = "a worker did not answer within train.distribute_timeout"
     else:
         who = "a worker was lost"
-    return WorkerLost(
-        f"{who} in epoch {epochs_done + 1}; {epochs_done} of {epochs} epochs are saved in "
-        f"{run.path}; restart every worker with: cnnctl train --resume {run.path}")
+    return (f"{who} in epoch {epochs_done + 1}; {epochs_done} of {epochs} epochs are saved in "
+            f"{run.path}; restart every worker with: cnnctl train --resume {run.path}")
 
 
 def lost_tasks(text: str, spec: dict[str, Any]) -> list[str]:

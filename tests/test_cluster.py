@@ -18,9 +18,10 @@ import pytest
 from test_distribute import free_ports, tf_config
 
 from cnnctl.checkpoint import STATE_MEMBER
-from cnnctl.cluster import lost_tasks
+from cnnctl.cluster import lost_line, lost_tasks
 from cnnctl.config import load_config
 from cnnctl.errors import ConfigError
+from cnnctl.runs import Run
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 TIMEOUT = 20  # train.distribute_timeout of these runs, seconds
@@ -173,6 +174,17 @@ def test_without_a_name_the_lost_worker_is_the_one_whose_port_refuses():
         spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{alive}", f"127.0.0.1:{gone}"]))
         assert lost_tasks("Collective has timed out during execution.", spec) == [
             f"worker 2 (127.0.0.1:{gone})"]
+
+
+def test_a_worker_that_hangs_is_not_named_but_the_timeout_is():
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    with listening:  # a stopped (SIGSTOP) worker's port still accepts connections
+        spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{listening.getsockname()[1]}"]))
+        line = lost_line("Collective has timed out during execution.", spec, Run(Path("runs/x")), 2, 5)
+    assert line == ("a worker did not answer within train.distribute_timeout in epoch 3; 2 of 5 epochs "
+                    "are saved in runs/x; restart every worker with: cnnctl train --resume runs/x")
 
 
 def test_distribute_timeout_must_be_positive(small_config):
