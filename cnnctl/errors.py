@@ -54,7 +54,7 @@ class TrainingFailed(CnnctlError):
 
 
 class WorkerLost(TrainingFailed):
-    """A worker of a multi-worker run died or stopped answering; the others stopped (exit code 1)."""
+    """A worker of a multi-worker run died or stopped answering; the others stop (exit code 1)."""
 
 
 class Interrupted(CnnctlError):

@@ -122,9 +122,10 @@ def test_a_killed_worker_stops_the_other_in_time_and_a_restart_resumes_exactly(
     print(f"worker 0 exited {latency:.1f} s after worker 1 was killed")  # shown with pytest -s
     assert latency < TIMEOUT + 5  # the timeout, plus writing run.json and leaving Python
     error = (folder / "w0.err").read_text()
-    assert ("Error: worker 1 (127.0.0.1:" in error and "was lost in epoch 2; 1 of 3 epochs are saved "
-            "in runs/small; restart every worker with: cnnctl train --resume runs/small") in error
-    assert error.strip().splitlines()[-1].startswith("Error: worker 1")  # one line, no hint, no trace
+    assert "Error: worker 1 (127.0.0.1:" in error
+    assert ("was lost in epoch 2; 1 of 3 epochs are saved in runs/small; "
+            "restart every worker with: cnnctl train --resume runs/small") in error
+    assert error.strip().splitlines()[-1].startswith("Error: worker 1")  # one line, no hint
     assert "Traceback" not in error
     assert run_status(folder)["status"] == "interrupted" and run_status(folder)["epochs_done"] == 1
 
@@ -153,8 +154,8 @@ def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_resume_completes(
     keras.saving.load_model(folder / "runs/small/model.keras")
 
 
-TF_MESSAGE = """Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks
-are unhealthy (stopped sending heartbeats):
+TF_MESSAGE = """Collective ops is aborted by: Error reported from /job:worker/task:1: The following
+tasks are unhealthy (stopped sending heartbeats):
 /job:worker/replica:0/task:1
 The tasks have crashed."""
 
@@ -182,9 +183,11 @@ def test_a_worker_that_hangs_is_not_named_but_the_timeout_is():
     listening.listen()
     with listening:  # a stopped (SIGSTOP) worker's port still accepts connections
         spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{listening.getsockname()[1]}"]))
-        line = lost_line("Collective has timed out during execution.", spec, Run(Path("runs/x")), 2, 5)
-    assert line == ("a worker did not answer within train.distribute_timeout in epoch 3; 2 of 5 epochs "
-                    "are saved in runs/x; restart every worker with: cnnctl train --resume runs/x")
+        text = "Collective has timed out during execution."
+        line = lost_line(text, spec, Run(Path("runs/x")), 2, 5)
+    assert line == ("a worker did not answer within train.distribute_timeout in epoch 3; "
+                    "2 of 5 epochs are saved in runs/x; "
+                    "restart every worker with: cnnctl train --resume runs/x")
 
 
 def test_distribute_timeout_must_be_positive(small_config):
