@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cnnctl.blocks import walk_layers
 from cnnctl.errors import RunError, first_line
+from cnnctl.runs import STATE_MEMBER
 
-STATE_MEMBER = "cnnctl_state.json"
 STATE_LIMIT = 64 * 2**20  # bytes; the rows of 100,000 epochs fit many times over
 
 

@@ -63,7 +63,9 @@ def strategy_for(config: Config) -> Any:
     if cluster() is None:
         raise ConfigError(f"{config.where(('train', 'distribute'))}: multi_worker needs TF_CONFIG",
                           "set TF_CONFIG on every worker (see the README's 'Several GPUs and machines')")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    timeout = config.train.distribute_timeout
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
 def prepare_multi_worker(model: Any, batches: Any) -> None:

@@ -55,6 +55,10 @@ class TrainingFailed(CnnctlError):
     exit_code = 1
 
 
+class WorkerLost(TrainingFailed):
+    """A worker of a multi-worker run died or stopped answering; the others stop (exit code 1)."""
+
+
 class Interrupted(CnnctlError):
     """The user stopped the work with Ctrl-C or SIGTERM (exit code 130)."""
 

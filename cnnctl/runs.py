@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from cnnctl.errors import CnnctlError, RunError
 from cnnctl.escape import csv_cell
 from cnnctl.limits import inside, read_bounded, read_json
 from cnnctl.suggest import suggest
+
+STATE_MEMBER = "cnnctl_state.json"  # the resume state's member inside checkpoints/last.keras
 
 
 @dataclass
@@ -294,9 +297,26 @@ def describe(run: Run) -> RunSummary:
     missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]
     if missing and rows:
         problems.append(f"missing {', '.join(missing)}")
+    elif rows and not checkpoint_is_whole(run.last):
+        problems.append("checkpoints/last.keras is truncated or not a cnnctl checkpoint")
     if problems:
         summary.status, summary.problem = "damaged", "; ".join(problems)
     return summary
+
+
+def checkpoint_is_whole(path: Path) -> bool:
+    """A cheap check, no TensorFlow: a regular file, a zip to its end, with the resume state inside.
+
+    A truncated zip loses its central directory (at the end), so `is_zipfile` fails on it.
+    """
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            archive.getinfo(STATE_MEMBER)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    return True
 
 
 def _read_dict(run: Run, path: Path) -> dict[str, Any]:

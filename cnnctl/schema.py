@@ -193,6 +193,7 @@ class TrainConfig(_Strict):
     precision: Literal["float32", "mixed"] = "float32"  # mixed: bfloat16 on capable CPUs, float16 on GPUs
     mixed_precision: bool | None = None  # the same as precision: mixed
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    distribute_timeout: float = Field(default=300, ge=1, le=86_400)  # s: a lost worker stops all
     fine_tune: FineTuneConfig | None = None
 
     @model_validator(mode="after")

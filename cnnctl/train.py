@@ -20,6 +20,7 @@ import keras
 from cnnctl.builder import build_model, compile_model
 from cnnctl.callbacks import Display, EpochRecorder, ProgressUpdater, StopRequested, stop_on_signals
 from cnnctl.checkpoint import ResumeState, read_state, restore_rng
+from cnnctl.cluster import shared_stop, worker_lost
 from cnnctl.config import Config, changed_keys, dump_config, load_config
 from cnnctl.data import Dataset, dataset_for
 from cnnctl.data.checks import check_dataset
@@ -147,7 +148,8 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
-        callbacks = [recorder, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
+        agreeing, stop = shared_stop(model, stop)  # a cluster's workers stop at the same step
+        callbacks = [recorder, *agreeing, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
         callbacks += skip_reporter(dataset, run, display, write)  # streamed files that fail to decode
         if train.fine_tune is not None:  # after the recorder: it may replace the optimizer the recorder set
             callbacks.insert(1, FineTune(config, steps))
@@ -169,6 +171,12 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
                 f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
                 f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
             ) from None
+        except Exception as error:  # a collective failed: another worker of the cluster is gone
+            lost = worker_lost(error, model, run, recorder.epoch, train.epochs)
+            if lost is None:
+                raise
+            _mark(run, write, "interrupted", recorder.epoch)
+            raise lost from None
     result = TrainResult(
         run=run, epochs_done=recorder.epoch, epochs=train.epochs, monitor=recorder.monitor,
         best_epoch=recorder.best_epoch, best_value=recorder.best, test={},

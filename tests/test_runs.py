@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from cnnctl.errors import RunError
-from cnnctl.runs import atomic_write, create_run, find_run, list_runs, set_status, write_text
+from cnnctl.runs import (
+    STATE_MEMBER,
+    Run,
+    atomic_write,
+    create_run,
+    describe,
+    find_run,
+    list_runs,
+    set_status,
+    write_text,
+)
 
 
 def _create(root: str) -> str:
@@ -70,3 +82,47 @@ def test_status_file_keeps_start_time(tmp_path):
     set_status(run, "finished")
     status = json.loads(run.run_json.read_text())
     assert status["status"] == "finished" and status["started"] == 10.0
+
+
+def _run_with_checkpoint(root: Path, small_config: Path, data: bytes) -> Run:
+    """A run folder with one finished epoch whose checkpoints/last.keras holds `data`."""
+    run = create_run(root, "small")
+    write_text(run.config, small_config.read_text())
+    write_text(run.metrics_csv, "epoch,loss\n1,0.5\n")
+    write_text(run.classes, json.dumps([str(n) for n in range(10)]))
+    run.model.write_bytes(b"")
+    run.last.write_bytes(data)
+    set_status(run, "interrupted")
+    return run
+
+
+def _checkpoint(members: dict[str, bytes]) -> bytes:
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("cut", "members", "status"),
+    [(None, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "interrupted"),
+     (3000, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "damaged"),
+     (None, {"model.weights.h5": b"w" * 5000}, "damaged")],
+    ids=["whole", "truncated", "no-state"],
+)
+def test_a_truncated_checkpoint_marks_the_run_damaged(tmp_path, small_config, cut, members, status):
+    data = _checkpoint(members)
+    run = _run_with_checkpoint(tmp_path / "runs", small_config, data[:cut])
+    summary = describe(run)
+    assert summary.status == status
+    if status == "damaged":
+        assert summary.problem == "checkpoints/last.keras is truncated or not a cnnctl checkpoint"
+
+
+def test_runs_reads_no_keras():
+    import subprocess
+    import sys
+
+    code = "import sys, cnnctl.runs; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,196 @@
+"""A multi-worker run when a worker dies or is preempted: no hang, one line, an exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import pytest
+from test_distribute import free_ports, tf_config
+
+from cnnctl.checkpoint import STATE_MEMBER
+from cnnctl.cluster import lost_line, lost_tasks
+from cnnctl.config import load_config
+from cnnctl.errors import ConfigError
+from cnnctl.runs import Run
+
+CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
+TIMEOUT = 20  # train.distribute_timeout of these runs, seconds
+HANG = 240  # far above it: a worker still running after this long hangs
+CLUSTER = f"""\
+name: small
+data: {{dataset: mnist, limit: 2000}}
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: [3, 3], activation: relu}}
+    - {{type: MaxPooling2D, pool_size: [4, 4]}}
+    - Flatten
+    - {{type: Dense, units: 10, activation: softmax}}
+train: {{epochs: 3, batch_size: 32, distribute: multi_worker, distribute_timeout: {TIMEOUT}}}
+"""
+COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def start(args: list[str], folder: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+    """Two workers of one cluster on free loopback ports, each logging stderr to wN.err."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    return [subprocess.Popen([*CNNCTL, "train", *args], cwd=folder, stdout=subprocess.DEVNULL,
+                             stderr=open(folder / f"w{index}.err", "w"),  # noqa: SIM115
+                             env={**env, "TF_CONFIG": tf_config(index, workers)})
+            for index in range(2)]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[int]:
+    try:
+        return [process.wait(timeout=HANG) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def epoch_saved(folder: Path, epoch: int) -> None:
+    """Wait until the chief's checkpoint holds `epoch` finished epochs."""
+    last = folder / "runs/small/checkpoints/last.keras"
+    deadline = time.monotonic() + HANG
+    while time.monotonic() < deadline:
+        try:
+            with zipfile.ZipFile(last) as archive:
+                if json.loads(archive.read(STATE_MEMBER))["epoch"] >= epoch:
+                    return
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"epoch {epoch} never saved")
+
+
+def metrics(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "runs/small/metrics.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def run_status(folder: Path) -> dict:
+    return json.loads((folder / "runs/small/run.json").read_text())
+
+
+def same_metrics(rows: list[dict[str, str]], reference: list[dict[str, str]]) -> None:
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    for row, expected in zip(rows, reference, strict=True):
+        for column in COLUMNS:
+            assert float(row[column]) == pytest.approx(float(expected[column]), rel=1e-4, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> list[dict[str, str]]:
+    """metrics.csv of the same two-worker run, never interrupted."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    (folder / "cluster.yaml").write_text(CLUSTER)
+    env = {**os.environ, "CNNCTL_OFFLINE": "1", "CNNCTL_DATA_DIR": str(data_dir),
+           "KERAS_HOME": str(folder / "keras-home")}
+    assert finish(start(["cluster.yaml"], folder, env)) == [0, 0]
+    return metrics(folder)
+
+
+@pytest.fixture
+def cluster_config(write) -> Path:
+    return write("cluster.yaml", CLUSTER)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_other_in_time_and_a_restart_resumes_exactly(
+        cluster_config, offline_scratch, uninterrupted):
+    folder = offline_scratch
+    workers = start([str(cluster_config)], folder, dict(os.environ))
+    epoch_saved(folder, 1)
+    time.sleep(0.3)  # into epoch 2
+    workers[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    assert workers[0].wait(timeout=HANG) == 1
+    latency = time.monotonic() - killed
+    finish(workers)
+    print(f"worker 0 exited {latency:.1f} s after worker 1 was killed")  # shown with pytest -s
+    assert latency < TIMEOUT + 5  # the timeout, plus writing run.json and leaving Python
+    error = (folder / "w0.err").read_text()
+    assert "Error: worker 1 (127.0.0.1:" in error
+    assert ("was lost in epoch 2; 1 of 3 epochs are saved in runs/small; "
+            "restart every worker with: cnnctl train --resume runs/small") in error
+    assert error.strip().splitlines()[-1].startswith("Error: worker 1")  # one line, no hint
+    assert "Traceback" not in error
+    assert run_status(folder)["status"] == "interrupted" and run_status(folder)["epochs_done"] == 1
+
+    assert finish(start(["--resume", "runs/small"], folder, dict(os.environ))) == [0, 0]
+    same_metrics(metrics(folder), uninterrupted)
+    assert run_status(folder)["status"] == "finished"
+    keras.saving.load_model(folder / "runs/small/model.keras")
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_resume_completes(
+        cluster_config, offline_scratch, uninterrupted):
+    folder = offline_scratch
+    workers = start([str(cluster_config)], folder, dict(os.environ))
+    epoch_saved(folder, 1)
+    time.sleep(0.3)
+    workers[0].send_signal(signal.SIGTERM)
+    assert finish(workers) == [130, 130]
+    for index in range(2):
+        error = (folder / f"w{index}.err").read_text()
+        assert "stopped; 1 of 3 epochs are saved in runs/small" in error, error
+    assert run_status(folder)["status"] == "interrupted"
+
+    assert finish(start(["--resume", "runs/small"], folder, dict(os.environ))) == [0, 0]
+    same_metrics(metrics(folder), uninterrupted)
+    keras.saving.load_model(folder / "runs/small/model.keras")
+
+
+TF_MESSAGE = """Collective ops is aborted by: Error reported from /job:worker/task:1: The following
+tasks are unhealthy (stopped sending heartbeats):
+/job:worker/replica:0/task:1
+The tasks have crashed."""
+
+
+def test_the_lost_worker_is_the_one_tensorflow_names():
+    spec = json.loads(tf_config(0, ["127.0.0.1:1", "127.0.0.1:2"]))
+    assert lost_tasks(TF_MESSAGE, spec) == ["worker 1 (127.0.0.1:2)"]
+
+
+def test_without_a_name_the_lost_worker_is_the_one_whose_port_refuses():
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    gone = free_ports(1)[0]
+    with listening:
+        alive = listening.getsockname()[1]
+        spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{alive}", f"127.0.0.1:{gone}"]))
+        assert lost_tasks("Collective has timed out during execution.", spec) == [
+            f"worker 2 (127.0.0.1:{gone})"]
+
+
+def test_a_worker_that_hangs_is_not_named_but_the_timeout_is():
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    with listening:  # a stopped (SIGSTOP) worker's port still accepts connections
+        spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{listening.getsockname()[1]}"]))
+        text = "Collective has timed out during execution."
+        line = lost_line(text, spec, Run(Path("runs/x")), 2, 5)
+    assert line == ("a worker did not answer within train.distribute_timeout in epoch 3; "
+                    "2 of 5 epochs are saved in runs/x; "
+                    "restart every worker with: cnnctl train --resume runs/x")
+
+
+def test_distribute_timeout_must_be_positive(small_config):
+    with pytest.raises(ConfigError, match="train.distribute_timeout"):
+        load_config(small_config, ["train.distribute_timeout=0"])
+    assert load_config(small_config).train.distribute_timeout == 300
