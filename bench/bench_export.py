@@ -17,7 +17,10 @@ from pathlib import Path
 
 from bench import CNNCTL, measure  # bench/ is on sys.path: this file runs beside bench.py
 
-FORMATS = {"onnx": ("model.onnx", ["--format", "onnx"]), "tflite": ("model.tflite", ["--format", "tflite"])}
+FORMATS = {
+    "onnx": ("model.onnx", ["--format", "onnx"]),
+    "tflite": ("model.tflite", ["--format", "tflite"]),
+}
 
 
 def export_predict(cwd: Path, run: Path, image: Path, reps: int = 5) -> dict:
@@ -30,9 +33,14 @@ def export_predict(cwd: Path, run: Path, image: Path, reps: int = 5) -> dict:
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(reps):  # alternated, so that a busy moment of the machine hits every file
         for name, model in files.items():
-            times[name].append(measure([*CNNCTL, "predict", str(image), "--model", str(model)],
-                                       cwd)["wall_seconds"])
-    return {f"predict one.png via .{name}": statistics.median(values) for name, values in times.items()}
+            times[name].append(
+                measure([*CNNCTL, "predict", str(image), "--model", str(model)], cwd)[
+                    "wall_seconds"
+                ]
+            )
+    return {
+        f"predict one.png via .{name}": statistics.median(values) for name, values in times.items()
+    }
 
 
 def _one_png(run: Path, cwd: Path) -> Path:

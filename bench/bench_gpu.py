@@ -22,8 +22,9 @@ from cnnctl.data.sources import find_builtin
 
 def gpu_name() -> str:
     try:
-        return measure(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                       REPO)["stdout"].strip()
+        return measure(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], REPO
+        )["stdout"].strip()
     except (OSError, SystemExit):
         return "no NVIDIA GPU found"
 
@@ -38,11 +39,23 @@ def main() -> None:
     args.quick = True  # always bound the epochs: the aim is throughput, not accuracy
     work = Path(tempfile.mkdtemp(prefix="cnnctl-bench-gpu-"))
     rows: dict[str, list[dict]] = {}
-    plans = [("cnnctl fashion_mnist.yaml", "fashion_mnist", lambda p: cnnctl_train(
-                 "fashion_mnist.yaml", args, work, f"train.precision={p}")),
-             ("plain Keras script", "fashion_mnist", lambda p: seed_script(args, work, mixed=p == "mixed")),
-             ("cnnctl cifar10.yaml", "cifar10", lambda p: cnnctl_train(
-                 "cifar10.yaml", args, work, f"train.precision={p}"))]
+    plans = [
+        (
+            "cnnctl fashion_mnist.yaml",
+            "fashion_mnist",
+            lambda p: cnnctl_train("fashion_mnist.yaml", args, work, f"train.precision={p}"),
+        ),
+        (
+            "plain Keras script",
+            "fashion_mnist",
+            lambda p: seed_script(args, work, mixed=p == "mixed"),
+        ),
+        (
+            "cnnctl cifar10.yaml",
+            "cifar10",
+            lambda p: cnnctl_train("cifar10.yaml", args, work, f"train.precision={p}"),
+        ),
+    ]
     skipped = []
     for _ in range(args.reps):
         for name, dataset, run in plans:
@@ -52,13 +65,20 @@ def main() -> None:
             for precision in ("float32", "mixed"):
                 result = run(precision)
                 rows.setdefault(f"{name} ({precision})", []).append(result)
-                print(f"{name:28s} {precision:8s} {result['images_per_second']:9.0f} img/s", flush=True)
-    summary = {name: statistics.median(r["images_per_second"] for r in runs) for name, runs in rows.items()}
+                print(
+                    f"{name:28s} {precision:8s} {result['images_per_second']:9.0f} img/s",
+                    flush=True,
+                )
+    summary = {
+        name: statistics.median(r["images_per_second"] for r in runs) for name, runs in rows.items()
+    }
     text = ["", f"## GPU ({gpu_name()})", "", "| run | train images/s |", "| --- | ---: |"]
     text += [f"| {name} | {value:,.0f} |" for name, value in summary.items()]
     text += [f"\nSkipped: {'; '.join(sorted(set(skipped)))}" if skipped else ""]
     args.out.mkdir(exist_ok=True)
-    (args.out / "benchmarks-gpu.json").write_text(json.dumps({"gpu": gpu_name(), "runs": rows}, indent=2))
+    (args.out / "benchmarks-gpu.json").write_text(
+        json.dumps({"gpu": gpu_name(), "runs": rows}, indent=2)
+    )
     with open(args.out / "benchmarks.md", "a") as stream:
         stream.write("\n".join(text) + "\n")
     print("\n".join(text))

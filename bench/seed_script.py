@@ -25,8 +25,13 @@ class EpochClock(keras.callbacks.Callback):
         self.start, self.epochs = time.perf_counter(), []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append({"epoch": epoch + 1, "seconds": time.perf_counter() - self.start,
-                            "val_accuracy": float(logs["val_accuracy"])})
+        self.epochs.append(
+            {
+                "epoch": epoch + 1,
+                "seconds": time.perf_counter() - self.start,
+                "val_accuracy": float(logs["val_accuracy"]),
+            }
+        )
 
 
 def main() -> None:
@@ -34,7 +39,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--mixed", action="store_true", help="mixed_float16 (GPU) as Keras' guide does it")
+    parser.add_argument(
+        "--mixed", action="store_true", help="mixed_float16 (GPU) as Keras' guide does it"
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(42)
     if args.mixed:
@@ -55,12 +62,27 @@ def main() -> None:
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     clock = EpochClock()
     started = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=32, epochs=args.epochs, validation_data=(x_test, y_test),
-              callbacks=[clock], verbose=0)
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=32,
+        epochs=args.epochs,
+        validation_data=(x_test, y_test),
+        callbacks=[clock],
+        verbose=0,
+    )
     fit_seconds = time.perf_counter() - started
     accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
-    print(json.dumps({"fit_seconds": fit_seconds, "images_per_second": len(x_train) * args.epochs / fit_seconds,
-                      "test_accuracy": accuracy, "epochs": clock.epochs}))
+    print(
+        json.dumps(
+            {
+                "fit_seconds": fit_seconds,
+                "images_per_second": len(x_train) * args.epochs / fit_seconds,
+                "test_accuracy": accuracy,
+                "epochs": clock.epochs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def mixed_policy() -> str | None:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
 
 
-def build_model(config: Config, num_classes: int | None = None, offline: bool = False) -> keras.Sequential:
+def build_model(
+    config: Config, num_classes: int | None = None, offline: bool = False
+) -> keras.Sequential:
     """Build (not compile) the config's network; check its output against `num_classes`.
 
     `offline`: a Backbone's ImageNet weights must already be in Keras' cache.
@@ -52,7 +54,9 @@ def build_model(config: Config, num_classes: int | None = None, offline: bool = 
         keras.config.set_dtype_policy(previous)
 
 
-def _build(config: Config, num_classes: int | None, float32_last: bool, offline: bool) -> keras.Sequential:
+def _build(
+    config: Config, num_classes: int | None, float32_last: bool, offline: bool
+) -> keras.Sequential:
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
     # Augmentation sees raw 0..255 pixels, the range Keras' augmentation layers assume by default.
@@ -68,8 +72,11 @@ def _build(config: Config, num_classes: int | None, float32_last: bool, offline:
         last = index == len(config.model.layers) - 1
         # The output stays float32 under mixed precision, so that softmax and the loss stay stable.
         extra = {"dtype": "float32"} if last and float32_last and "dtype" not in spec.args else {}
-        layer = (build_block(spec, shape, config, path, _layer, offline) if spec.type in BLOCK_TYPES
-                 else _layer(spec, shape, config, path, extra))
+        layer = (
+            build_block(spec, shape, config, path, _layer, offline)
+            if spec.type in BLOCK_TYPES
+            else _layer(spec, shape, config, path, extra)
+        )
         try:
             model.add(layer)
             shape = model.output_shape
@@ -84,7 +91,9 @@ def _build(config: Config, num_classes: int | None, float32_last: bool, offline:
     return model
 
 
-def _layer(spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None) -> Any:
+def _layer(
+    spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None
+) -> Any:
     """The layer at `path` (an allow-listed Keras layer, or a block of them) for inputs of `shape`."""
     if spec.type in BLOCK_TYPES:
         return build_block(spec, shape, config, path, _layer)
@@ -97,7 +106,9 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
     """Attach the config's optimizer, loss and metrics (and how to run them) to `model`."""
     train = config.train
     path = ("train", "optimizer")
-    optimizer = _instantiate(train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path)
+    optimizer = _instantiate(
+        train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path
+    )
     metrics = []
     for index, name in enumerate(train.metrics):
         try:
@@ -105,11 +116,17 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
         except ValueError:
             known = ["accuracy", *(n for n in keras.metrics.__dict__ if not n.startswith("_"))]
             raise ConfigError(
-                f"{config.where(('train', 'metrics', index))}: unknown metric '{name}'{suggest(name, known)}",
+                f"{config.where(('train', 'metrics', index))}: unknown metric "
+                f"'{name}'{suggest(name, known)}",
                 "for classification use accuracy",
             ) from None
-    model.compile(optimizer=optimizer, loss=train.loss, metrics=metrics, jit_compile=train.jit_compile,
-                  steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch))
+    model.compile(
+        optimizer=optimizer,
+        loss=train.loss,
+        metrics=metrics,
+        jit_compile=train.jit_compile,
+        steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch),
+    )
 
 
 def steps_per_execution(wanted: int, steps_per_epoch: int | None) -> int:
@@ -121,8 +138,11 @@ def steps_per_execution(wanted: int, steps_per_epoch: int | None) -> int:
 
 def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
     """The allowed Keras class named by `spec.type` (optimizers also by lower-case name)."""
-    allowed, module = {"layer": (LAYERS, keras.layers), "augmentation": (AUGMENTATIONS, keras.layers),
-                       "optimizer": (OPTIMIZERS, keras.optimizers)}[kind]
+    allowed, module = {
+        "layer": (LAYERS, keras.layers),
+        "augmentation": (AUGMENTATIONS, keras.layers),
+        "optimizer": (OPTIMIZERS, keras.optimizers),
+    }[kind]
     names = {name: name for name in allowed}
     if kind == "optimizer":
         names.update({name.lower(): name for name in allowed})
@@ -144,7 +164,9 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
     )
 
 
-def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra: dict | None = None) -> Any:
+def _instantiate(
+    spec: ObjectSpec, cls: type, config: Config, path: tuple, extra: dict | None = None
+) -> Any:
     """`cls(**spec.args)`, after checking each argument's name and kind of value."""
     valid = _arguments_of(cls)
     for key, value in spec.args.items():
@@ -160,7 +182,8 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra
             )
         if key == "activation" and isinstance(value, str) and value not in _activations():
             raise ConfigError(
-                f"{config.where((*path, key))}: unknown activation '{value}'{suggest(value, _activations())}",
+                f"{config.where((*path, key))}: unknown activation "
+                f"'{value}'{suggest(value, _activations())}",
                 "common ones: relu, gelu, swish, tanh, sigmoid, softmax, linear",
             )
         if not _is_plain(value):
@@ -169,7 +192,9 @@ def _instantiate(spec: ObjectSpec, cls: type, config: Config, path: tuple, extra
                 f"(number, text, true/false or a list of them), got {type(value).__name__}",
                 "nested objects are not built from configs; use a name such as 'he_normal'",
             )
-    args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()} | (extra or {})
+    args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()} | (
+        extra or {}
+    )
     try:
         return cls(**args)
     except Exception as error:  # Keras validates arguments with many exception types
@@ -194,9 +219,15 @@ def _check_size(layer: Any, shape: tuple, config: Config, path: tuple) -> None:
     for n in out[1:] if isinstance(out, tuple) else ():
         values *= n if isinstance(n, int) else 1
     if values > MAX_ACTIVATION or params > MAX_LAYER_PARAMS:
-        what = f"{params:,} weights" if params > MAX_LAYER_PARAMS else f"an output of {values:,} values per image"
-        raise ConfigError(f"{config.where(path)}: {type(layer).__name__} would have {what}; too large to train",
-                          "use fewer units or filters, or a smaller input")
+        what = (
+            f"{params:,} weights"
+            if params > MAX_LAYER_PARAMS
+            else f"an output of {values:,} values per image"
+        )
+        raise ConfigError(
+            f"{config.where(path)}: {type(layer).__name__} would have {what}; too large to train",
+            "use fewer units or filters, or a smaller input",
+        )
 
 
 def _weights_of(layer: Any, shape: tuple) -> int:
@@ -213,7 +244,9 @@ def _weights_of(layer: Any, shape: tuple) -> int:
     if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
         return kernel * channels * multiplier + channels * multiplier * int(layer.filters)
     if hasattr(layer, "filters") and hasattr(layer, "kernel_size"):
-        return kernel * channels // max(int(getattr(layer, "groups", 1) or 1), 1) * int(layer.filters)
+        return (
+            kernel * channels // max(int(getattr(layer, "groups", 1) or 1), 1) * int(layer.filters)
+        )
     return 0
 
 
@@ -224,7 +257,10 @@ def _arguments_of(cls: type) -> set[str]:
         if "__init__" not in vars(klass):
             continue
         for param in inspect.signature(klass.__init__).parameters.values():
-            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name != "self":
+            if (
+                param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+                and param.name != "self"
+            ):
                 names.add(param.name)
         if klass in (keras.layers.Layer, keras.optimizers.Optimizer):
             break
@@ -238,7 +274,9 @@ def _arguments_of(cls: type) -> set[str]:
 def _activations() -> list[str]:
     """The activation names Keras resolves from a string."""
     skip = {"get", "serialize", "deserialize"}
-    return [name for name in dir(keras.activations) if not name.startswith("_") and name not in skip]
+    return [
+        name for name in dir(keras.activations) if not name.startswith("_") and name not in skip
+    ]
 
 
 def _main_arguments(cls: type, shown: int = 8) -> str:

@@ -41,8 +41,15 @@ class StopRequested(Exception):
 class EpochRecorder(keras.callbacks.Callback):
     """After each epoch: metrics.csv, model.keras (when better), schedules, checkpoints/last.keras."""
 
-    def __init__(self, run: Run, config: Config, state: ResumeState, train_images: int,
-                 display: Display | None, write: bool = True) -> None:
+    def __init__(
+        self,
+        run: Run,
+        config: Config,
+        state: ResumeState,
+        train_images: int,
+        display: Display | None,
+        write: bool = True,
+    ) -> None:
         super().__init__()
         self.write, self.display = write, display
         self.run, self.train, self.train_images = run, config.train, train_images
@@ -76,9 +83,13 @@ class EpochRecorder(keras.callbacks.Callback):
             self.failed = epoch + 1
             self.model.stop_training = True
             return
-        row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in logs.items()}, "lr": self._lr(),
-               "train_seconds": round(self._validation_started - self._started, 3),
-               "seconds": round(time.perf_counter() - self._started, 3)}
+        row = {
+            "epoch": epoch + 1,
+            **{k: round(v, 6) for k, v in logs.items()},
+            "lr": self._lr(),
+            "train_seconds": round(self._validation_started - self._started, 3),
+            "seconds": round(time.perf_counter() - self._started, 3),
+        }
         rows = [*self.rows, row]
         better = improved(logs[self.monitor], self.best, self.mode)
         if not self.write:  # another worker: the same decisions, no files
@@ -92,11 +103,22 @@ class EpochRecorder(keras.callbacks.Callback):
             self.best, self.best_epoch = logs[self.monitor], epoch + 1
             atomic_write(self.run.model, lambda tmp: self.model.save(tmp))
         self._apply_rules(logs, epoch + 1)
-        state = ResumeState(epoch=epoch + 1, best=self.best, best_epoch=self.best_epoch,
-                            monitor=self.monitor, rows=rows, rules=self.rules, base_lr=self.base_lr,
-                            stopped_early=self.stopped_early, rng=rng_state(self.model))
+        state = ResumeState(
+            epoch=epoch + 1,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            monitor=self.monitor,
+            rows=rows,
+            rules=self.rules,
+            base_lr=self.base_lr,
+            stopped_early=self.stopped_early,
+            rng=rng_state(self.model),
+        )
         atomic_write(self.run.last, lambda tmp: save_with_state(self.model, tmp, state))
-        self.rows, self.epoch = rows, epoch + 1  # the epoch counts as done once its checkpoint is whole
+        self.rows, self.epoch = (
+            rows,
+            epoch + 1,
+        )  # the epoch counts as done once its checkpoint is whole
         with contextlib.suppress(Exception):  # a plot must never stop training
             atomic_write(self.run.curves, lambda tmp: report.save_curves(self.rows, tmp))
         if self.display is not None:
@@ -107,7 +129,8 @@ class EpochRecorder(keras.callbacks.Callback):
         schedule, early = self.train.lr_schedule, self.train.early_stopping
         if schedule is not None and schedule.type == "reduce_on_plateau":
             self.model.optimizer.learning_rate = plateau_step(
-                schedule, self.rules.setdefault("plateau", {}), logs[schedule.monitor], self._lr())
+                schedule, self.rules.setdefault("plateau", {}), logs[schedule.monitor], self._lr()
+            )
         rule_state = self.rules.setdefault("early_stopping", {})
         if early is not None and early_stop_step(early, rule_state, logs[early.monitor], epoch):
             self.stopped_early = epoch

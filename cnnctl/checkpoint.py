@@ -33,7 +33,8 @@ class ResumeState(BaseModel):
     monitor: str | None = None
     rows: list[dict[str, int | float]] = Field(default_factory=list)
     rules: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"plateau": {}, "early_stopping": {}})
+        default_factory=lambda: {"plateau": {}, "early_stopping": {}}
+    )
     base_lr: float | None = None
     stopped_early: int | None = None
     rng: list[list[int]] = Field(default_factory=list)  # dropout generators' states
@@ -53,7 +54,9 @@ def read_state(path: Path) -> ResumeState:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(STATE_MEMBER)
             if info.file_size > STATE_LIMIT:
-                raise RunError(f"{path}: resume state of {info.file_size:,} bytes is too large", hint)
+                raise RunError(
+                    f"{path}: resume state of {info.file_size:,} bytes is too large", hint
+                )
             with archive.open(info) as stream:
                 raw = stream.read(STATE_LIMIT + 1)  # the header's size may lie
         if len(raw) > STATE_LIMIT:
@@ -61,19 +64,32 @@ def read_state(path: Path) -> ResumeState:
         return ResumeState.model_validate(json.loads(raw))
     except RunError:
         raise
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RecursionError, NotImplementedError,
-            RuntimeError, EOFError) as error:
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        zipfile.BadZipFile,
+        RecursionError,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+    ) as error:
         detail = first_line(error, 120)
         if isinstance(error, ValidationError):
             first = error.errors()[0]
             detail = f"{'.'.join(map(str, first['loc'])) or 'state'}: {first['msg'].lower()}"
-        raise RunError(f"{path}: not a cnnctl checkpoint ({STATE_MEMBER}: {detail})", hint) from None
+        raise RunError(
+            f"{path}: not a cnnctl checkpoint ({STATE_MEMBER}: {detail})", hint
+        ) from None
 
 
 def rng_state(model: keras.Model) -> list[list[int]]:
     """Dropout and other random layers keep their generator state out of the weights file."""
-    return [np.asarray(layer.seed_generator.state).tolist()
-            for layer in walk_layers(model) if hasattr(layer, "seed_generator")]
+    return [
+        np.asarray(layer.seed_generator.state).tolist()
+        for layer in walk_layers(model)
+        if hasattr(layer, "seed_generator")
+    ]
 
 
 def restore_rng(model: keras.Model, states: list[list[int]]) -> None:

@@ -23,9 +23,12 @@ GLOBAL_FLAGS = {
     "offline": "Never download datasets (also CNNCTL_OFFLINE=1).",
 }
 
-legacy_option = click.option("--legacy-h5", is_flag=True,
-                             help="Also load legacy .h5 model files (only ones you trust).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else.")
+legacy_option = click.option(
+    "--legacy-h5", is_flag=True, help="Also load legacy .h5 model files (only ones you trust)."
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else."
+)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -37,10 +40,16 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 def global_options(command):
     """--debug, --verbose, --offline and --runs-dir, accepted after the subcommand as well."""
     for name, help_text in reversed(GLOBAL_FLAGS.items()):
-        command = click.option(f"--{name}", is_flag=True, expose_value=False, callback=_remember,
-                               help=help_text)(command)
-    return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), expose_value=False,
-                        callback=_remember, help="Folder that holds the run folders (default: runs).")(command)
+        command = click.option(
+            f"--{name}", is_flag=True, expose_value=False, callback=_remember, help=help_text
+        )(command)
+    return click.option(
+        "--runs-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_remember,
+        help="Folder that holds the run folders (default: runs).",
+    )(command)
 
 
 def _setting(name: str) -> Any:
@@ -108,11 +117,24 @@ def _stdout_for_json(as_json: bool) -> Iterator[None]:
 @click.option("--debug", is_flag=True, help=GLOBAL_FLAGS["debug"])
 @click.option("--verbose", is_flag=True, help=GLOBAL_FLAGS["verbose"])
 @click.option("--offline", is_flag=True, envvar="CNNCTL_OFFLINE", help=GLOBAL_FLAGS["offline"])
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              envvar="CNNCTL_RUNS_DIR", show_default=True, help="Folder that holds the run folders.")
-@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
-              help="Raise a safety limit for files you trust, e.g. --limit pixels=200000000.")
-def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path, limits: tuple[str, ...]) -> None:
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    envvar="CNNCTL_RUNS_DIR",
+    show_default=True,
+    help="Folder that holds the run folders.",
+)
+@click.option(
+    "--limit",
+    "limits",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Raise a safety limit for files you trust, e.g. --limit pixels=200000000.",
+)
+def main(
+    debug: bool, verbose: bool, offline: bool, runs_dir: Path, limits: tuple[str, ...]
+) -> None:
     """Train convolutional neural networks described in YAML.
 
     \b
@@ -128,8 +150,13 @@ def main(debug: bool, verbose: bool, offline: bool, runs_dir: Path, limits: tupl
         os.environ[ENV] = check_limit_names(limits)
 
 
-set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.epochs=3 (repeatable).",
+)
 
 
 @main.command()
@@ -158,18 +185,33 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
 @set_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
 @click.option("--name", help="Run name (default: the config's name).")
-@click.option("--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[RUN]",
-              help="Continue an interrupted run (default: the latest).")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value=LATEST,
+    default=None,
+    metavar="[RUN]",
+    help="Continue an interrupted run (default: the latest).",
+)
 @json_option
 @global_options
-def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, name: str | None,
-          resume: str | None, as_json: bool) -> None:
+def train(
+    config: Path | None,
+    overrides: tuple[str, ...],
+    epochs: int | None,
+    name: str | None,
+    resume: str | None,
+    as_json: bool,
+) -> None:
     """Train the network described by CONFIG into a new run folder."""
     from cnnctl.config import load_config
     from cnnctl.runs import find_run
 
-    values = {key: (option, value) for key, option, value in
-              (("train.epochs", "--epochs", epochs), ("name", "--name", name)) if value is not None}
+    values = {
+        key: (option, value)
+        for key, option, value in (("train.epochs", "--epochs", epochs), ("name", "--name", name))
+        if value is not None
+    }
     console = _console(quiet=as_json)
     offline, runs_dir = bool(_setting("offline")), _setting("runs_dir")
     with _stdout_for_json(as_json):
@@ -180,9 +222,14 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
             from cnnctl import report
             from cnnctl.train import resume_run
 
-            result = resume_run(run, report.TrainingDisplay(console), overrides, config, values, offline)
+            result = resume_run(
+                run, report.TrainingDisplay(console), overrides, config, values, offline
+            )
             if result.restarted:
-                _note(f"{run.path} had no finished epoch: trained it from the start, in the same folder")
+                _note(
+                    f"{run.path} had no finished epoch: trained it from the start, in the same "
+                    "folder"
+                )
         elif config is None:
             raise click.UsageError("give a CONFIG file to train, or --resume RUN")
         else:
@@ -201,15 +248,33 @@ def train(config: Path | None, overrides: tuple[str, ...], epochs: int | None, n
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
-@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials).")
-@click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
-              help="Trial processes on this machine.")
-@click.option("--storage", metavar="URL", help="An RDB URL shared by machines (default: a journal file).")
-@click.option("--name", "study", help="Study name: its folder under --runs-dir (default: <config name>-tune).")
+@click.option(
+    "--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    default=1,
+    show_default=True,
+    help="Trial processes on this machine.",
+)
+@click.option(
+    "--storage", metavar="URL", help="An RDB URL shared by machines (default: a journal file)."
+)
+@click.option(
+    "--name", "study", help="Study name: its folder under --runs-dir (default: <config name>-tune)."
+)
 @json_option
 @global_options
-def tune(config: Path, overrides: tuple[str, ...], trials: int | None, workers: int,
-         storage: str | None, study: str | None, as_json: bool) -> None:
+def tune(
+    config: Path,
+    overrides: tuple[str, ...],
+    trials: int | None,
+    workers: int,
+    storage: str | None,
+    study: str | None,
+    as_json: bool,
+) -> None:
     """Search CONFIG's tune: section with Optuna; each trial is a run in RUNS_DIR/STUDY/trial-NNN."""
     from cnnctl.config import load_config
 
@@ -218,8 +283,17 @@ def tune(config: Path, overrides: tuple[str, ...], trials: int | None, workers: 
     from cnnctl.tune import TuneOptions, run_study
     from cnnctl.tune_report import summary_table
 
-    options = TuneOptions(config, overrides, study, trials, workers, storage, _setting("runs_dir"),
-                          bool(_setting("verbose")), bool(_setting("offline")))
+    options = TuneOptions(
+        config,
+        overrides,
+        study,
+        trials,
+        workers,
+        storage,
+        _setting("runs_dir"),
+        bool(_setting("verbose")),
+        bool(_setting("offline")),
+    )
     with _stdout_for_json(as_json):
         result = run_study(cfg, options, _console(quiet=as_json))
     if as_json:
@@ -230,24 +304,49 @@ def tune(config: Path, overrides: tuple[str, ...], trials: int | None, workers: 
     for note in result.notes:
         console.print(note, style="dim", soft_wrap=True, markup=False)
     if result.best:
-        console.print(f"best: trial {result.best['trial']}; train it with: "
-                      f"cnnctl train {result.folder / 'best.yaml'}", soft_wrap=True, markup=False)
+        console.print(
+            f"best: trial {result.best['trial']}; train it with: "
+            f"cnnctl train {result.folder / 'best.yaml'}",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 @main.command()
 @click.argument("run", required=False)
-@click.option("--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument).")
-@click.option("--model", "model_file", type=click.Path(path_type=Path),
-              help="A .keras, .onnx or .tflite file instead of a run.")
-@click.option("--data", help="A config file, a built-in dataset or a data path (default: the run's data).")
-@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the report files (default: the run folder).")
+@click.option(
+    "--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument)."
+)
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(path_type=Path),
+    help="A .keras, .onnx or .tflite file instead of a run.",
+)
+@click.option(
+    "--data", help="A config file, a built-in dataset or a data path (default: the run's data)."
+)
+@click.option(
+    "--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the report files (default: the run folder).",
+)
 @legacy_option
 @json_option
 @global_options
-def evaluate(run: str | None, run_option: str | None, model_file: Path | None, data: str | None, split: str,
-             output: Path | None, legacy_h5: bool, as_json: bool) -> None:
+def evaluate(
+    run: str | None,
+    run_option: str | None,
+    model_file: Path | None,
+    data: str | None,
+    split: str,
+    output: Path | None,
+    legacy_h5: bool,
+    as_json: bool,
+) -> None:
     """Score RUN's best model (default: the latest run with a model) and save the report.
 
     The test split of the run's own data goes to evaluation.json; other splits and other
@@ -277,29 +376,55 @@ def evaluate(run: str | None, run_option: str | None, model_file: Path | None, d
         from cnnctl import report
         from cnnctl.evaluate import evaluate_run
 
-        result = evaluate_run(found, split, model_file, data, legacy_h5, output, bool(_setting("offline")))
+        result = evaluate_run(
+            found, split, model_file, data, legacy_h5, output, bool(_setting("offline"))
+        )
     _render(report.evaluation_table(result), result.to_json(), as_json)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--run", "run_ref", help="Run whose model to use (default: the latest run with a model).")
-@click.option("--model", "model_file", type=click.Path(path_type=Path),
-              help="A .keras, .onnx or .tflite file instead of a run.")
+@click.option(
+    "--run", "run_ref", help="Run whose model to use (default: the latest run with a model)."
+)
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(path_type=Path),
+    help="A .keras, .onnx or .tflite file instead of a run.",
+)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
 @legacy_option
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default=None,
-              help="table (the default on screen), json or csv.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the results to a file (.json, else CSV).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default=None,
+    help="table (the default on screen), json or csv.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the results to a file (.json, else CSV).",
+)
 @json_option
 @global_options
 @click.pass_context
-def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, model_file: Path | None,
-            top_k: int, batch_size: int, invert: bool, legacy_h5: bool, output_format: str | None,
-            output: Path | None, as_json: bool) -> None:
+def predict(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    run_ref: str | None,
+    model_file: Path | None,
+    top_k: int,
+    batch_size: int,
+    invert: bool,
+    legacy_h5: bool,
+    output_format: str | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
     from cnnctl.runs import Run, find_run, run_of_model
@@ -311,7 +436,9 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         raise click.UsageError(f"--json and --format {output_format} disagree; give one of them")
     output_format = "json" if as_json else output_format
     if model_file is not None:
-        owner = run_of_model(model_file) or Run(model_file.parent)  # classes.json beside a bare model too
+        owner = run_of_model(model_file) or Run(
+            model_file.parent
+        )  # classes.json beside a bare model too
         names = owner.class_names() if owner.classes.is_file() else exported_class_names(model_file)
     else:
         run = find_run(run_ref, _setting("runs_dir"), with_model=True)
@@ -323,21 +450,30 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
         from cnnctl import report
         from cnnctl.predict import predict_images
 
-        result = predict_images(list(paths), model_file, names, top_k, batch_size, invert, legacy_h5)
+        result = predict_images(
+            list(paths), model_file, names, top_k, batch_size, invert, legacy_h5
+        )
     from cnnctl.escape import safe_text
 
     for path, reason in result.failures:
         _note(safe_text(f"{path}: {reason}"))
     if not result.items:
-        raise DataError("no image could be read", "pass PNG or JPEG files, folders of them, or globs")
+        raise DataError(
+            "no image could be read", "pass PNG or JPEG files, folders of them, or globs"
+        )
     if output is not None:
         from cnnctl.runs import write_text
 
         output_format = output_format or ("json" if output.suffix == ".json" else "csv")
         if output_format == "table":
-            raise click.UsageError("--output writes data: use --format csv or json (or a .json name)")
-        text = (report.predictions_csv(result.items) if output_format == "csv"
-                else json.dumps([p.to_json() for p in result.items], indent=2))
+            raise click.UsageError(
+                "--output writes data: use --format csv or json (or a .json name)"
+            )
+        text = (
+            report.predictions_csv(result.items)
+            if output_format == "csv"
+            else json.dumps([p.to_json() for p in result.items], indent=2)
+        )
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text(output, text)
         _note(f"wrote {report.plural(len(result.items), 'prediction')} to {output}")
@@ -355,17 +491,29 @@ def predict(ctx: click.Context, paths: tuple[str, ...], run_ref: str | None, mod
 
 @main.command()
 @click.argument("run", required=False)
-@click.option("--model", "model_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A .keras file instead of a run (its run folder supplies the check's data).")
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A .keras file instead of a run (its run folder supplies the check's data).",
+)
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx", "tflite"]), required=True)
-@click.option("--quantize", type=click.Choice(["float16", "int8"]),
-              help="TFLite only: smaller weights.")
-@click.option("--output", type=click.Path(path_type=Path),
-              help="Where to write (default: RUN/export/).")
+@click.option(
+    "--quantize", type=click.Choice(["float16", "int8"]), help="TFLite only: smaller weights."
+)
+@click.option(
+    "--output", type=click.Path(path_type=Path), help="Where to write (default: RUN/export/)."
+)
 @json_option
 @global_options
-def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | None,
-           output: Path | None, as_json: bool) -> None:
+def export(
+    run: str | None,
+    model_file: Path | None,
+    fmt: str,
+    quantize: str | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Export RUN's model (default: the latest run) for serving, checked against Keras first."""
     from cnnctl.export import check_request, export_source
     from cnnctl.runs import find_run
@@ -373,13 +521,16 @@ def export(run: str | None, model_file: Path | None, fmt: str, quantize: str | N
     if run is not None and model_file is not None:
         raise click.UsageError("give a RUN or --model FILE, not both")
     check_request(fmt, quantize, output)
-    source = export_source(None if model_file else find_run(run, _setting("runs_dir"), with_model=True),
-                           model_file)
+    source = export_source(
+        None if model_file else find_run(run, _setting("runs_dir"), with_model=True), model_file
+    )
     with _stdout_for_json(as_json):
         _tensorflow()
         from cnnctl.export import export_model, export_table
 
-        record = export_model(source, fmt, quantize, output, bool(_setting("verbose")), bool(_setting("offline")))
+        record = export_model(
+            source, fmt, quantize, output, bool(_setting("verbose")), bool(_setting("offline"))
+        )
     _render(export_table(record), record, as_json)
 
 
@@ -398,7 +549,9 @@ def runs(folder: Path | None, as_json: bool) -> None:
         raise RunError(f"{folder}: no such folder", "give the folder that holds your run folders")
     found = [describe(run) for run in list_runs(folder)]
     console = _console()
-    _render(report.runs_table(found, _width(console)), [r.to_json() for r in found], as_json, console)
+    _render(
+        report.runs_table(found, _width(console)), [r.to_json() for r in found], as_json, console
+    )
 
 
 @main.command()
@@ -418,10 +571,16 @@ def info(as_json: bool) -> None:
     from cnnctl.distribute import auto_strategy_name, cluster
 
     facts = {
-        "cnnctl": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "devices": [f"{d.device_type}:{d.name.split(':')[-1]}" for d in tf.config.list_physical_devices()],
-        "auto strategy": auto_strategy_name(), "TF_CONFIG": cluster(),
+        "cnnctl": __version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "devices": [
+            f"{d.device_type}:{d.name.split(':')[-1]}" for d in tf.config.list_physical_devices()
+        ],
+        "auto strategy": auto_strategy_name(),
+        "TF_CONFIG": cluster(),
         "mixed precision": mixed_policy() or "not supported here (float32)",
         "data dir": os.environ.get("CNNCTL_DATA_DIR") or "(CNNCTL_DATA_DIR not set)",
         "data lookup": {name: [str(p) for p in builtin_candidates(name)] for name in BUILTINS},
@@ -443,10 +602,16 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
     from cnnctl.data.sources import BUILTINS, find_builtin
 
     offline = bool(_setting("offline"))
-    rows = [{"name": b.name, "shape": list(b.shape), "classes": len(b.classes),
-             "found": str(find_builtin(b.name) or ""),
-             "fallback": "not found (offline)" if offline else "would be downloaded by Keras"}
-            for b in BUILTINS.values()]
+    rows = [
+        {
+            "name": b.name,
+            "shape": list(b.shape),
+            "classes": len(b.classes),
+            "found": str(find_builtin(b.name) or ""),
+            "fallback": "not found (offline)" if offline else "would be downloaded by Keras",
+        }
+        for b in BUILTINS.values()
+    ]
     _render(report.datasets_table(rows), rows, as_json)
 
 

@@ -25,8 +25,13 @@ from cnnctl.runs import Run
 
 TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 # What a collective fails with when a peer is gone (UnavailableError...), or never answers.
-LOST_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError",
-               "FailedPreconditionError")
+LOST_ERRORS = (
+    "UnavailableError",
+    "DeadlineExceededError",
+    "AbortedError",
+    "CancelledError",
+    "FailedPreconditionError",
+)
 PROBE_SECONDS = 2.0
 PROBE_LIMIT = 16  # peers probed at most: bounded time when many are gone
 
@@ -62,7 +67,8 @@ class SharedStop(keras.callbacks.Callback):
             return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(self.wish))
 
         self.add_up = tf.function(
-            lambda: strategy.experimental_local_results(strategy.run(add_up))[0])
+            lambda: strategy.experimental_local_results(strategy.run(add_up))[0]
+        )
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         self.steps += 1
@@ -73,8 +79,9 @@ class SharedStop(keras.callbacks.Callback):
             self.agreed["requested"] = True
 
 
-def shared_stop(model: keras.Model, stop: dict[str, bool]
-                ) -> tuple[list[keras.callbacks.Callback], dict[str, bool]]:
+def shared_stop(
+    model: keras.Model, stop: dict[str, bool]
+) -> tuple[list[keras.callbacks.Callback], dict[str, bool]]:
     """The callbacks that make `stop` a decision of all workers, and the flag to act on.
 
     Alone, the process acts on its own signals: no callbacks, the same flag.
@@ -85,8 +92,9 @@ def shared_stop(model: keras.Model, stop: dict[str, bool]
     return [agreement], agreement.agreed
 
 
-def worker_lost(error: BaseException, model: keras.Model, run: Run, epochs_done: int,
-                epochs: int) -> WorkerLost | None:
+def worker_lost(
+    error: BaseException, model: keras.Model, run: Run, epochs_done: int, epochs: int
+) -> WorkerLost | None:
     """The one-line error for a collective that failed because a worker is gone, else None."""
     spec = cluster()
     if spec is None or type(error).__name__ not in LOST_ERRORS or not is_multi_worker(model):
@@ -103,22 +111,31 @@ def lost_line(text: str, spec: dict[str, Any], run: Run, epochs_done: int, epoch
         who = "a worker did not answer within train.distribute_timeout"
     else:
         who = "a worker was lost"
-    return (f"{who} in epoch {epochs_done + 1}; {epochs_done} of {epochs} epochs are saved in "
-            f"{run.path}; restart every worker with: cnnctl train --resume {run.path}")
+    return (
+        f"{who} in epoch {epochs_done + 1}; {epochs_done} of {epochs} epochs are saved in "
+        f"{run.path}; restart every worker with: cnnctl train --resume {run.path}"
+    )
 
 
 def lost_tasks(text: str, spec: dict[str, Any]) -> list[str]:
     """The peers TensorFlow names as unhealthy, else those whose port no longer answers."""
     me = (spec["task"]["type"], int(spec["task"]["index"]))
-    tasks = {(job, int(index)): address for job, addresses in spec["cluster"].items()
-             if isinstance(addresses, list) for index, address in enumerate(addresses)}
+    tasks = {
+        (job, int(index)): address
+        for job, addresses in spec["cluster"].items()
+        if isinstance(addresses, list)
+        for index, address in enumerate(addresses)
+    }
     blamed = text.split("unhealthy", 1)[1] if "unhealthy" in text else ""
     named = [(job, int(index)) for job, index in TASK.findall(blamed)]
     if not named:
         peers = [task for task in tasks if task != me][:PROBE_LIMIT]
         named = [task for task in peers if not _answers(str(tasks[task]))]
-    return [f"{job} {index} ({tasks.get((job, index), '?')})" for job, index in dict.fromkeys(named)
-            if (job, index) != me]
+    return [
+        f"{job} {index} ({tasks.get((job, index), '?')})"
+        for job, index in dict.fromkeys(named)
+        if (job, index) != me
+    ]
 
 
 def _answers(address: str) -> bool:

@@ -56,7 +56,9 @@ def set_value(data: dict, key: str, value: Any, source: Source, origin: str) -> 
     parts: list[str | int] = []
     for part in key.strip().split("."):
         if not part:
-            raise ConfigError(f"{origin}: empty name in '{key}'", "for example model.layers.0.filters")
+            raise ConfigError(
+                f"{origin}: empty name in '{key}'", "for example model.layers.0.filters"
+            )
         parts.append(int(part) if part.isascii() and part.isdigit() else part)
     node: Any = data
     for depth, part in enumerate(parts):
@@ -72,7 +74,9 @@ def set_value(data: dict, key: str, value: Any, source: Source, origin: str) -> 
             if not last and part not in node:
                 node[part] = {}
         else:
-            raise ConfigError(f"{origin}: {dotted(tuple(parts[:depth]))} is a single value, not a section")
+            raise ConfigError(
+                f"{origin}: {dotted(tuple(parts[:depth]))} is a single value, not a section"
+            )
         if last:
             node[part] = value
         else:
@@ -108,12 +112,19 @@ def _fields_of(loc: Sequence[Any]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        info = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        info = (
+            model.model_fields.get(part)
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else None
+        )
         if info is None:
             return []
         model = next(
-            (t for t in (info.annotation, *typing.get_args(info.annotation))
-             if isinstance(t, type) and issubclass(t, BaseModel)),
+            (
+                t
+                for t in (info.annotation, *typing.get_args(info.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
             None,
         )
         if model is None:
@@ -126,7 +137,11 @@ def _first(errors: list[dict]) -> dict:
     for error in errors:
         if error["type"] == "extra_forbidden":
             parent, key = error["loc"][:-1], str(error["loc"][-1])
-            missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+            missing = [
+                str(e["loc"][-1])
+                for e in errors
+                if e["type"] == "missing" and e["loc"][:-1] == parent
+            ]
             if closest(key, missing):
                 return {**error, "missing": missing}
     return errors[0]
@@ -139,8 +154,10 @@ def _explain(error: dict, data: Any, source: Source) -> ConfigError:
     got = error.get("input")
     if kind == "extra_forbidden" and error.get("missing"):
         wanted = closest(str(loc[-1]), error["missing"])
-        return ConfigError(f"{where}: unknown key (did you mean '{wanted}'?), and `{wanted}:` is missing",
-                           f"rename `{loc[-1]}:` to `{wanted}:`")
+        return ConfigError(
+            f"{where}: unknown key (did you mean '{wanted}'?), and `{wanted}:` is missing",
+            f"rename `{loc[-1]}:` to `{wanted}:`",
+        )
     if kind == "extra_forbidden":
         fields = _fields_of(loc[:-1])
         return ConfigError(
@@ -165,7 +182,8 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     """Plain data -> `Config`, or the first problem as a `ConfigError` that names its line."""
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{source.file}: expected a mapping with data:, model: and train:, got {type(data).__name__}",
+            f"{source.file}: expected a mapping with data:, model: and train:, got "
+            f"{type(data).__name__}",
             "see configs/mnist.yaml for the layout",
         )
     data.setdefault("name", default_name)
@@ -188,7 +206,8 @@ def _check_monitors(config: Config) -> None:
         monitor = getattr(getattr(train, section), "monitor", None)
         if monitor is not None and monitor not in known:
             raise ConfigError(
-                f"{config.where(('train', section, 'monitor'))}: '{monitor}' is not logged{suggest(monitor, known)}",
+                f"{config.where(('train', section, 'monitor'))}: '{monitor}' is not "
+                f"logged{suggest(monitor, known)}",
                 f"choose one of: {', '.join(known)}",
             )
 
@@ -199,11 +218,15 @@ def _check_fine_tune(config: Config) -> None:
     if rule is None:
         return
     if not any(spec.type == "Backbone" for spec in config.model.layers):
-        raise ConfigError(f"{config.where(('train', 'fine_tune'))}: the model has no Backbone layer to thaw",
-                          "add a {type: Backbone, ...} layer to model.layers, or remove fine_tune")
+        raise ConfigError(
+            f"{config.where(('train', 'fine_tune'))}: the model has no Backbone layer to thaw",
+            "add a {type: Backbone, ...} layer to model.layers, or remove fine_tune",
+        )
 
 
-def load_config(path: Path, overrides: Sequence[str] = (), values: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: Path, overrides: Sequence[str] = (), values: dict[str, Any] | None = None
+) -> Config:
     """Read, override and validate a config file.
 
     `overrides` are `--set KEY=VALUE` texts; `values` are typed values from options

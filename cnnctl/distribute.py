@@ -26,9 +26,11 @@ def cluster() -> dict[str, Any] | None:
         value = json.loads(raw)
         value["cluster"], value["task"]["type"], int(value["task"]["index"])  # noqa: B018
     except (ValueError, KeyError, TypeError):
-        raise ConfigError("TF_CONFIG: not valid JSON with cluster and task",
-                          'for example {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                          '"task": {"type": "worker", "index": 0}}') from None
+        raise ConfigError(
+            "TF_CONFIG: not valid JSON with cluster and task",
+            'for example {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}',
+        ) from None
     return value
 
 
@@ -61,8 +63,10 @@ def strategy_for(config: Config) -> Any:
     if choice == "mirrored":
         return tf.distribute.MirroredStrategy()
     if cluster() is None:
-        raise ConfigError(f"{config.where(('train', 'distribute'))}: multi_worker needs TF_CONFIG",
-                          "set TF_CONFIG on every worker (see the README's 'Several GPUs and machines')")
+        raise ConfigError(
+            f"{config.where(('train', 'distribute'))}: multi_worker needs TF_CONFIG",
+            "set TF_CONFIG on every worker (see the README's 'Several GPUs and machines')",
+        )
     timeout = config.train.distribute_timeout
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -90,4 +94,8 @@ def prepare_multi_worker(model: Any, batches: Any) -> None:
     model.steps_per_execution = 1
     for name in ("train_step", "test_step"):
         step = getattr(model, name)
-        setattr(model, name, lambda data, step=step: {k: tf.reshape(v, [1]) for k, v in step(data).items()})
+        setattr(
+            model,
+            name,
+            lambda data, step=step: {k: tf.reshape(v, [1]) for k, v in step(data).items()},
+        )

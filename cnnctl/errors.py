@@ -84,10 +84,18 @@ def explain(error: BaseException) -> CnnctlError:
     if isinstance(error, KeyboardInterrupt):
         return Interrupted("interrupted")
     if isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError":
-        return TrainingFailed("out of memory", "lower train.batch_size, the image size or the model's size")
+        return TrainingFailed(
+            "out of memory", "lower train.batch_size, the image size or the model's size"
+        )
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TrainingFailed(f"{error.filename or 'disk'}: no space left", "free some disk space and try again")
+        return TrainingFailed(
+            f"{error.filename or 'disk'}: no space left", "free some disk space and try again"
+        )
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CnnctlError(f"{error.filename or 'file'}: {error.strerror}", "choose a folder you can write to")
-    return InternalError(f"internal error: {type(error).__name__}: {first_line(error, 300)}",
-                         "run again with --debug for the traceback, and report it")
+        return CnnctlError(
+            f"{error.filename or 'file'}: {error.strerror}", "choose a folder you can write to"
+        )
+    return InternalError(
+        f"internal error: {type(error).__name__}: {first_line(error, 300)}",
+        "run again with --debug for the traceback, and report it",
+    )

@@ -68,28 +68,42 @@ def check_request(fmt: str, quantize: str | None, output: Path | None) -> None:
     from cnnctl.runtimes import require_extra
 
     if quantize and fmt != "tflite":
-        raise CnnctlError(f"--quantize {quantize}: only TFLite files are quantized",
-                          "use --format tflite --quantize int8 (or float16)")
+        raise CnnctlError(
+            f"--quantize {quantize}: only TFLite files are quantized",
+            "use --format tflite --quantize int8 (or float16)",
+        )
     wanted = {"onnx": ".onnx", "tflite": ".tflite"}.get(fmt)
     if output is not None and wanted and output.suffix != wanted:
-        raise CnnctlError(f"--output {output}: a {fmt} file must end in {wanted}",
-                          f"e.g. --output model{wanted}")
-    modules = {"onnx": ("tf2onnx", "onnx", "onnxruntime"),
-               "tflite": ("ai_edge_litert.interpreter",)}
+        raise CnnctlError(
+            f"--output {output}: a {fmt} file must end in {wanted}", f"e.g. --output model{wanted}"
+        )
+    modules = {
+        "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+        "tflite": ("ai_edge_litert.interpreter",),
+    }
     for module in modules.get(fmt, ()):
         require_extra(module, load=False)  # importing tf2onnx would start TensorFlow, noisily
 
 
-def export_model(source: Source, fmt: str, quantize: str | None = None, output: Path | None = None,
-                 verbose: bool = False, offline: bool = False) -> dict[str, Any]:
+def export_model(
+    source: Source,
+    fmt: str,
+    quantize: str | None = None,
+    output: Path | None = None,
+    verbose: bool = False,
+    offline: bool = False,
+) -> dict[str, Any]:
     """Write, check and record one export; returns its export.json record."""
     import keras
 
     from cnnctl.modelfile import load_model
 
     if source.run is None:
-        raise RunError(f"{source.model}: no config.yaml beside the model (or its folder) to find "
-                       "test images for the check", "export a run: cnnctl export RUN --format ...")
+        raise RunError(
+            f"{source.model}: no config.yaml beside the model (or its folder) to find "
+            "test images for the check",
+            "export a run: cnnctl export RUN --format ...",
+        )
     output = Path(output) if output is not None else default_output(source, fmt, quantize)
     model = float32_copy(load_model(source.model, compile=False), keras)
     x_check, y_check, x_train = _check_images(source.run, offline)
@@ -105,7 +119,8 @@ def export_model(source: Source, fmt: str, quantize: str | None = None, output: 
         if not check["passed"]:
             raise ExportCheckFailed(
                 f"{output}: the exported model disagrees with Keras: {_figures(check)}",
-                "nothing was written; run with --verbose to see the converter's messages")
+                "nothing was written; run with --verbose to see the converter's messages",
+            )
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
     _update_index(output.parent / "export.json", record)
@@ -126,8 +141,14 @@ def _float32_config(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
             return {**value, "config": {**value.get("config", {}), "name": "float32"}}
-        return {key: ("float32" if key == "dtype" and isinstance(item, str) and "mixed" in item
-                      else _float32_config(item)) for key, item in value.items()}
+        return {
+            key: (
+                "float32"
+                if key == "dtype" and isinstance(item, str) and "mixed" in item
+                else _float32_config(item)
+            )
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [_float32_config(item) for item in value]
     return value
@@ -139,15 +160,19 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
     from cnnctl.data import dataset_for
 
     if not run.config.is_file():
-        raise RunError(f"{run.config}: missing; the check needs the run's data",
-                       "export a complete run")
+        raise RunError(
+            f"{run.config}: missing; the check needs the run's data", "export a complete run"
+        )
     config = load_config(run.config)
     dataset = dataset_for(config, offline)
     x_test, y_test = dataset.split("test")
     order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
     pick = order[:REPRESENTATIVE_IMAGES]
-    return (x_test[:CHECK_IMAGES].astype(np.float32), y_test[:CHECK_IMAGES],
-            dataset.x_train[np.sort(pick)].astype(np.float32))
+    return (
+        x_test[:CHECK_IMAGES].astype(np.float32),
+        y_test[:CHECK_IMAGES],
+        dataset.x_train[np.sort(pick)].astype(np.float32),
+    )
 
 
 def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.ndarray) -> None:
@@ -167,16 +192,21 @@ def _litert_options(quantize: str | None, x_train: np.ndarray) -> dict[str, Any]
     if quantize is None:
         return {}
     if quantize == "float16":
-        return {"optimizations": [tf.lite.Optimize.DEFAULT],
-                "target_spec": {"supported_types": [tf.float16]}}
+        return {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_types": [tf.float16]},
+        }
 
     def representative():  # the converter calibrates each int8 range on these real images
         for image in x_train:
             yield [image[np.newaxis]]
 
     # Integer kernels inside, float32 in and out: the file takes the same pixels as the float ones.
-    return {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": representative,
-            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": representative,
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+    }
 
 
 def _run_export(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
@@ -187,16 +217,19 @@ def _run_export(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
         loaded = tf.saved_model.load(str(path))  # must outlive the calls: it owns the variables
         serve = loaded.signatures["serving_default"]
         name = next(iter(serve.structured_input_signature[1]))
-        parts = [next(iter(serve(**{name: tf.constant(x[i: i + 256])}).values())).numpy()
-                 for i in range(0, len(x), 256)]
+        parts = [
+            next(iter(serve(**{name: tf.constant(x[i : i + 256])}).values())).numpy()
+            for i in range(0, len(x), 256)
+        ]
         return np.concatenate(parts)
     from cnnctl.runtimes import load_exported
 
     return load_exported(path).predict(x, batch_size=256)
 
 
-def compare(expected: np.ndarray, got: np.ndarray, labels: np.ndarray, fmt: str,
-            quantize: str | None) -> dict[str, Any]:
+def compare(
+    expected: np.ndarray, got: np.ndarray, labels: np.ndarray, fmt: str, quantize: str | None
+) -> dict[str, Any]:
     """Parity figures; float files must match Keras, quantized ones keep its accuracy."""
     keras_accuracy = float((expected.argmax(1) == labels).mean())
     export_accuracy = float((got.argmax(1) == labels).mean())
@@ -218,30 +251,51 @@ def compare(expected: np.ndarray, got: np.ndarray, labels: np.ndarray, fmt: str,
 
 
 def _figures(check: dict[str, Any]) -> str:
-    return (f"max abs diff {check['max_abs_diff']:.2e}, "
-            f"top-1 agreement {100 * check['top1_agreement']:.2f}%, "
-            f"accuracy {100 * check['keras_accuracy']:.2f}% -> "
-            f"{100 * check['export_accuracy']:.2f}% "
-            f"on {check['images']:,} test images")
+    return (
+        f"max abs diff {check['max_abs_diff']:.2e}, "
+        f"top-1 agreement {100 * check['top1_agreement']:.2f}%, "
+        f"accuracy {100 * check['keras_accuracy']:.2f}% -> "
+        f"{100 * check['export_accuracy']:.2f}% "
+        f"on {check['images']:,} test images"
+    )
 
 
-def _record(source: Source, model: Any, output: Path, fmt: str, quantize: str | None,
-            check: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _record(
+    source: Source,
+    model: Any,
+    output: Path,
+    fmt: str,
+    quantize: str | None,
+    check: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
     import keras
 
     _, height, width, channels = model.input_shape
     rescales = any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
     names = source.run.class_names() if source.run and source.run.classes.is_file() else None
     return {
-        "format": fmt, "quantize": quantize, "file": output.name, "path": str(output),
-        "size_bytes": _size(output), "source": str(source.model),
-        "input": {"shape": [None, height, width, channels], "dtype": "float32",
-                  "channels": channels},
-        "output": {"shape": [None, model.output_shape[-1]], "dtype": "float32",
-                   "meaning": "probabilities"},
+        "format": fmt,
+        "quantize": quantize,
+        "file": output.name,
+        "path": str(output),
+        "size_bytes": _size(output),
+        "source": str(source.model),
+        "input": {
+            "shape": [None, height, width, channels],
+            "dtype": "float32",
+            "channels": channels,
+        },
+        "output": {
+            "shape": [None, model.output_shape[-1]],
+            "dtype": "float32",
+            "meaning": "probabilities",
+        },
         "class_names": names or [str(i) for i in range(model.output_shape[-1])],
         "preprocessing": PREPROCESSING[rescales],
-        "check": check, "export_seconds": round(seconds, 2), "keras": keras.__version__,
+        "check": check,
+        "export_seconds": round(seconds, 2),
+        "keras": keras.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -258,16 +312,20 @@ def _update_index(index: Path, record: dict[str, Any]) -> None:
 
     records: list[dict[str, Any]] = []
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        records = [r for r in json.loads(index.read_text()).get("exports", [])
-                   if isinstance(r, dict) and r.get("file") != record["file"]]
+        records = [
+            r
+            for r in json.loads(index.read_text()).get("exports", [])
+            if isinstance(r, dict) and r.get("file") != record["file"]
+        ]
     write_json(index, {"exports": [*records, record]})
 
 
 @contextlib.contextmanager
 def _temporary(output: Path):
     """A temporary path beside `output`, with its suffix (LiteRT insists); removed on failure."""
-    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.",
-                                suffix=f".tmp{output.suffix}")
+    fd, name = tempfile.mkstemp(
+        dir=output.parent, prefix=f".{output.stem}.", suffix=f".tmp{output.suffix}"
+    )
     os.close(fd)
     tmp = Path(name)
     tmp.unlink()
@@ -289,8 +347,10 @@ def _replace(tmp: Path, output: Path) -> None:
         os.replace(tmp, output)
         shutil.rmtree(old, ignore_errors=True)
     elif output.exists() and tmp.is_dir():
-        raise ConfigError(f"--output {output}: a file is in the way of the SavedModel folder",
-                          "choose another --output")
+        raise ConfigError(
+            f"--output {output}: a file is in the way of the SavedModel folder",
+            "choose another --output",
+        )
     else:
         os.replace(tmp, output)
 
@@ -329,16 +389,21 @@ def export_table(record: dict[str, Any]) -> Any:
     table.add_column(style="bold")
     table.add_column()
     kind = record["format"] + (f" ({record['quantize']})" if record["quantize"] else "")
-    rows = [("file", record["path"]), ("format", kind),
-            ("size", f"{record['size_bytes'] / 1024:,.1f} KiB"),
-            ("input", f"{record['input']['shape']} float32; {record['preprocessing']}"),
-            ("check", f"{check['images']:,} test images against Keras: passed"),
-            ("max abs diff", f"{check['max_abs_diff']:.2e}"),
-            ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
-            ("accuracy", f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
-                         f"{100 * check['export_accuracy']:.2f}% "
-                         f"(drop {check['accuracy_drop_points']:.2f} points)")]
+    rows = [
+        ("file", record["path"]),
+        ("format", kind),
+        ("size", f"{record['size_bytes'] / 1024:,.1f} KiB"),
+        ("input", f"{record['input']['shape']} float32; {record['preprocessing']}"),
+        ("check", f"{check['images']:,} test images against Keras: passed"),
+        ("max abs diff", f"{check['max_abs_diff']:.2e}"),
+        ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
+        (
+            "accuracy",
+            f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
+            f"{100 * check['export_accuracy']:.2f}% "
+            f"(drop {check['accuracy_drop_points']:.2f} points)",
+        ),
+    ]
     for key, value in rows:
         table.add_row(key, value)
     return table
-

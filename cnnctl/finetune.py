@@ -23,8 +23,13 @@ from cnnctl.schedule import scheduled_lr
 
 def backbones(model: keras.Model) -> list[keras.Model]:
     """The keras.applications models inside the model's Backbone blocks."""
-    return [inner for block in model.layers if block.name.startswith("backbone_")
-            for inner in block.layers if isinstance(inner, keras.Model)]
+    return [
+        inner
+        for block in model.layers
+        if block.name.startswith("backbone_")
+        for inner in block.layers
+        if isinstance(inner, keras.Model)
+    ]
 
 
 def thaw(model: keras.Model, rule: FineTuneConfig) -> None:
@@ -59,11 +64,20 @@ class FineTune(keras.callbacks.Callback):
             thaw(self.model, rule)
             strategy = getattr(self.model, "distribute_strategy", None)
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
-                compile_model(self.model, self.config, self.steps)  # a fresh optimizer for the new weights
+                compile_model(
+                    self.model, self.config, self.steps
+                )  # a fresh optimizer for the new weights
                 self.model.optimizer.learning_rate = rule.learning_rate
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.make_train_function(force=True)  # fit's loop calls whatever this attribute holds
+            self.model.make_train_function(
+                force=True
+            )  # fit's loop calls whatever this attribute holds
         # Any schedule starts again from the fine-tuning rate (after EpochRecorder set the head's).
-        lr = scheduled_lr(train.lr_schedule, rule.learning_rate, epoch - rule.at_epoch, train.epochs - rule.at_epoch)
+        lr = scheduled_lr(
+            train.lr_schedule,
+            rule.learning_rate,
+            epoch - rule.at_epoch,
+            train.epochs - rule.at_epoch,
+        )
         if lr is not None:
             self.model.optimizer.learning_rate = lr

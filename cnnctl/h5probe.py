@@ -28,20 +28,33 @@ SLACK = 2**20  # HDF5 headers, alignment
 def probe(path: Path, h5_path: Path) -> dict[str, Any]:
     """Run the probe on `h5_path` (part of the model file `path`) with a deadline."""
     seconds = limit("h5_seconds") + 10 * h5_path.stat().st_size / 2**30
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(cnnctl.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(cnnctl.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     try:
-        done = subprocess.run([sys.executable, "-m", "cnnctl.h5probe", str(h5_path)], env=env,
-                              capture_output=True, timeout=seconds, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "cnnctl.h5probe", str(h5_path)],
+            env=env,
+            capture_output=True,
+            timeout=seconds,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise ModelFileError(f"{path}: refused: reading its weights did not finish in {seconds:.0f} s "
-                             "(damaged HDF5 data?)",
-                             f"if the file is sound and only large: cnnctl --limit h5_seconds="
-                             f"{int(seconds * 4)} ...") from None
+        raise ModelFileError(
+            f"{path}: refused: reading its weights did not finish in {seconds:.0f} s "
+            "(damaged HDF5 data?)",
+            f"if the file is sound and only large: cnnctl --limit h5_seconds="
+            f"{int(seconds * 4)} ...",
+        ) from None
     lines = done.stdout.decode(errors="replace").strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise ModelFileError(f"{path}: damaged weights (reading them failed with exit code "
-                             f"{done.returncode})", "the file is damaged; save or download it again")
+        raise ModelFileError(
+            f"{path}: damaged weights (reading them failed with exit code {done.returncode})",
+            "the file is damaged; save or download it again",
+        )
     try:
         result = json.loads(lines[-1])
     except ValueError:
@@ -80,11 +93,15 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
         h5.visititems_links(visit)
         declared = result["declared"]
         if declared > 2 * stored + SLACK:
-            raise ValueError(f"refused: its weights declare {declared:,} bytes but the file "
-                             f"holds {stored:,} (a shape bomb?)")
+            raise ValueError(
+                f"refused: its weights declare {declared:,} bytes but the file "
+                f"holds {stored:,} (a shape bomb?)"
+            )
         if declared > limit("bytes"):
-            raise ValueError(f"refused: its weights declare too many bytes ({declared:,} > limit "
-                             f"{limit('bytes'):,}; raise: cnnctl --limit bytes={declared})")
+            raise ValueError(
+                f"refused: its weights declare too many bytes ({declared:,} > limit "
+                f"{limit('bytes'):,}; raise: cnnctl --limit bytes={declared})"
+            )
         for group in [h5, *(h5[name] for name in _names(h5))]:
             for key in group.attrs:
                 group.attrs[key]  # noqa: B018 - reading is the test
@@ -105,11 +122,15 @@ def main() -> None:
     except ValueError as error:
         message = str(error)
         damaged = not message.startswith(("refused", "damaged"))
-        result = {"problem": f"damaged weights ({message[:200]})" if damaged else message,
-                  "hint": "the file is damaged; save or download it again"}
+        result = {
+            "problem": f"damaged weights ({message[:200]})" if damaged else message,
+            "hint": "the file is damaged; save or download it again",
+        }
     except Exception as error:  # h5py raises nearly any type on damaged data
-        result = {"problem": f"damaged weights ({type(error).__name__}: {str(error)[:200]})",
-                  "hint": "the file is damaged; save or download it again"}
+        result = {
+            "problem": f"damaged weights ({type(error).__name__}: {str(error)[:200]})",
+            "hint": "the file is damaged; save or download it again",
+        }
     print(json.dumps(result))
 
 

@@ -43,8 +43,10 @@ def limit(name: str) -> int:
             try:
                 return int(float(value))
             except ValueError:
-                raise CnnctlError(f"{ENV}: {item!r}: the value of a limit is a number",
-                                  f"for example --limit {name}={DEFAULTS[name][0] * 2}") from None
+                raise CnnctlError(
+                    f"{ENV}: {item!r}: the value of a limit is a number",
+                    f"for example --limit {name}={DEFAULTS[name][0] * 2}",
+                ) from None
     return DEFAULTS[name][0]
 
 
@@ -53,18 +55,23 @@ def check_limit_names(items: tuple[str, ...]) -> str:
     for item in items:
         key, _, value = item.partition("=")
         if key not in DEFAULTS or not value:
-            raise CnnctlError(f"--limit {item}: unknown limit or no value",
-                              f"limits: {', '.join(DEFAULTS)}; e.g. --limit pixels=200000000")
+            raise CnnctlError(
+                f"--limit {item}: unknown limit or no value",
+                f"limits: {', '.join(DEFAULTS)}; e.g. --limit pixels=200000000",
+            )
     return ",".join([*items, os.environ.get(ENV, "")]).strip(",")
 
 
-def refuse_over(name: str, value: int, where: str, what: str,
-                error: type[CnnctlError] = LimitExceeded) -> None:
+def refuse_over(
+    name: str, value: int, where: str, what: str, error: type[CnnctlError] = LimitExceeded
+) -> None:
     """Raise `error` when `value` exceeds the limit `name`: `where: refused: what (N > limit)`."""
     allowed = limit(name)
     if value > allowed:
-        raise error(f"{where}: refused: {what} ({value:,} > limit {allowed:,})",
-                    f"if you trust this file, raise the limit: cnnctl --limit {name}={value} ...")
+        raise error(
+            f"{where}: refused: {what} ({value:,} > limit {allowed:,})",
+            f"if you trust this file, raise the limit: cnnctl --limit {name}={value} ...",
+        )
 
 
 def open_regular(path: Path, error: type[CnnctlError], mode: str = "rb") -> IO[Any]:
@@ -84,17 +91,23 @@ def open_regular(path: Path, error: type[CnnctlError], mode: str = "rb") -> IO[A
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise error(f"{path}: not a regular file ({kind_of(info.st_mode)})",
-                    "cnnctl reads only regular files; pass the file itself")
+        raise error(
+            f"{path}: not a regular file ({kind_of(info.st_mode)})",
+            "cnnctl reads only regular files; pass the file itself",
+        )
     os.set_blocking(fd, True)
     return os.fdopen(fd, mode) if "b" in mode else open(fd, mode, encoding="utf-8")
 
 
 def kind_of(mode: int) -> str:
     """What a non-regular file is, in words."""
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return name
     return "not a plain file"
@@ -146,6 +159,8 @@ def npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], Any]:
     import numpy as np
 
     major, _ = np.lib.format.read_magic(member)
-    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    read = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
     shape, _, dtype = read(member)
     return shape, dtype

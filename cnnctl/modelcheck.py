@@ -20,9 +20,24 @@ from cnnctl.errors import ModelFileError, first_line
 from cnnctl.limits import refuse_over
 
 SAFE_MODULES = ("initializers", "regularizers", "constraints", "losses", "metrics")
-MODEL_CLASSES = {"Sequential", "Functional", "Model", "InputLayer", "DTypePolicy", "FloatDTypePolicy"}
-RISKY = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "StringLookup",
-         "IntegerLookup", "TextVectorization"}
+MODEL_CLASSES = {
+    "Sequential",
+    "Functional",
+    "Model",
+    "InputLayer",
+    "DTypePolicy",
+    "FloatDTypePolicy",
+}
+RISKY = {
+    "Lambda",
+    "TFSMLayer",
+    "TorchModuleWrapper",
+    "JaxLayer",
+    "FlaxLayer",
+    "StringLookup",
+    "IntegerLookup",
+    "TextVectorization",
+}
 # A functional model's config names the tensors between layers as `__keras_tensor__`
 # objects: plain data (a shape, a dtype, which layer made it), built by no class.
 KERAS_TENSOR = "__keras_tensor__"
@@ -45,19 +60,31 @@ def check_config(path: Path, config: Any) -> None:
         if module is not None and (not isinstance(module, str) or module.split(".")[0] != "keras"):
             raise ModelFileError(f"{path}: refused: it names code from module '{module}'", GUIDE)
         if registered not in (None, name) and not str(registered).startswith("keras"):
-            raise ModelFileError(f"{path}: refused: it needs the custom object '{registered}'", GUIDE)
+            raise ModelFileError(
+                f"{path}: refused: it needs the custom object '{registered}'", GUIDE
+            )
         if name not in allowed:
             if owner is None or name in RISKY:
-                why = "which can run code or read files" if name in RISKY else "not a class cnnctl loads"
+                why = (
+                    "which can run code or read files"
+                    if name in RISKY
+                    else "not a class cnnctl loads"
+                )
                 raise ModelFileError(f"{path}: refused: it contains a {name} layer, {why}", GUIDE)
-            raise ModelFileError(f"{path}: refused: its {owner} layer names '{name}', "
-                                 "not a Keras class cnnctl loads", GUIDE)
+            raise ModelFileError(
+                f"{path}: refused: its {owner} layer names '{name}', "
+                "not a Keras class cnnctl loads",
+                GUIDE,
+            )
 
 
 def _plain_tensor(item: dict[str, Any]) -> bool:
     config = item.get("config")
-    return set(item) <= {"class_name", "config", "module", "registered_name"} and isinstance(
-        config, dict) and set(config) <= KERAS_TENSOR_KEYS
+    return (
+        set(item) <= {"class_name", "config", "module", "registered_name"}
+        and isinstance(config, dict)
+        and set(config) <= KERAS_TENSOR_KEYS
+    )
 
 
 @functools.cache
@@ -69,20 +96,25 @@ def _allowed_classes() -> frozenset[str]:
 
     names = set(LAYERS) | set(OPTIMIZERS) | set(MODEL_FILE_CLASSES) | MODEL_CLASSES
     for module in (keras.optimizers.schedules, *(getattr(keras, m) for m in SAFE_MODULES)):
-        names |= {n for n, value in vars(module).items()
-                  if inspect.isclass(value) and n[:1].isupper()}
+        names |= {
+            n for n, value in vars(module).items() if inspect.isclass(value) and n[:1].isupper()
+        }
     return frozenset(names - RISKY)
 
 
-def _objects(path: Path, value: Any, owner: str | None = None,
-             depth: int = 0) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _objects(
+    path: Path, value: Any, owner: str | None = None, depth: int = 0
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     """Every serialized object (a dict with `class_name`) inside the config, with its layer's class."""
     if depth > 100:
         raise ModelFileError(f"{path}: refused: its config is nested too deeply")
     if isinstance(value, dict):
         if "class_name" in value:
             yield value, owner
-            if isinstance(value.get("class_name"), str) and value["class_name"] not in MODEL_CLASSES:
+            if (
+                isinstance(value.get("class_name"), str)
+                and value["class_name"] not in MODEL_CLASSES
+            ):
                 owner = owner or value["class_name"]
         for child in value.values():
             yield from _objects(path, child, owner, depth + 1)
@@ -113,11 +145,14 @@ def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int
             else:
                 model = keras.saving.deserialize_keras_object(plain, safe_mode=True)
             if not isinstance(model, keras.Model):
-                raise ModelFileError(f"{path}: not a Keras model (its config builds a "
-                                     f"{type(model).__name__})")
+                raise ModelFileError(
+                    f"{path}: not a Keras model (its config builds a {type(model).__name__})"
+                )
             if not model.built or not model.inputs:
-                raise ModelFileError(f"{path}: refused: the model declares no input shape",
-                                     "save the model after building it (give it a keras.Input)")
+                raise ModelFileError(
+                    f"{path}: refused: the model declares no input shape",
+                    "save the model after building it (give it a keras.Input)",
+                )
             params = sum(math.prod(_dims(w.shape)) for w in model.weights)
             largest, where = _largest_activation(model)
     except ModelFileError:
@@ -125,13 +160,19 @@ def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int
     except RecursionError:
         raise ModelFileError(f"{path}: refused: the model is nested too deeply") from None
     except Exception as error:  # a damaged config makes Keras raise nearly anything
-        raise ModelFileError(f"{path}: not a loadable Keras model ({type(error).__name__}: "
-                             f"{first_line(error)})") from None
+        raise ModelFileError(
+            f"{path}: not a loadable Keras model ({type(error).__name__}: {first_line(error)})"
+        ) from None
     finally:
         global_state.set_global_attribute("uninitialized_variables", pending)
     refuse_over("params", params, str(path), "the model has too many parameters", ModelFileError)
-    refuse_over("activation", largest, str(path),
-                f"layer '{where}' makes too large an output for one image", ModelFileError)
+    refuse_over(
+        "activation",
+        largest,
+        str(path),
+        f"layer '{where}' makes too large an output for one image",
+        ModelFileError,
+    )
     return params
 
 

@@ -26,8 +26,20 @@ from cnnctl.weights import check_h5_file, check_npz_file
 MAX_RATIO = 200  # unpacked / packed size; weights barely compress, bombs compress a million-fold
 WEIGHTS = ("model.weights.h5", "model.weights.npz")
 # A zip or HDF5 library meeting a damaged file raises nearly any exception type.
-DAMAGE = (OSError, ValueError, KeyError, RuntimeError, TypeError, OverflowError, IndexError,
-          NotImplementedError, EOFError, AttributeError, zipfile.BadZipFile, RecursionError)
+DAMAGE = (
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    TypeError,
+    OverflowError,
+    IndexError,
+    NotImplementedError,
+    EOFError,
+    AttributeError,
+    zipfile.BadZipFile,
+    RecursionError,
+)
 
 
 def load_model(path: Path, compile: bool = True, legacy_h5: bool = False) -> Any:
@@ -35,8 +47,10 @@ def load_model(path: Path, compile: bool = True, legacy_h5: bool = False) -> Any
     path = Path(path)
     if path.suffix in (".h5", ".hdf5"):
         if not legacy_h5:
-            raise ModelFileError(f"{path}: legacy HDF5 models are not loaded",
-                                 "re-save it as .keras with Keras 3, or pass --legacy-h5 if you trust it")
+            raise ModelFileError(
+                f"{path}: legacy HDF5 models are not loaded",
+                "re-save it as .keras with Keras 3, or pass --legacy-h5 if you trust it",
+            )
         open_regular(path, ModelFileError).close()
         check_h5(path)
         return _keras_load(path, path, compile)
@@ -52,16 +66,21 @@ def _keras_load(path: Path, source: Path, compile: bool) -> Any:
         return keras.saving.load_model(source, safe_mode=True, compile=compile)
     except ValueError as error:
         if "safe_mode" in str(error) or "unsafe" in str(error).lower():
-            raise ModelFileError(f"{path}: refused: the model carries code that would run on load") from None
+            raise ModelFileError(
+                f"{path}: refused: the model carries code that would run on load"
+            ) from None
         raise ModelFileError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
     except MemoryError:
-        raise ModelFileError(f"{path}: out of memory while loading this model",
-                             "the file asks for more memory than this machine has") from None
+        raise ModelFileError(
+            f"{path}: out of memory while loading this model",
+            "the file asks for more memory than this machine has",
+        ) from None
     except Exception as error:  # h5py, zip and Keras raise many kinds for damaged files
         if type(error).__name__ == "ResourceExhaustedError":
             raise ModelFileError(f"{path}: out of memory while loading this model") from None
-        raise ModelFileError(f"{path}: damaged or not a Keras model ({type(error).__name__}: "
-                             f"{first_line(error)})") from None
+        raise ModelFileError(
+            f"{path}: damaged or not a Keras model ({type(error).__name__}: {first_line(error)})"
+        ) from None
 
 
 def unpack_archive(path: Path, folder: Path) -> Path:
@@ -76,13 +95,16 @@ def unpack_archive(path: Path, folder: Path) -> Path:
                 _check_weights_size(path, archive.getinfo(name), params)
                 _extract(path, archive, name, folder / name)
         except zipfile.BadZipFile:
-            raise ModelFileError(f"{path}: not a Keras model file (not a .keras zip archive)",
-                                 "pass the model.keras of a run") from None
+            raise ModelFileError(
+                f"{path}: not a Keras model file (not a .keras zip archive)",
+                "pass the model.keras of a run",
+            ) from None
         except ModelFileError:
             raise
         except DAMAGE as error:
-            raise ModelFileError(f"{path}: damaged model file ({type(error).__name__}: "
-                                 f"{first_line(error)})") from None
+            raise ModelFileError(
+                f"{path}: damaged model file ({type(error).__name__}: {first_line(error)})"
+            ) from None
     if name.endswith(".h5"):
         check_h5_file(path, folder / name)
     else:
@@ -99,28 +121,40 @@ def check_archive(path: Path) -> dict[str, Any]:
 
 def _vet_archive(path: Path, archive: zipfile.ZipFile) -> dict[str, Any]:
     members = archive.infolist()
-    refuse_over("members", len(members), str(path), "the archive has too many members", ModelFileError)
+    refuse_over(
+        "members", len(members), str(path), "the archive has too many members", ModelFileError
+    )
     for info in members:
         name = info.filename
         if name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts:
-            raise ModelFileError(f"{path}: refused: archive member '{name}' points outside the archive")
+            raise ModelFileError(
+                f"{path}: refused: archive member '{name}' points outside the archive"
+            )
         _check_member(path, info)
-    refuse_over("bytes", sum(info.file_size for info in members), str(path),
-                "the archive unpacks to too many bytes", ModelFileError)
+    refuse_over(
+        "bytes",
+        sum(info.file_size for info in members),
+        str(path),
+        "the archive unpacks to too many bytes",
+        ModelFileError,
+    )
     if "config.json" not in archive.NameToInfo:
         raise ModelFileError(f"{path}: not a Keras model file (no config.json inside)")
     if not any(name in archive.NameToInfo for name in WEIGHTS):
         raise ModelFileError(f"{path}: not a Keras model file (no model.weights.h5 inside)")
-    config = parse_json(_read_member(path, archive, "config.json"), f"{path}: config.json",
-                        ModelFileError)
+    config = parse_json(
+        _read_member(path, archive, "config.json"), f"{path}: config.json", ModelFileError
+    )
     check_config(path, config)
     return config
 
 
 def _check_member(path: Path, info: zipfile.ZipInfo, name: str = "bytes") -> None:
     if info.file_size > 2**20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        raise ModelFileError(f"{path}: refused: {info.filename} would unpack to {info.file_size:,} "
-                             f"bytes from {info.compress_size:,} (a zip bomb?)")
+        raise ModelFileError(
+            f"{path}: refused: {info.filename} would unpack to {info.file_size:,} "
+            f"bytes from {info.compress_size:,} (a zip bomb?)"
+        )
     refuse_over(name, info.file_size, str(path), f"{info.filename} is too large", ModelFileError)
     if info.flag_bits & 0x1:
         raise ModelFileError(f"{path}: refused: {info.filename} is encrypted")
@@ -130,8 +164,10 @@ def _check_weights_size(path: Path, info: zipfile.ZipInfo, params: int) -> None:
     """Weights (with optimizer state, float64 at most) take < 32 bytes per parameter of the config."""
     most = 32 * params + 16 * 2**20
     if info.file_size > most:
-        raise ModelFileError(f"{path}: refused: {info.filename} unpacks to {info.file_size:,} bytes, "
-                             f"far more than a model of {params:,} parameters needs ({most:,})")
+        raise ModelFileError(
+            f"{path}: refused: {info.filename} unpacks to {info.file_size:,} bytes, "
+            f"far more than a model of {params:,} parameters needs ({most:,})"
+        )
 
 
 def _read_member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
@@ -156,14 +192,16 @@ def read_member_json(path: Path, name: str) -> Any:
         try:
             with zipfile.ZipFile(stream) as archive:
                 if name not in archive.NameToInfo:
-                    raise ModelFileError(f"{path}: not a cnnctl checkpoint (no {name} inside)",
-                                         "train the run again")
+                    raise ModelFileError(
+                        f"{path}: not a cnnctl checkpoint (no {name} inside)", "train the run again"
+                    )
                 data = _read_member(path, archive, name)
         except ModelFileError:
             raise
         except DAMAGE as error:
-            raise ModelFileError(f"{path}: not a cnnctl checkpoint ({type(error).__name__}: "
-                                 f"{first_line(error)})") from None
+            raise ModelFileError(
+                f"{path}: not a cnnctl checkpoint ({type(error).__name__}: {first_line(error)})"
+            ) from None
     return parse_json(data, f"{path}: {name}", ModelFileError)
 
 

@@ -16,9 +16,15 @@ from cnnctl.runtimes import is_exported, load_exported
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
 
 
-def predict_images(inputs: list[str], model_path: Path, class_names: list[str] | None,
-                   top_k: int = 3, batch_size: int = 256, invert: bool = False,
-                   legacy_h5: bool = False) -> Predictions:
+def predict_images(
+    inputs: list[str],
+    model_path: Path,
+    class_names: list[str] | None,
+    top_k: int = 3,
+    batch_size: int = 256,
+    invert: bool = False,
+    legacy_h5: bool = False,
+) -> Predictions:
     """Classify every image named by `inputs` (files, folders, globs), in batches."""
     paths, failures = expand_paths(inputs)
     result = Predictions(failures=failures)
@@ -31,8 +37,11 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
     _, height, width, channels = model.input_shape
     outputs = model.output_shape[-1]
     if class_names is not None and len(class_names) != outputs:
-        raise DataError(f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
-                        f"for a model with {outputs} outputs", "the file does not belong to this model")
+        raise DataError(
+            f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
+            f"for a model with {outputs} outputs",
+            "the file does not belong to this model",
+        )
     names = class_names or [str(i) for i in range(outputs)]
 
     if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
@@ -46,39 +55,61 @@ def predict_images(inputs: list[str], model_path: Path, class_names: list[str] |
                 kept.append(path)
             except ImageError as error:
                 result.failures.append((str(path), str(error)))
-        return (np.stack(images).astype(np.float32) if images else np.zeros((0, height, width, channels))), kept
+        return (
+            np.stack(images).astype(np.float32)
+            if images
+            else np.zeros((0, height, width, channels))
+        ), kept
 
     def classify(batch: np.ndarray) -> np.ndarray:
         try:
             return _classify(batch)
         except MemoryError:  # the input or the model, not training's batch size: say which
-            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
-                            "lower --batch-size, or check the model's size") from None
+            raise DataError(
+                f"{model_path}: out of memory running this model on {len(batch)} images",
+                "lower --batch-size, or check the model's size",
+            ) from None
         except Exception as error:
             if type(error).__name__ != "ResourceExhaustedError":
                 raise
-            raise DataError(f"{model_path}: out of memory running this model on {len(batch)} images",
-                            "lower --batch-size, or check the model's size") from None
+            raise DataError(
+                f"{model_path}: out of memory running this model on {len(batch)} images",
+                "lower --batch-size, or check the model's size",
+            ) from None
 
     def _classify(batch: np.ndarray) -> np.ndarray:
         # Plain eager calls: no tf.function to trace, faster than model.predict for a single pass.
-        return np.concatenate([np.asarray(model(batch[i: i + batch_size], training=False))
-                               for i in range(0, len(batch), batch_size)] or [np.zeros((0, len(names)))])
+        return np.concatenate(
+            [
+                np.asarray(model(batch[i : i + batch_size], training=False))
+                for i in range(0, len(batch), batch_size)
+            ]
+            or [np.zeros((0, len(names)))]
+        )
 
     # TensorFlow releases the GIL, so the model runs on one chunk while Python decodes the next.
     with ThreadPoolExecutor(max_workers=1) as runner:
         pending = None
         for start in range(0, len(paths) + CHUNK, CHUNK):
-            decoded = decode(paths[start: start + CHUNK]) if start < len(paths) else None
+            decoded = decode(paths[start : start + CHUNK]) if start < len(paths) else None
             if pending is not None:
                 kept, future = pending
-                result.items.extend(_top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True))
+                result.items.extend(
+                    _top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True)
+                )
             pending = None if decoded is None else (decoded[1], runner.submit(classify, decoded[0]))
     return result
 
 
-def _predict_streamed(model, paths: list[Path], names: list[str], top_k: int, batch_size: int,
-                      invert: bool, result: Predictions) -> Predictions:
+def _predict_streamed(
+    model,
+    paths: list[Path],
+    names: list[str],
+    top_k: int,
+    batch_size: int,
+    invert: bool,
+    result: Predictions,
+) -> Predictions:
     """Decode and classify as one stream; files TensorFlow cannot decode are retried with Pillow."""
     from cnnctl.data.stream import decode_batches, files_for
 
@@ -108,4 +139,6 @@ def _predict_streamed(model, paths: list[Path], names: list[str], top_k: int, ba
 
 def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> Prediction:
     order = np.argsort(probabilities)[::-1][:k]
-    return Prediction(str(path), [Guess(names[i], int(i), round(float(probabilities[i]), 6)) for i in order])
+    return Prediction(
+        str(path), [Guess(names[i], int(i), round(float(probabilities[i]), 6)) for i in order]
+    )

@@ -35,13 +35,17 @@ class TrainingDisplay:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)  # not results: also under --json
+        self.errors = Console(
+            stderr=True, highlight=False, soft_wrap=True
+        )  # not results: also under --json
 
     def warn(self, message: str) -> None:
         self.errors.print(Text.assemble(("warning: ", "yellow"), message))
 
     def epoch(self, row: dict[str, float], epochs: int, best: bool) -> None:
-        self.console.print(epoch_line(row, epochs, improved=best), soft_wrap=True)  # one line, never wrapped
+        self.console.print(
+            epoch_line(row, epochs, improved=best), soft_wrap=True
+        )  # one line, never wrapped
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Progress]:
@@ -62,7 +66,9 @@ def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: in
     while True:
         table = Table(show_edge=False)
         for i in keep:
-            table.add_column(columns[i].header, justify=columns[i].justify, no_wrap=True, overflow="ellipsis")
+            table.add_column(
+                columns[i].header, justify=columns[i].justify, no_wrap=True, overflow="ellipsis"
+            )
         for row in rows:
             table.add_row(*(row[i] for i in keep))
         droppable = sorted((i for i in keep if columns[i].drop), key=lambda i: -columns[i].drop)
@@ -77,9 +83,14 @@ def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: in
 def training_progress(console: Console) -> Progress:
     """A progress bar for the steps of the current epoch (shown on terminals only)."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("steps"), TimeElapsedColumn(),
-        console=console, transient=True, disable=console.quiet or not console.is_terminal,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=console.quiet or not console.is_terminal,
     )
 
 
@@ -117,8 +128,12 @@ def layers_table(model: Any, config_layers: int | None = None) -> Table:
     for index, layer in enumerate(model.layers):
         shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
         number = "+" if index < added else str(index - added)
-        table.add_row(number, safe(f"{layer.name} ({type(layer).__name__})"), str(shape),
-                      f"{layer.count_params():,}")
+        table.add_row(
+            number,
+            safe(f"{layer.name} ({type(layer).__name__})"),
+            str(shape),
+            f"{layer.count_params():,}",
+        )
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     table.caption = f"total params: {model.count_params():,}  (trainable: {trainable:,})"
     table.caption_justify = "left"
@@ -130,12 +145,21 @@ def training_summary(result: TrainResult) -> Group:
     summary = result.summary()
     lines = [Text.assemble(("run saved to ", "dim"), (safe_text(summary["run"]), "bold"))]
     if result.stopped_early:
-        lines.append(Text(f"stopped early at epoch {result.stopped_early} of {result.epochs} "
-                          "(train.early_stopping)", style="yellow"))
+        lines.append(
+            Text(
+                f"stopped early at epoch {result.stopped_early} of {result.epochs} "
+                "(train.early_stopping)",
+                style="yellow",
+            )
+        )
     if summary.get("best_epoch"):
-        lines.append(Text(f"best epoch {summary['best_epoch']} by {summary['monitor']} "
-                          f"({summary['best_value']:.4f}); "
-                          f"{summary['train_images_per_second']:,.0f} train images/s"))
+        lines.append(
+            Text(
+                f"best epoch {summary['best_epoch']} by {summary['monitor']} "
+                f"({summary['best_value']:.4f}); "
+                f"{summary['train_images_per_second']:,.0f} train images/s"
+            )
+        )
     test = summary.get("test") or {}
     if test:
         parts = "  ".join(f"{k} {_format(v)}" for k, v in test.items())
@@ -151,25 +175,47 @@ def evaluation_table(result: EvaluationResult) -> Group:
     for column in ("precision", "recall", "f1", "support"):
         table.add_column(column, justify="right")
     for name, row in result.per_class.items():
-        table.add_row(safe(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
+        table.add_row(
+            safe(name),
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
     table.add_section()
     for name in ("macro avg", "weighted avg"):
         row = result.averages[name]
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
-    header = Text.assemble((f"{result.split} split", "bold"), f" ({plural(result.examples, 'image')} "
-                           f"of {safe_text(result.data)})\n", (overall, "bold"))
-    confused = ", ".join(f"{safe_text(c['true'])} as {safe_text(c['predicted'])} ({c['count']})"
-                         for c in result.most_confused[:3])
+        table.add_row(
+            name,
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    header = Text.assemble(
+        (f"{result.split} split", "bold"),
+        f" ({plural(result.examples, 'image')} of {safe_text(result.data)})\n",
+        (overall, "bold"),
+    )
+    confused = ", ".join(
+        f"{safe_text(c['true'])} as {safe_text(c['predicted'])} ({c['count']})"
+        for c in result.most_confused[:3]
+    )
     footer = Text.assemble(("most confused: ", "dim"), confused or "none")
-    saved = Text.assemble(("saved: ", "dim"), safe_text(", ".join(result.saved))) if result.saved else Text(
-        "not saved (the model is not in a run folder; pass --output DIR to keep the report)", style="dim")
+    saved = (
+        Text.assemble(("saved: ", "dim"), safe_text(", ".join(result.saved)))
+        if result.saved
+        else Text(
+            "not saved (the model is not in a run folder; pass --output DIR to keep the report)",
+            style="dim",
+        )
+    )
     return Group(header, table, footer, saved)
 
 
-def predictions_table(predictions: Sequence[Prediction], width: int | None = None,
-                      base: Path | None = None) -> Table:
+def predictions_table(
+    predictions: Sequence[Prediction], width: int | None = None, base: Path | None = None
+) -> Table:
     """One row per image: path, then its top classes with probabilities.
 
     Paths are shown relative to `base` (the folder the user gave). At a terminal's
@@ -178,7 +224,10 @@ def predictions_table(predictions: Sequence[Prediction], width: int | None = Non
     """
     paths = [safe_text(_relative(item.path, base)) for item in predictions]
     labels = [safe_text(item.top[0].label) for item in predictions]
-    rest = [", ".join(f"{safe_text(t.label)} {t.probability:.2f}" for t in item.top[1:]) for item in predictions]
+    rest = [
+        ", ".join(f"{safe_text(t.label)} {t.probability:.2f}" for t in item.top[1:])
+        for item in predictions
+    ]
     keep_rest = any(rest)
     if width is not None:
         fixed = max(map(len, labels), default=5) + 5 + 3 * 3  # class, prob, and cell padding
@@ -208,24 +257,45 @@ def _relative(path: str, base: Path | None) -> str:
 
 
 def _cut_left(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
     """`cnnctl runs`: one row per run folder, oldest first; at a terminal, fitted to its width."""
-    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow", "damaged": "red", "failed": "red"}
-    columns = [_Column("run"), _Column("data", drop=4), _Column("epochs", "right", drop=1),
-               _Column("best (monitored)", "right", drop=3), _Column("test acc", "right", drop=2),
-               _Column("status")]
+    styles = {
+        "finished": "green",
+        "running": "cyan",
+        "interrupted": "yellow",
+        "damaged": "red",
+        "failed": "red",
+    }
+    columns = [
+        _Column("run"),
+        _Column("data", drop=4),
+        _Column("epochs", "right", drop=1),
+        _Column("best (monitored)", "right", drop=3),
+        _Column("test acc", "right", drop=2),
+        _Column("status"),
+    ]
     rows = []
     for run in runs:
-        best = (f"{safe_text(run.monitor)} {run.best_value:.4f}"
-                if run.best_value is not None and run.monitor else "-")
+        best = (
+            f"{safe_text(run.monitor)} {run.best_value:.4f}"
+            if run.best_value is not None and run.monitor
+            else "-"
+        )
         epochs = f"{run.epochs_done}/{run.epochs if run.epochs is not None else '?'}"
         status = run.status + (f" (early, {run.stopped_early})" if run.stopped_early else "")
-        rows.append([safe(run.name), safe(run.dataset or "?"), epochs, best,
-                     f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
-                     safe(status, style=styles.get(run.status, ""))])
+        rows.append(
+            [
+                safe(run.name),
+                safe(run.dataset or "?"),
+                epochs,
+                best,
+                f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
+                safe(status, style=styles.get(run.status, "")),
+            ]
+        )
     return _fitted(columns, rows, width)
 
 
@@ -238,7 +308,12 @@ def predictions_csv(predictions: Sequence[Prediction]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for item in predictions:
-        writer.writerow([csv_cell(item.path), *(csv_cell(v) for t in item.top for v in (t.label, t.probability))])
+        writer.writerow(
+            [
+                csv_cell(item.path),
+                *(csv_cell(v) for t in item.top for v in (t.label, t.probability)),
+            ]
+        )
     return out.getvalue()
 
 
@@ -249,10 +324,16 @@ def checks_table(checks: Any) -> Group:
     for split in checks.counts:
         table.add_column(split, justify="right")
     names = list(checks.class_names)
-    rows = list(enumerate(names)) if len(names) <= 20 else [*enumerate(names[:10]), (None, "..."),
-                                                           *list(enumerate(names))[-5:]]
+    rows = (
+        list(enumerate(names))
+        if len(names) <= 20
+        else [*enumerate(names[:10]), (None, "..."), *list(enumerate(names))[-5:]]
+    )
     for index, name in rows:
-        table.add_row(safe(name), *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()))
+        table.add_row(
+            safe(name),
+            *("" if index is None else f"{counts[index]:,}" for counts in checks.counts.values()),
+        )
     table.add_section()
     table.add_row("total", *(f"{sum(c):,}" for c in checks.counts.values()))
     return Group(table, *check_warnings(checks))
@@ -268,8 +349,12 @@ def datasets_table(rows: Sequence[dict[str, Any]]) -> Table:
     for column in ("dataset", "shape", "classes", "found"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["name"], "x".join(map(str, row["shape"])), str(row["classes"]),
-                      safe(row["found"]) if row["found"] else Text(row["fallback"], style="dim"))
+        table.add_row(
+            row["name"],
+            "x".join(map(str, row["shape"])),
+            str(row["classes"]),
+            safe(row["found"]) if row["found"] else Text(row["fallback"], style="dim"),
+        )
     return table
 
 
@@ -280,7 +365,9 @@ def facts_table(facts: dict[str, Any]) -> Table:
     table.add_column(overflow="fold")
     for key, value in facts.items():
         if isinstance(value, dict):
-            value = "\n".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in value.items())
+            value = "\n".join(
+                f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in value.items()
+            )
         elif isinstance(value, list):
             value = ", ".join(value)
         table.add_row(key, Text("\n".join(safe_text(line) for line in str(value).split("\n"))))
@@ -302,8 +389,11 @@ def _pyplot():
 def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Loss and each metric per epoch, training against validation."""
     plt = _pyplot()
-    names = [k for k in rows[0] if k not in ("epoch", "lr", "seconds", "train_seconds")
-             and not k.startswith("val_")]
+    names = [
+        k
+        for k in rows[0]
+        if k not in ("epoch", "lr", "seconds", "train_seconds") and not k.startswith("val_")
+    ]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     epochs = [row["epoch"] for row in rows]
     from matplotlib.ticker import MaxNLocator
@@ -313,7 +403,9 @@ def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
         if f"val_{name}" in rows[0]:
-            ax.plot(epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation")
+            ax.plot(
+                epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation"
+            )
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -344,8 +436,15 @@ def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=font - 1,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{rates[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font - 1,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title("confusion matrix (rows: true class, normalised)")
     fig.tight_layout()
@@ -353,7 +452,9 @@ def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     plt.close(fig)
 
 
-def save_error_grid(images: Any, wrong: Sequence[dict[str, Any]], path: Path, shown: int = 25) -> None:
+def save_error_grid(
+    images: Any, wrong: Sequence[dict[str, Any]], path: Path, shown: int = 25
+) -> None:
     """The most confidently wrong examples, each titled `true -> predicted`."""
     plt = _pyplot()
     rows = wrong[:shown]

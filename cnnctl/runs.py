@@ -1,6 +1,6 @@
 """The run folder: create it (never reuse one), find the latest, name the files inside.
 
-    runs/<name>/  config.yaml  classes.json  model.keras  checkpoints/  metrics.csv ...
+runs/<name>/  config.yaml  classes.json  model.keras  checkpoints/  metrics.csv ...
 """
 
 from __future__ import annotations
@@ -80,13 +80,27 @@ class Run:
         """The run folder is a boundary: a file (or symlink) of the run that leads outside is refused."""
         for path in paths or self.known_files():
             if os.path.lexists(path) and not inside(self.path, path):
-                raise RunError(f"{path}: refused: it points outside the run folder {self.path}",
-                               "a run folder's files must be inside it; remove the symlink")
+                raise RunError(
+                    f"{path}: refused: it points outside the run folder {self.path}",
+                    "a run folder's files must be inside it; remove the symlink",
+                )
 
     def known_files(self) -> tuple[Path, ...]:
-        return (self.config, self.classes, self.model, self.checkpoints, self.last,
-                self.metrics_csv, self.metrics_json, self.curves, self.run_json, self.evaluation,
-                self.confusion, self.path / "misclassified.csv", self.path / "errors.png")
+        return (
+            self.config,
+            self.classes,
+            self.model,
+            self.checkpoints,
+            self.last,
+            self.metrics_csv,
+            self.metrics_json,
+            self.curves,
+            self.run_json,
+            self.evaluation,
+            self.confusion,
+            self.path / "misclassified.csv",
+            self.path / "errors.png",
+        )
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.classes)
@@ -124,8 +138,10 @@ def create_run(root: Path, name: str) -> Run:
         except FileExistsError:
             continue
         except OSError as error:
-            raise RunError(f"{path}: cannot create the run folder ({error.strerror})",
-                           "choose a writable folder with --runs-dir") from None
+            raise RunError(
+                f"{path}: cannot create the run folder ({error.strerror})",
+                "choose a writable folder with --runs-dir",
+            ) from None
         (path / "checkpoints").mkdir()
         return Run(path)
     raise RunError(f"{root}: too many runs named '{name}'", "pass --name to choose another name")
@@ -165,7 +181,9 @@ def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
         runs = [run for run in list_runs(root) if run.model.is_file() or not with_model]
         if not runs:
             what = "with a model " if with_model and list_runs(root) else ""
-            raise RunError(f"no runs {what}in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml")
+            raise RunError(
+                f"no runs {what}in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml"
+            )
         runs[-1].check_inside()
         return runs[-1]
     for path in (Path(ref), root / ref):
@@ -185,7 +203,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A kill at any instant leaves either the old file or the new one, never half of one.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -252,7 +272,12 @@ def _alive(pid: Any) -> bool:
 def running_pid(run: Run) -> int | None:
     """The pid of the process training `run` right now, if one is."""
     pid = run.status_field("pid")
-    if run.status_field("status") == "running" and type(pid) is int and pid != os.getpid() and _alive(pid):
+    if (
+        run.status_field("status") == "running"
+        and type(pid) is int
+        and pid != os.getpid()
+        and _alive(pid)
+    ):
         return pid
     return None
 
@@ -279,9 +304,14 @@ def describe(run: Run) -> RunSummary:
         rows = list(csv.DictReader(io.StringIO(read_bounded(run.metrics_csv, RunError).decode())))
     summary.epochs_done = len(rows)
     finished = _read_dict(run, run.metrics_json)
-    if isinstance(finished.get("best_value"), (int, float)):  # what chose model.keras, as training saw it
+    if isinstance(
+        finished.get("best_value"), (int, float)
+    ):  # what chose model.keras, as training saw it
         summary.monitor = str(finished.get("monitor") or summary.monitor)
-        summary.best_value, summary.best_epoch = float(finished["best_value"]), finished.get("best_epoch")
+        summary.best_value, summary.best_epoch = (
+            float(finished["best_value"]),
+            finished.get("best_epoch"),
+        )
         summary.stopped_early = finished.get("stopped_early")
         test = finished.get("test")
         if isinstance(test, dict) and isinstance(test.get("accuracy"), (int, float)):

@@ -29,8 +29,11 @@ def check_keras_version(version: str) -> None:
     numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
     if numbers < KERAS_FLOOR:
         floor = ".".join(map(str, KERAS_FLOOR))
-        raise CnnctlError(f"Keras {version} has known model-loading vulnerabilities; cnnctl needs {floor} or later",
-                          f"pip install 'keras>={floor}'")
+        raise CnnctlError(
+            f"Keras {version} has known model-loading vulnerabilities; cnnctl needs {floor} or "
+            "later",
+            f"pip install 'keras>={floor}'",
+        )
 
 
 def _quiet_import() -> None:
@@ -43,7 +46,9 @@ def _quiet_import() -> None:
         import keras  # noqa: F401
         import tensorflow as tf
 
-        if not os.environ.get("TF_CONFIG"):  # a multi-worker cluster must be set up before the first op
+        if not os.environ.get(
+            "TF_CONFIG"
+        ):  # a multi-worker cluster must be set up before the first op
             tf.constant(0.0) + 1.0  # device set-up prints its own lines on first use
     finally:
         os.dup2(saved, 2)

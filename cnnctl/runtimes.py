@@ -45,8 +45,10 @@ def require_extra(module: str, load: bool = True) -> Any:
             raise ImportError(module)
         return None
     except (ImportError, ValueError):
-        raise CnnctlError(f"{module.split('.')[0]} is not installed; exported models need the "
-                          "'export' extra", PIP_EXTRA) from None
+        raise CnnctlError(
+            f"{module.split('.')[0]} is not installed; exported models need the 'export' extra",
+            PIP_EXTRA,
+        ) from None
 
 
 class ExportedModel:
@@ -63,7 +65,7 @@ class ExportedModel:
 
     def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
         """Probabilities for every image of `x`, in batches."""
-        parts = [self(x[i: i + batch_size]) for i in range(0, len(x), batch_size)]
+        parts = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[-1]), np.float32)
 
 
@@ -76,9 +78,11 @@ def load_exported(path: Path) -> ExportedModel:
     _, height, width, channels = model.input_shape
     sizes = (height, width, channels)
     if not all(isinstance(n, int) and n > 0 for n in sizes) or channels not in (1, 3):
-        raise ModelFileError(f"{path}: takes input {list(model.input_shape)}, not images "
-                             "(batch, height, width, 1 or 3 channels)",
-                             "pass a model exported with cnnctl export")
+        raise ModelFileError(
+            f"{path}: takes input {list(model.input_shape)}, not images "
+            "(batch, height, width, 1 or 3 channels)",
+            "pass a model exported with cnnctl export",
+        )
     return model
 
 
@@ -86,13 +90,16 @@ def _read_bounded(path: Path) -> bytes:
     try:
         info = path.stat()
     except OSError:
-        raise ModelFileError(f"{path}: no such model file", "pass a .keras, .onnx or .tflite "
-                             "file, e.g. runs/<run>/export/model.onnx") from None
+        raise ModelFileError(
+            f"{path}: no such model file",
+            "pass a .keras, .onnx or .tflite file, e.g. runs/<run>/export/model.onnx",
+        ) from None
     if not stat.S_ISREG(info.st_mode):
         raise ModelFileError(f"{path}: refused: not a regular file")
     if info.st_size > MAX_BYTES:
-        raise ModelFileError(f"{path}: refused: {info.st_size:,} bytes is larger than any model "
-                             "cnnctl exports")
+        raise ModelFileError(
+            f"{path}: refused: {info.st_size:,} bytes is larger than any model cnnctl exports"
+        )
     with open(path, "rb") as stream:
         data = stream.read(MAX_BYTES + 1)
     if not data:
@@ -118,17 +125,26 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
     except Exception as error:  # onnxruntime's own exception types vary by version
         raise ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(error)})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if (len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)"
-            or len(inputs[0].shape) != 4):
-        raise ModelFileError(f"{path}: not a one-input float image classifier",
-                             "pass a model exported with cnnctl export")
+    if (
+        len(inputs) != 1
+        or len(outputs) != 1
+        or inputs[0].type != "tensor(float)"
+        or len(inputs[0].shape) != 4
+    ):
+        raise ModelFileError(
+            f"{path}: not a one-input float image classifier",
+            "pass a model exported with cnnctl export",
+        )
     name = inputs[0].name
     classes = outputs[0].shape[-1] if outputs[0].shape else None
     run = lambda batch: session.run(None, {name: batch})[0]  # noqa: E731
     shape = tuple(inputs[0].shape[1:])
     if not isinstance(classes, int):
-        classes = int(run(np.zeros((1, *shape), np.float32)).shape[-1]) if all(
-            isinstance(n, int) for n in shape) else None
+        classes = (
+            int(run(np.zeros((1, *shape), np.float32)).shape[-1])
+            if all(isinstance(n, int) for n in shape)
+            else None
+        )
     return ExportedModel(path, run, shape, classes or 0)
 
 
@@ -138,19 +154,24 @@ def _vet_onnx(path: Path, proto: Any) -> None:
         raise ModelFileError(f"{path}: refused: it defines its own functions ({STANDARD})")
     for opset in proto.opset_import:
         if opset.domain not in ONNX_DOMAINS:
-            raise ModelFileError(f"{path}: refused: it uses the custom operator domain "
-                                 f"'{opset.domain}' ({STANDARD})")
+            raise ModelFileError(
+                f"{path}: refused: it uses the custom operator domain '{opset.domain}' ({STANDARD})"
+            )
     graphs = [proto.graph]
     while graphs:
         graph = graphs.pop()
         for tensor in list(graph.initializer) + list(graph.sparse_initializer):
             if getattr(tensor, "data_location", 0) == 1 or getattr(tensor, "external_data", None):
-                raise ModelFileError(f"{path}: refused: it reads tensors from other files "
-                                     "(cnnctl runs self-contained ONNX files only)")
+                raise ModelFileError(
+                    f"{path}: refused: it reads tensors from other files "
+                    "(cnnctl runs self-contained ONNX files only)"
+                )
         for node in graph.node:
             if node.domain not in ONNX_DOMAINS:
-                raise ModelFileError(f"{path}: refused: operator {node.op_type} from the custom "
-                                     f"domain '{node.domain}' ({STANDARD})")
+                raise ModelFileError(
+                    f"{path}: refused: operator {node.op_type} from the custom "
+                    f"domain '{node.domain}' ({STANDARD})"
+                )
             for attribute in node.attribute:  # If, Loop and Scan carry subgraphs
                 graphs.extend([attribute.g] if attribute.HasField("g") else [])
                 graphs.extend(attribute.graphs)
@@ -163,16 +184,18 @@ def _load_tflite(path: Path, data: bytes) -> ExportedModel:
     try:
         # The flatbuffer is verified before use; an unknown custom op fails here, before any runs.
         with quiet_stderr():  # LiteRT's C++ says "INFO: Created TensorFlow Lite XNNPACK delegate"
-            interpreter = interpreter_module.Interpreter(model_content=data,
-                                                         num_threads=os.cpu_count() or 1)
+            interpreter = interpreter_module.Interpreter(
+                model_content=data, num_threads=os.cpu_count() or 1
+            )
             interpreter.allocate_tensors()
     except Exception as error:  # LiteRT raises ValueError and RuntimeError for bad files
         why = first_line(error, 120)
         raise ModelFileError(f"{path}: damaged or unusable TFLite model ({why})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
-        raise ModelFileError(f"{path}: not a one-input image classifier",
-                             "pass a model exported with cnnctl export")
+        raise ModelFileError(
+            f"{path}: not a one-input image classifier", "pass a model exported with cnnctl export"
+        )
     source, target = inputs[0], outputs[0]
     state = {"batch": None}
 

@@ -26,7 +26,7 @@ def scheduled_lr(schedule: LRSchedule | None, base: float, epoch: int, epochs: i
     if schedule.type == "step":
         return max(base * schedule.factor ** (epoch // schedule.step_epochs), schedule.min_lr)
     if schedule.type == "exponential":
-        return max(base * schedule.factor ** epoch, schedule.min_lr)
+        return max(base * schedule.factor**epoch, schedule.min_lr)
     # cosine, after an optional linear warm-up
     if epoch < schedule.warmup_epochs:
         return base * (epoch + 1) / (schedule.warmup_epochs + 1)
@@ -48,7 +48,9 @@ def plateau_step(schedule: LRSchedule, state: dict[str, Any], value: float, lr: 
     return lr
 
 
-def early_stop_step(rule: EarlyStoppingConfig, state: dict[str, Any], value: float, epoch: int) -> bool:
+def early_stop_step(
+    rule: EarlyStoppingConfig, state: dict[str, Any], value: float, epoch: int
+) -> bool:
     """Whether to stop after this epoch: `patience` epochs in a row without improvement."""
     if improved(value, state.get("best"), mode_of(rule.monitor, rule.mode), rule.min_delta):
         state["best"], state["best_epoch"], state["wait"] = value, epoch, 0

@@ -49,7 +49,9 @@ class ObjectSpec(_Strict):
 
     type: str
     args: dict[str, Any] = Field(default_factory=dict)
-    layers: list[ObjectSpec] | None = None  # a Residual block's own layers, validated like model.layers
+    layers: list[ObjectSpec] | None = (
+        None  # a Residual block's own layers, validated like model.layers
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -70,7 +72,11 @@ class ObjectSpec(_Strict):
     @model_serializer
     def _flat(self) -> Any:
         if self.layers is not None:
-            return {"type": self.type, "layers": [spec._flat() for spec in self.layers], **self.args}
+            return {
+                "type": self.type,
+                "layers": [spec._flat() for spec in self.layers],
+                **self.args,
+            }
         return {"type": self.type, **self.args} if self.args else self.type
 
 
@@ -80,13 +86,21 @@ class DataConfig(_Strict):
     validation: Any = "test"
     normalize: bool = True
     limit: int | None = Field(default=None, gt=0)
-    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # held out when the data has no test split
-    image_size: list[int] | None = Field(default=None, min_length=2, max_length=2)  # default: the model's
+    test_fraction: float = Field(
+        default=0.2, gt=0, lt=1
+    )  # held out when the data has no test split
+    image_size: list[int] | None = Field(
+        default=None, min_length=2, max_length=2
+    )  # default: the model's
     color_mode: Literal["grayscale", "rgb"] | None = None  # default: from the model's channels
     label_column: str = "label"  # CSV files: the column with the class
-    image_shape: list[int] | None = Field(default=None, min_length=3, max_length=3)  # CSV; default: the model's
+    image_shape: list[int] | None = Field(
+        default=None, min_length=3, max_length=3
+    )  # CSV; default: the model's
     augment: list[ObjectSpec] = Field(default_factory=list)
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # image folders: where decoded pixels live
+    cache: Literal["auto", "memory", "disk", "none"] = (
+        "auto"  # image folders: where decoded pixels live
+    )
 
     _source: Source | None = PrivateAttr(default=None)
 
@@ -127,7 +141,11 @@ def mode_of(monitor: str, mode: str = "auto") -> str:
     """'max' for metrics that grow as the model improves, else 'min'; an explicit `mode` wins."""
     if mode != "auto":
         return mode
-    return "max" if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1")) else "min"
+    return (
+        "max"
+        if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1"))
+        else "min"
+    )
 
 
 class CheckpointConfig(_Strict):
@@ -149,7 +167,9 @@ class LRSchedule(_Strict):
     """Learning rate per epoch. `type` picks the rule; the other keys tune it."""
 
     type: Literal["constant", "reduce_on_plateau", "cosine", "step", "exponential"]
-    factor: float = Field(default=0.5, gt=0, le=1)  # plateau, step: multiply by; exponential: per epoch
+    factor: float = Field(
+        default=0.5, gt=0, le=1
+    )  # plateau, step: multiply by; exponential: per epoch
     patience: int = Field(default=2, ge=0)  # plateau: epochs without improvement first
     monitor: str = "val_loss"  # plateau
     min_delta: float = Field(default=0.0, ge=0)
@@ -189,8 +209,12 @@ class TrainConfig(_Strict):
     lr_schedule: LRSchedule | None = None
     tensorboard: bool = False
     steps_per_execution: int = Field(default=8, ge=1, le=10_000)  # batches per call into TensorFlow
-    jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" is Keras' choice (off on CPU, where it is slower)
-    precision: Literal["float32", "mixed"] = "float32"  # mixed: bfloat16 on capable CPUs, float16 on GPUs
+    jit_compile: Literal["auto"] | bool = (
+        "auto"  # XLA; "auto" is Keras' choice (off on CPU, where it is slower)
+    )
+    precision: Literal["float32", "mixed"] = (
+        "float32"  # mixed: bfloat16 on capable CPUs, float16 on GPUs
+    )
     mixed_precision: bool | None = None  # the same as precision: mixed
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     distribute_timeout: float = Field(default=300, ge=1, le=86_400)  # s: a lost worker stops all
@@ -198,7 +222,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:
-        if self.mixed_precision and "precision" in self.model_fields_set and self.precision == "float32":
+        if (
+            self.mixed_precision
+            and "precision" in self.model_fields_set
+            and self.precision == "float32"
+        ):
             raise ValueError("precision: float32 and mixed_precision: true disagree; keep one")
         if self.mixed_precision:
             object.__setattr__(self, "precision", "mixed")
@@ -228,7 +256,9 @@ class ParamSpec(_Strict):
             return self
         if self.low is None or self.high is None or self.values is not None:
             raise ValueError(f"type: {self.type} takes `low:` and `high:` (and no values)")
-        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)):
+        if self.type == "int" and not all(
+            isinstance(v, int) for v in (self.low, self.high, self.step or 1)
+        ):
             raise ValueError("type: int takes whole numbers for low, high and step")
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
@@ -241,7 +271,9 @@ class TuneConfig(_Strict):
     """The `tune:` section: what `cnnctl tune` searches; `cnnctl train` ignores it."""
 
     metric: str = "val_loss"  # a per-epoch value training logs; the trial's value is its best epoch
-    goal: Literal["minimize", "maximize"] | None = None  # default: maximize for accuracy-like metrics
+    goal: Literal["minimize", "maximize"] | None = (
+        None  # default: maximize for accuracy-like metrics
+    )
     trials: int = Field(default=20, gt=0, le=100_000)  # trials that finish (killed ones are redone)
     timeout: str | int | None = None  # e.g. 30m, 2h, 90s or seconds: no new trial after it
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
@@ -266,7 +298,11 @@ def duration_seconds(value: str | int) -> float:
     if isinstance(value, int):
         return float(value)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*", value)
-    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"] if match else 0.0
+    return (
+        float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"]
+        if match
+        else 0.0
+    )
 
 
 class Config(_Strict):

@@ -43,8 +43,13 @@ from cnnctl.runs import (
 )
 
 
-def train_run(config: Config, runs_root: Path, display: Display | None = None, offline: bool = False,
-              callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+def train_run(
+    config: Config,
+    runs_root: Path,
+    display: Display | None = None,
+    offline: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
     """Train `config` from scratch into a new run folder under `runs_root`.
 
     `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
@@ -54,14 +59,21 @@ def train_run(config: Config, runs_root: Path, display: Display | None = None, o
     return _from_scratch(None, runs_root, config, strategy, display, offline, callbacks)
 
 
-def resume_run(run: Run, display: Display | None = None, overrides: tuple[str, ...] = (),
-               config_file: Path | None = None, values: dict[str, Any] | None = None,
-               offline: bool = False) -> TrainResult:
+def resume_run(
+    run: Run,
+    display: Display | None = None,
+    overrides: tuple[str, ...] = (),
+    config_file: Path | None = None,
+    values: dict[str, Any] | None = None,
+    offline: bool = False,
+) -> TrainResult:
     """Continue `run` in its own folder from its last finished epoch (or from the start)."""
     chief = is_chief()
     pid = running_pid(run) if chief else None
     if pid is not None:
-        raise RunError(f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first")
+        raise RunError(
+            f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first"
+        )
     saved = load_config(run.config)
     changing = overrides or config_file or values
     wanted = load_config(config_file or run.config, overrides, values) if changing else saved
@@ -69,13 +81,17 @@ def resume_run(run: Run, display: Display | None = None, overrides: tuple[str, .
     _need_tensorboard(wanted)
     state = read_state(run.last) if run.last.is_file() else None
     if state is None and run.metrics_csv.is_file():
-        raise RunError(f"{run.last}: missing, though {run.metrics_csv.name} records finished epochs",
-                       f"the run is damaged; train it again: cnnctl train {run.config}")
+        raise RunError(
+            f"{run.last}: missing, though {run.metrics_csv.name} records finished epochs",
+            f"the run is damaged; train it again: cnnctl train {run.config}",
+        )
     if state is not None and run.status_field("status") == "finished":
         done = state.epoch
         if wanted.train.epochs <= saved.train.epochs:
-            raise RunError(f"{run.path}: already finished ({done} of {saved.train.epochs} epochs)",
-                           f"to train longer: cnnctl train --resume {run.path} --epochs {done + 5}")
+            raise RunError(
+                f"{run.path}: already finished ({done} of {saved.train.epochs} epochs)",
+                f"to train longer: cnnctl train --resume {run.path} --epochs {done + 5}",
+            )
     strategy = strategy_for(wanted)
     if chief:
         clean_leftovers(run)
@@ -96,9 +112,15 @@ def resume_run(run: Run, display: Display | None = None, overrides: tuple[str, .
     return _fit(run, model, wanted, dataset, state, display)
 
 
-def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: Any,
-                  display: Display | None, offline: bool,
-                  extra: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+def _from_scratch(
+    run: Run | None,
+    runs_root: Path,
+    config: Config,
+    strategy: Any,
+    display: Display | None,
+    offline: bool,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
     """Build the model and fit it from epoch 0; the run folder is made only once the model builds."""
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config, offline)
@@ -109,7 +131,9 @@ def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: An
         model = build_model(config, len(dataset.class_names), offline)
         compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
     if not is_chief():  # other workers compute, and write nothing
-        return _fit(Run(runs_root / config.name), model, config, dataset, ResumeState(), None, write=False)
+        return _fit(
+            Run(runs_root / config.name), model, config, dataset, ResumeState(), None, write=False
+        )
     restarted = run is not None
     run = run or create_run(runs_root, config.name)
     write_text(run.config, dump_config(config))
@@ -123,7 +147,9 @@ def _from_scratch(run: Run | None, runs_root: Path, config: Config, strategy: An
 def _check_same(saved: Config, wanted: Config, run: Run) -> None:
     """A resumed run keeps its config; only raising `train.epochs` is allowed."""
     if wanted.train.epochs < saved.train.epochs:
-        raise ConfigError(f"--resume {run.name}: train.epochs can only be raised (was {saved.train.epochs})")
+        raise ConfigError(
+            f"--resume {run.name}: train.epochs can only be raised (was {saved.train.epochs})"
+        )
     changed = changed_keys(saved, wanted, ignore=("train.epochs",))
     if changed:
         raise ConfigError(
@@ -132,33 +158,63 @@ def _check_same(saved: Config, wanted: Config, run: Run) -> None:
         )
 
 
-def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: ResumeState,
-         display: Display | None, write: bool = True,
-         extra: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+def _fit(
+    run: Run,
+    model: keras.Model,
+    config: Config,
+    dataset: Dataset,
+    state: ResumeState,
+    display: Display | None,
+    write: bool = True,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
     """Fit from the epoch `state` names; only a writing process (the chief) touches the run folder."""
     train = config.train
     num_classes = len(dataset.class_names)
     batches, steps = training_batches(
-        dataset.x_train, dataset.y_train, batch_size=train.batch_size, seed=config.seed,
-        num_classes=num_classes, one_hot=train.one_hot, first_epoch=state.epoch, epochs=train.epochs,
+        dataset.x_train,
+        dataset.y_train,
+        batch_size=train.batch_size,
+        seed=config.seed,
+        num_classes=num_classes,
+        one_hot=train.one_hot,
+        first_epoch=state.epoch,
+        epochs=train.epochs,
     )
-    validation = eval_batches(dataset.x_val, dataset.y_val, batch_size=max(train.batch_size, EVAL_BATCH),
-                              num_classes=num_classes, one_hot=train.one_hot)
+    validation = eval_batches(
+        dataset.x_val,
+        dataset.y_val,
+        batch_size=max(train.batch_size, EVAL_BATCH),
+        num_classes=num_classes,
+        one_hot=train.one_hot,
+    )
     prepare_multi_worker(model, validation)
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
         agreeing, stop = shared_stop(model, stop)  # a cluster's workers stop at the same step
         callbacks = [recorder, *agreeing, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
-        callbacks += skip_reporter(dataset, run, display, write)  # streamed files that fail to decode
-        if train.fine_tune is not None:  # after the recorder: it may replace the optimizer the recorder set
+        callbacks += skip_reporter(
+            dataset, run, display, write
+        )  # streamed files that fail to decode
+        if (
+            train.fine_tune is not None
+        ):  # after the recorder: it may replace the optimizer the recorder set
             callbacks.insert(1, FineTune(config, steps))
         if train.tensorboard and write:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
         try:
             if state.epoch < train.epochs and not state.stopped_early:
-                model.fit(batches, steps_per_epoch=steps, epochs=train.epochs, initial_epoch=state.epoch,
-                          validation_data=validation, callbacks=callbacks, shuffle=False, verbose=0)
+                model.fit(
+                    batches,
+                    steps_per_epoch=steps,
+                    epochs=train.epochs,
+                    initial_epoch=state.epoch,
+                    validation_data=validation,
+                    callbacks=callbacks,
+                    shuffle=False,
+                    verbose=0,
+                )
         except StopRequested:
             _mark(run, write, "interrupted", recorder.epoch)
             raise Interrupted(
@@ -169,7 +225,8 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
             _mark(run, write, "failed", recorder.epoch)
             raise TrainingFailed(
                 f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
-                f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume {run.path}",
+                f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume "
+                f"{run.path}",
             ) from None
         except Exception as error:  # a collective failed: another worker of the cluster is gone
             lost = worker_lost(error, model, run, recorder.epoch, train.epochs)
@@ -178,11 +235,18 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
             _mark(run, write, "interrupted", recorder.epoch)
             raise lost from None
     result = TrainResult(
-        run=run, epochs_done=recorder.epoch, epochs=train.epochs, monitor=recorder.monitor,
-        best_epoch=recorder.best_epoch, best_value=recorder.best, test={},
+        run=run,
+        epochs_done=recorder.epoch,
+        epochs=train.epochs,
+        monitor=recorder.monitor,
+        best_epoch=recorder.best_epoch,
+        best_value=recorder.best,
+        test={},
         stopped_early=recorder.stopped_early or state.stopped_early,
         seconds=sum(row["seconds"] for row in recorder.rows),
-        images_per_second=recorder.images_per_second(), rows=recorder.rows, written=write,
+        images_per_second=recorder.images_per_second(),
+        rows=recorder.rows,
+        written=write,
     )
     if not write:
         return result
@@ -193,7 +257,9 @@ def _fit(run: Run, model: keras.Model, config: Config, dataset: Dataset, state: 
             "lower train.optimizer.learning_rate (for example {type: Adam, learning_rate: 1e-4})",
         )
     if train.early_stopping and not train.early_stopping.restore_best:
-        atomic_write(run.model, lambda tmp: shutil.copyfile(run.last, tmp))  # the last epoch, as asked
+        atomic_write(
+            run.model, lambda tmp: shutil.copyfile(run.last, tmp)
+        )  # the last epoch, as asked
     tested = time.time()
     result.test = _test(run, config, dataset)
     result.seconds += time.time() - tested
@@ -212,13 +278,20 @@ def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
 def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
     """Evaluate the best model (the file predict will use) on the test split, once, at the end."""
     best = load_model(run.model)
-    test = eval_batches(dataset.x_test, dataset.y_test, batch_size=max(config.train.batch_size, EVAL_BATCH),
-                        num_classes=len(dataset.class_names), one_hot=config.train.one_hot)
+    test = eval_batches(
+        dataset.x_test,
+        dataset.y_test,
+        batch_size=max(config.train.batch_size, EVAL_BATCH),
+        num_classes=len(dataset.class_names),
+        one_hot=config.train.one_hot,
+    )
     values = best.evaluate(test, verbose=0, return_dict=True)
     return {key: round(float(value), 6) for key, value in values.items()}
 
 
 def _need_tensorboard(config: Config) -> None:
     if config.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(f"{config.where(('train', 'tensorboard'))}: needs the tensorboard package",
-                          "pip install tensorboard (or cnnctl[tensorboard]), or set tensorboard: false")
+        raise ConfigError(
+            f"{config.where(('train', 'tensorboard'))}: needs the tensorboard package",
+            "pip install tensorboard (or cnnctl[tensorboard]), or set tensorboard: false",
+        )

@@ -91,15 +91,20 @@ def open_storage(url: str | None, folder: Path) -> Any:
         journal = folder / "journal.log"
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISREG(os.lstat(journal).st_mode):
-                raise CnnctlError(f"{journal}: not a regular file", "move it away; it should hold the study")
+                raise CnnctlError(
+                    f"{journal}: not a regular file", "move it away; it should hold the study"
+                )
         return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                          grace_period=3 * HEARTBEAT_SECONDS)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS
+        )
     except Exception as error:  # SQLAlchemy: a bad URL, a missing driver, a server that is down
-        raise CnnctlError(f"--storage {_hide_password(url)}: cannot open it ({first_line(error)})",
-                          "give an RDB URL such as postgresql://user:password@host/db "
-                          "(its driver installed: psycopg2, pymysql)") from None
+        raise CnnctlError(
+            f"--storage {_hide_password(url)}: cannot open it ({first_line(error)})",
+            "give an RDB URL such as postgresql://user:password@host/db "
+            "(its driver installed: psycopg2, pymysql)",
+        ) from None
 
 
 def _hide_password(url: str) -> str:
@@ -151,7 +156,11 @@ def fail_dead_trials(study: Any, storage: Any) -> list[int]:
     """Mark failed the running trials whose process is gone: here by pid, elsewhere by heartbeat."""
     optuna = load_optuna()
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    dead = [t for t in running if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid"))]
+    dead = [
+        t
+        for t in running
+        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid"))
+    ]
     failed = []
     if dead:
         study_id = storage.get_study_id_from_name(study.study_name)
@@ -208,24 +217,33 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     check_space(config)
     tune = config.tune
     if tune.sampler == "cmaes" and not _has("cmaes"):
-        raise ConfigError(f"{config.where(('tune', 'sampler'))}: the cmaes sampler needs the cmaes package",
-                          "pip install cmaes, or use sampler: tpe")
+        raise ConfigError(
+            f"{config.where(('tune', 'sampler'))}: the cmaes sampler needs the cmaes package",
+            "pip install cmaes, or use sampler: tpe",
+        )
     name = options.study or f"{config.name}-tune"
     if not STUDY_NAME.match(name):
-        raise CnnctlError(f"--name {name!r}: a study name is letters, digits, '.', '_' and '-'",
-                          "for example --name mnist-lr")
+        raise CnnctlError(
+            f"--name {name!r}: a study name is letters, digits, '.', '_' and '-'",
+            "for example --name mnist-lr",
+        )
     folder = _study_folder(options.runs_dir / name)
     storage = open_storage(options.storage, folder)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=tune.direction,
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction=tune.direction, load_if_exists=True
+        )
     except ValueError as error:  # a study of the same name with another direction (or several)
-        raise ConfigError(f"{config.where(('tune', 'metric'))}: study '{name}' exists: {first_line(error)}",
-                          "use --name NEW for a study with another goal") from None
+        raise ConfigError(
+            f"{config.where(('tune', 'metric'))}: study '{name}' exists: {first_line(error)}",
+            "use --name NEW for a study with another goal",
+        ) from None
     if study.direction.name.lower() != tune.direction:
-        raise ConfigError(f"{config.where(('tune', 'metric'))}: study '{name}' was started to "
-                          f"{study.direction.name.lower()}, this config asks to {tune.direction}",
-                          "use --name NEW for a study with another goal")
+        raise ConfigError(
+            f"{config.where(('tune', 'metric'))}: study '{name}' was started to "
+            f"{study.direction.name.lower()}, this config asks to {tune.direction}",
+            "use --name NEW for a study with another goal",
+        )
     check_fingerprint(study, config, str(options.config_file))
     target = options.trials or tune.trials
     if tune.sampler == "grid":
@@ -234,22 +252,40 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     watcher = Watcher(study, config, name, folder, console)
     killed = fail_dead_trials(study, storage)
     done, running = counts(study)
-    console.print(Text(f"study {name} in {folder}: {done} of {target} trials done"
-                       + (f", {running} running elsewhere" if running else "")
-                       + (f"; killed trials marked failed: {killed}" if killed else "")), soft_wrap=True)
+    console.print(
+        Text(
+            f"study {name} in {folder}: {done} of {target} trials done"
+            + (f", {running} running elsewhere" if running else "")
+            + (f"; killed trials marked failed: {killed}" if killed else "")
+        ),
+        soft_wrap=True,
+    )
     interrupted, bad_codes = False, []
     while not interrupted and not bad_codes:
         fail_dead_trials(study, storage)
         done, running = counts(study)
         if done + running >= target or (deadline and time.time() >= deadline):
             break
-        workers = _spawn(min(options.workers, target - done - running), options, config, name, folder,
-                         target, deadline, len(study.get_trials(deepcopy=False)))
+        workers = _spawn(
+            min(options.workers, target - done - running),
+            options,
+            config,
+            name,
+            folder,
+            target,
+            deadline,
+            len(study.get_trials(deepcopy=False)),
+        )
         codes, interrupted = _watch(workers, watcher)
-        bad_codes = [(code, _worker_error(folder / f"worker-{i}.log"))
-                     for i, code in enumerate(codes) if code not in (0, 130) and code > 0]
+        bad_codes = [
+            (code, _worker_error(folder / f"worker-{i}.log"))
+            for i, code in enumerate(codes)
+            if code not in (0, 130) and code > 0
+        ]
         interrupted = interrupted or 130 in codes
-        if counts(study)[0] == done:  # no progress in a whole round: do not start the same failure again
+        if (
+            counts(study)[0] == done
+        ):  # no progress in a whole round: do not start the same failure again
             break
     fail_dead_trials(study, storage)
     watcher.poll()
@@ -257,16 +293,26 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     result.notes += save_plots(study, folder)
     done = counts(study)[0]
     if interrupted:
-        raise Interrupted(f"stopped; {done} of {target} trials are done in {folder}",
-                          f"resume with: {options.resume_command(name)}")
+        raise Interrupted(
+            f"stopped; {done} of {target} trials are done in {folder}",
+            f"resume with: {options.resume_command(name)}",
+        )
     if bad_codes:
         code, message = bad_codes[0]
-        raise TrainingFailed(f"a tune worker stopped with exit code {code}: {message}",
-                             f"fix that, then resume with: {options.resume_command(name)}")
+        raise TrainingFailed(
+            f"a tune worker stopped with exit code {code}: {message}",
+            f"fix that, then resume with: {options.resume_command(name)}",
+        )
     if done < target:
-        why = f"the timeout ({tune.timeout}) passed" if deadline and time.time() >= deadline else "stopped"
-        result.notes.append(f"{why} with {done} of {target} trials done; continue with: "
-                            f"{options.resume_command(name)}")
+        why = (
+            f"the timeout ({tune.timeout}) passed"
+            if deadline and time.time() >= deadline
+            else "stopped"
+        )
+        result.notes.append(
+            f"{why} with {done} of {target} trials done; continue with: "
+            f"{options.resume_command(name)}"
+        )
     return result
 
 
@@ -285,18 +331,30 @@ def _grid_size(tune: TuneConfig) -> int:
 
 def _study_folder(folder: Path) -> Path:
     if (folder / "config.yaml").is_file():
-        raise CnnctlError(f"{folder}: is a run folder, not a study folder",
-                          "pass --name to choose another study name")
+        raise CnnctlError(
+            f"{folder}: is a run folder, not a study folder",
+            "pass --name to choose another study name",
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CnnctlError(f"{folder}: cannot create the study folder ({error.strerror})",
-                          "choose a writable folder with --runs-dir") from None
+        raise CnnctlError(
+            f"{folder}: cannot create the study folder ({error.strerror})",
+            "choose a writable folder with --runs-dir",
+        ) from None
     return folder
 
 
-def _spawn(count: int, options: TuneOptions, config: Config, name: str, folder: Path, target: int,
-           deadline: float | None, known: int) -> list[subprocess.Popen]:
+def _spawn(
+    count: int,
+    options: TuneOptions,
+    config: Config,
+    name: str,
+    folder: Path,
+    target: int,
+    deadline: float | None,
+    known: int,
+) -> list[subprocess.Popen]:
     """Start `count` worker processes, each in its own session (Ctrl-C reaches them through us)."""
     env = dict(os.environ)
     if count > 1:  # share the cores and the GPU instead of each worker taking them all
@@ -306,28 +364,55 @@ def _spawn(count: int, options: TuneOptions, config: Config, name: str, folder: 
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     # Seeds differ between workers, between resumed rounds and (with a shared storage) machines.
     seed = config.seed + 7919 * known + (zlib.crc32(HOST.encode()) if options.storage else 0)
-    spec = {"config": str(options.config_file), "overrides": list(options.overrides), "study": name,
-            "storage": options.storage, "folder": str(folder), "target": target, "deadline": deadline,
-            "parent": os.getpid(), "verbose": options.verbose,
-            "offline": options.offline}
+    spec = {
+        "config": str(options.config_file),
+        "overrides": list(options.overrides),
+        "study": name,
+        "storage": options.storage,
+        "folder": str(folder),
+        "target": target,
+        "deadline": deadline,
+        "parent": os.getpid(),
+        "verbose": options.verbose,
+        "offline": options.offline,
+    }
     workers = []
-    for i in range(count):  # their messages go to worker-N.log: the terminal shows one line per trial
+    for i in range(
+        count
+    ):  # their messages go to worker-N.log: the terminal shows one line per trial
         with _open_log(folder / f"worker-{i}.log") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} starts worker {i}\n")
+            log.write(
+                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} starts worker {i}\n"
+            )
             log.flush()
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "cnnctl.tune_worker",
-                 json.dumps({**spec, "index": i, "seed": (seed + 104729 * i) % 2**31})],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+            workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cnnctl.tune_worker",
+                        json.dumps({**spec, "index": i, "seed": (seed + 104729 * i) % 2**31}),
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
     return workers
 
 
 def _open_log(path: Path) -> Any:
     """A worker's log, appended to; only ever a regular file (a FIFO here would hang us)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    fd = os.open(
+        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666
+    )
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise CnnctlError(f"{path}: not a regular file", "remove it; cnnctl tune writes worker logs there")
+        raise CnnctlError(
+            f"{path}: not a regular file", "remove it; cnnctl tune writes worker logs there"
+        )
     return os.fdopen(fd, "a", encoding="utf-8")
 
 

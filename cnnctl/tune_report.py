@@ -32,17 +32,32 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"study": self.study, "folder": str(self.folder), "metric": self.metric,
-                "direction": self.direction, "trials": self.target, "best": self.best,
-                "best_config": str(self.folder / "best.yaml") if self.best else None,
-                "rows": self.rows, "notes": self.notes}
+        return {
+            "study": self.study,
+            "folder": str(self.folder),
+            "metric": self.metric,
+            "direction": self.direction,
+            "trials": self.target,
+            "best": self.best,
+            "best_config": str(self.folder / "best.yaml") if self.best else None,
+            "rows": self.rows,
+            "notes": self.notes,
+        }
 
 
 class Watcher:
     """Prints one line per finished trial and keeps trials.csv and best.yaml up to date."""
 
-    def __init__(self, study: Any, config: Config, name: str, folder: Path, console: Console) -> None:
-        self.study, self.config, self.name, self.folder, self.console = study, config, name, folder, console
+    def __init__(
+        self, study: Any, config: Config, name: str, folder: Path, console: Console
+    ) -> None:
+        self.study, self.config, self.name, self.folder, self.console = (
+            study,
+            config,
+            name,
+            folder,
+            console,
+        )
         self.tune: TuneConfig = config.tune
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
@@ -64,7 +79,9 @@ class Watcher:
     def _line(self, trial: Any, trials: list[Any]) -> Text:
         state = _state(trial)
         line = Text(f"trial {trial.number:>3}  ")
-        line.append(f"{state:<8}", style={"complete": "green", "pruned": "yellow"}.get(state, "red"))
+        line.append(
+            f"{state:<8}", style={"complete": "green", "pruned": "yellow"}.get(state, "red")
+        )
         value = _value(trial)
         line.append(f"  {self.tune.metric} {_fmt(value)}" if value != "" else "")
         best = self._best(trials)
@@ -86,12 +103,23 @@ class Watcher:
         rows = []
         for trial in trials:
             params = self._params(trial)
-            rows.append({"trial": trial.number, "state": _state(trial), "value": _value(trial),
-                         "seconds": _seconds(trial),
-                         **{key: json.dumps(params[key]) if isinstance(params.get(key), (list, dict))
-                            else params.get(key, "") for key in self.tune.parameters},
-                         "run": trial.user_attrs.get("run", ""), "host": trial.user_attrs.get("host", ""),
-                         "note": _note(trial)})
+            rows.append(
+                {
+                    "trial": trial.number,
+                    "state": _state(trial),
+                    "value": _value(trial),
+                    "seconds": _seconds(trial),
+                    **{
+                        key: json.dumps(params[key])
+                        if isinstance(params.get(key), (list, dict))
+                        else params.get(key, "")
+                        for key in self.tune.parameters
+                    },
+                    "run": trial.user_attrs.get("run", ""),
+                    "host": trial.user_attrs.get("host", ""),
+                    "note": _note(trial),
+                }
+            )
         return rows
 
     def _write_best(self, trials: list[Any]) -> None:
@@ -100,8 +128,10 @@ class Watcher:
             return
         config = trial_config(self.config, self._params(best), f"{self.name}-best")
         path = self.folder / "best.yaml"
-        header = (f"# The best trial of study {self.name}: trial {best.number}, "
-                  f"{self.tune.metric} = {best.value:.6g}\n# Train it with: cnnctl train {path}\n")
+        header = (
+            f"# The best trial of study {self.name}: trial {best.number}, "
+            f"{self.tune.metric} = {best.value:.6g}\n# Train it with: cnnctl train {path}\n"
+        )
         write_text(path, header + dump_config(config))
 
     def result(self, target: int) -> TuneResult:
@@ -110,12 +140,18 @@ class Watcher:
         write_text(self.folder / "trials.csv", rows_to_csv(rows) or "trial\n")
         self._write_best(trials)
         best = self._best(trials)
-        best_row = next((row for row in rows if best is not None and row["trial"] == best.number), None)
-        return TuneResult(self.name, self.folder, self.tune.metric, self.tune.direction, target, rows, best_row)
+        best_row = next(
+            (row for row in rows if best is not None and row["trial"] == best.number), None
+        )
+        return TuneResult(
+            self.name, self.folder, self.tune.metric, self.tune.direction, target, rows, best_row
+        )
 
 
 def _state(trial: Any) -> str:
-    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(trial.state.name, "running")
+    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(
+        trial.state.name, "running"
+    )
 
 
 def _value(trial: Any) -> Any:
@@ -176,8 +212,10 @@ def save_plots(study: Any, folder: Path) -> list[str]:
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     notes = []
-    for file, draw, least in (("history.png", plots.plot_optimization_history, 1),
-                              ("importances.png", plots.plot_param_importances, 2)):
+    for file, draw, least in (
+        ("history.png", plots.plot_optimization_history, 1),
+        ("importances.png", plots.plot_param_importances, 2),
+    ):
         if len(complete) < least:
             notes.append(f"{file}: not drawn; it needs {least} or more completed trials")
             continue
@@ -185,7 +223,10 @@ def save_plots(study: Any, folder: Path) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 figure = draw(study).figure
-                atomic_write(folder / file, lambda tmp, f=figure: f.savefig(tmp, dpi=100, bbox_inches="tight"))
+                atomic_write(
+                    folder / file,
+                    lambda tmp, f=figure: f.savefig(tmp, dpi=100, bbox_inches="tight"),
+                )
         except Exception as error:  # e.g. importances of parameters that never varied
             notes.append(f"{file}: not drawn ({first_line(error)})")
         finally:
@@ -195,9 +236,18 @@ def save_plots(study: Any, folder: Path) -> list[str]:
 
 def summary_table(result: TuneResult, top: int = 10) -> Table:
     """The best trials, best first."""
-    keys = [k for k in result.rows[0] if k not in ("trial", "state", "value", "seconds", "run", "host",
-                                                   "note")] if result.rows else []
-    table = Table(title=f"study {result.study}: {result.metric} ({result.direction})", title_justify="left")
+    keys = (
+        [
+            k
+            for k in result.rows[0]
+            if k not in ("trial", "state", "value", "seconds", "run", "host", "note")
+        ]
+        if result.rows
+        else []
+    )
+    table = Table(
+        title=f"study {result.study}: {result.metric} ({result.direction})", title_justify="left"
+    )
     for column in ("trial", "state", result.metric, "seconds", *_short(keys)):
         table.add_column(column, justify="right" if column != "state" else "left")
     scored = [r for r in result.rows if r["value"] != ""]

@@ -33,7 +33,9 @@ def _parts(key: str) -> list[str | int]:
     parts: list[str | int] = []
     for part in key.split("."):
         if not part:
-            raise PathError(f"empty name in '{key}'", "write paths as --set does: model.layers.0.filters")
+            raise PathError(
+                f"empty name in '{key}'", "write paths as --set does: model.layers.0.filters"
+            )
         parts.append(int(part) if part.isascii() and part.isdigit() else part)
     return parts
 
@@ -50,14 +52,20 @@ def set_path(data: dict, key: str, value: Any) -> None:
         here = dotted(tuple(parts[: depth + 1]))
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
-                raise PathError(f"{here}: no such list item (the list has {len(node)})",
-                                f"use an index from 0 to {len(node) - 1}" if node else "the list is empty")
+                raise PathError(
+                    f"{here}: no such list item (the list has {len(node)})",
+                    f"use an index from 0 to {len(node) - 1}" if node else "the list is empty",
+                )
         elif not isinstance(node, dict):
-            raise PathError(f"{dotted(tuple(parts[:depth]))} is a single value, not a section",
-                            "a path ends at the value it sets")
+            raise PathError(
+                f"{dotted(tuple(parts[:depth]))} is a single value, not a section",
+                "a path ends at the value it sets",
+            )
         elif isinstance(part, int):
-            raise PathError(f"{dotted(tuple(parts[:depth]))} is a section, not a list",
-                            f"keys here: {', '.join(map(str, node))}")
+            raise PathError(
+                f"{dotted(tuple(parts[:depth]))} is a section, not a list",
+                f"keys here: {', '.join(map(str, node))}",
+            )
         if depth == len(parts) - 1:
             node[part] = value
             return
@@ -94,7 +102,9 @@ def inner_message(error: ConfigError) -> str:
 
 def _encode(value: Any) -> Any:
     """Optuna's choices are plain scalars; a list such as [3, 3] travels as its JSON text."""
-    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return (
+        value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    )
 
 
 def decode(spec: ParamSpec, raw: Any) -> Any:
@@ -112,8 +122,9 @@ def suggest_value(trial: Any, key: str, spec: ParamSpec) -> Any:
         return decode(spec, trial.suggest_categorical(key, [_encode(v) for v in spec.values or []]))
     if spec.type == "int":
         return trial.suggest_int(key, spec.low, spec.high, step=spec.step or 1, log=spec.log)
-    return trial.suggest_float(key, spec.low, spec.high, step=spec.step,
-                               log=spec.type == "loguniform")
+    return trial.suggest_float(
+        key, spec.low, spec.high, step=spec.step, log=spec.type == "loguniform"
+    )
 
 
 def extremes(spec: ParamSpec) -> list[tuple[str, Any]]:
@@ -170,8 +181,9 @@ def check_space(config: Config) -> None:
                 hint = error.hint
                 if isinstance(value, float) and "valid integer" in error.message:
                     hint = "for whole numbers use type: int (or type: choice)"
-                raise ConfigError(f"{where}: {value!r} makes the config invalid: {inner_message(error)}",
-                                  hint) from None
+                raise ConfigError(
+                    f"{where}: {value!r} makes the config invalid: {inner_message(error)}", hint
+                ) from None
     keras.backend.clear_session()
 
 
@@ -181,8 +193,10 @@ def _place(place: str) -> tuple:
 
 def _tune(config: Config) -> TuneConfig:
     if config.tune is None:
-        raise ConfigError(f"{config.file}: has no tune: section to search with",
-                          "add one (see the README's 'Hyperparameter search'), then run cnnctl tune again")
+        raise ConfigError(
+            f"{config.file}: has no tune: section to search with",
+            "add one (see the README's 'Hyperparameter search'), then run cnnctl tune again",
+        )
     return config.tune
 
 
@@ -191,7 +205,8 @@ def _check_metric(config: Config, tune: TuneConfig) -> None:
     known += [f"val_{name}" for name in known]
     if tune.metric not in known:
         raise ConfigError(
-            f"{config.where(('tune', 'metric'))}: '{tune.metric}' is not logged{suggest(tune.metric, known)}",
+            f"{config.where(('tune', 'metric'))}: '{tune.metric}' is not "
+            f"logged{suggest(tune.metric, known)}",
             f"choose one of: {', '.join(known)}",
         )
 
@@ -201,10 +216,13 @@ def _check_grid(config: Config, tune: TuneConfig) -> None:
     for key, values in grid(tune).items():
         if not values:
             raise ConfigError(
-                f"{config.where(('tune', 'parameters', key))}: the grid sampler needs a finite list here",
+                f"{config.where(('tune', 'parameters', key))}: the grid sampler needs a finite "
+                "list here",
                 "use type: choice, type: int, or give a step:",
             )
         size *= len(values)
     if size > MAX_GRID:
-        raise ConfigError(f"{config.where(('tune', 'parameters'))}: the grid has {size:,} points",
-                          f"keep it under {MAX_GRID:,}, or use sampler: tpe")
+        raise ConfigError(
+            f"{config.where(('tune', 'parameters'))}: the grid has {size:,} points",
+            f"keep it under {MAX_GRID:,}, or use sampler: tpe",
+        )

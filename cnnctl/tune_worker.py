@@ -70,18 +70,27 @@ def work(spec: dict[str, Any]) -> int:
     config = load_config(Path(spec["config"]), tuple(spec["overrides"]))
     folder = Path(spec["folder"])
     storage = open_storage(spec["storage"], folder)
-    study = optuna.load_study(study_name=spec["study"], storage=storage,
-                              sampler=make_sampler(config.tune, spec["seed"]),
-                              pruner=make_pruner(config.tune, config.train.epochs))
+    study = optuna.load_study(
+        study_name=spec["study"],
+        storage=storage,
+        sampler=make_sampler(config.tune, spec["seed"]),
+        pruner=make_pruner(config.tune, config.train.epochs),
+    )
     check_fingerprint(study, config, spec["config"])
     while spec["deadline"] is None or time.time() < spec["deadline"]:
-        with _lock(folder / ".tune.lock"):  # counting and asking as one step: no trial too many here
+        with _lock(
+            folder / ".tune.lock"
+        ):  # counting and asking as one step: no trial too many here
             fail_dead_trials(study, storage)
             done, running = counts(study)
             if done + running >= spec["target"]:
                 break
             trial = study.ask()
-            for key, value in (("host", HOST), ("pid", os.getpid()), ("run", f"trial-{trial.number:03d}")):
+            for key, value in (
+                ("host", HOST),
+                ("pid", os.getpid()),
+                ("run", f"trial-{trial.number:03d}"),
+            ):
                 trial.set_user_attr(key, value)
         run_trial(study, storage, trial, config, folder, bool(spec.get("offline")))
         keras.backend.clear_session()
@@ -89,7 +98,9 @@ def work(spec: dict[str, Any]) -> int:
     return 0
 
 
-def run_trial(study: Any, storage: Any, trial: Any, config: Config, folder: Path, offline: bool = False) -> None:
+def run_trial(
+    study: Any, storage: Any, trial: Any, config: Config, folder: Path, offline: bool = False
+) -> None:
     """Train one trial into `folder/trial-NNN` and tell the study how it went."""
     from cnnctl.train import train_run
 
@@ -119,7 +130,9 @@ def run_trial(study: Any, storage: Any, trial: Any, config: Config, folder: Path
         set_status(result.run, "pruned", epochs_done=result.epochs_done)
         _tell(study, trial, state=states.PRUNED)
         return
-    scores = [row[tune.metric] for row in result.rows if math.isfinite(row.get(tune.metric, math.nan))]
+    scores = [
+        row[tune.metric] for row in result.rows if math.isfinite(row.get(tune.metric, math.nan))
+    ]
     if not scores:
         _fail(study, trial, "error", f"training logged no {tune.metric}")
         return
@@ -147,7 +160,8 @@ def _heartbeat(storage: Any, study: Any, trial: Any) -> Iterator[None]:
         yield
         return
     trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), trial.number)
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
     stop = threading.Event()
 
     def beat() -> None:
@@ -171,7 +185,9 @@ def _lock(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CnnctlError(f"{path}: not a regular file", "remove it; cnnctl tune makes it again")
+            raise CnnctlError(
+                f"{path}: not a regular file", "remove it; cnnctl tune makes it again"
+            )
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

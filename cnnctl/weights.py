@@ -32,21 +32,37 @@ def check_npz_file(path: Path, npz_path: Path) -> None:
     try:
         with zipfile.ZipFile(npz_path) as npz:
             members = npz.infolist()
-            refuse_over("members", len(members), str(path), "its weights have too many arrays",
-                        ModelFileError)
-            refuse_over("bytes", sum(i.file_size for i in members), str(path),
-                        "its weights unpack to too many bytes", ModelFileError)
+            refuse_over(
+                "members",
+                len(members),
+                str(path),
+                "its weights have too many arrays",
+                ModelFileError,
+            )
+            refuse_over(
+                "bytes",
+                sum(i.file_size for i in members),
+                str(path),
+                "its weights unpack to too many bytes",
+                ModelFileError,
+            )
             for info in members:
                 with npz.open(info) as member:
                     shape, dtype = npy_header(member)
                 if dtype.hasobject:
-                    raise ModelFileError(f"{path}: refused: weights '{info.filename}' hold Python objects")
+                    raise ModelFileError(
+                        f"{path}: refused: weights '{info.filename}' hold Python objects"
+                    )
                 declared = math.prod(shape) * dtype.itemsize
                 if declared > info.file_size:
-                    raise ModelFileError(f"{path}: refused: weights '{info.filename}' declare "
-                                         f"{declared:,} bytes but hold {info.file_size:,} (a shape bomb?)")
+                    raise ModelFileError(
+                        f"{path}: refused: weights '{info.filename}' declare "
+                        f"{declared:,} bytes but hold {info.file_size:,} (a shape bomb?)"
+                    )
     except ModelFileError:
         raise
     except Exception as error:  # zipfile and numpy raise many types on damaged data
-        raise ModelFileError(f"{path}: damaged weights ({type(error).__name__}: {first_line(error)})",
-                             "the file is damaged; save or download it again") from None
+        raise ModelFileError(
+            f"{path}: damaged weights ({type(error).__name__}: {first_line(error)})",
+            "the file is damaged; save or download it again",
+        ) from None

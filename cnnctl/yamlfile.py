@@ -111,8 +111,10 @@ def _construct(node: yaml.Node, loader: _Loader, source: Source, path: Path_, bu
     try:
         return loader.construct_object(node, deep=True)
     except ValueError as error:  # e.g. an integer of 100,000 digits (Python refuses > 4,300)
-        raise ConfigError(f"{_at(source, node)}: {str(error).splitlines()[0][:100]}",
-                          "configs hold plain values: write a shorter number") from None
+        raise ConfigError(
+            f"{_at(source, node)}: {str(error).splitlines()[0][:100]}",
+            "configs hold plain values: write a shorter number",
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(
             f"{_at(source, node)}: {getattr(error, 'problem', error)}",
@@ -137,17 +139,25 @@ def parse_yaml(text: str, source: Source) -> Any:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        where = f"{source.file}:{mark.line + 1}:{mark.column + 1}" if mark and source.has_lines else source.file
+        where = (
+            f"{source.file}:{mark.line + 1}:{mark.column + 1}"
+            if mark and source.has_lines
+            else source.file
+        )
         raise ConfigError(
             f"{where}: invalid YAML: {error.problem or error.context}",
             "check the indentation and quoting on this line and the one above",
         ) from error
     except yaml.YAMLError as error:  # e.g. a control character the YAML reader refuses
-        raise ConfigError(f"{source.file}: invalid YAML: {str(error).splitlines()[-1].strip()}",
-                          "remove control characters; save the file as plain UTF-8 text") from error
+        raise ConfigError(
+            f"{source.file}: invalid YAML: {str(error).splitlines()[-1].strip()}",
+            "remove control characters; save the file as plain UTF-8 text",
+        ) from error
     except RecursionError:  # thousands of nested [ or { exhaust PyYAML's recursive composer
-        raise ConfigError(f"{source.file}: nested more than {MAX_DEPTH} levels deep",
-                          "a config is a few levels deep; check the brackets") from None
+        raise ConfigError(
+            f"{source.file}: nested more than {MAX_DEPTH} levels deep",
+            "a config is a few levels deep; check the brackets",
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -166,7 +176,9 @@ def read_config_file(path: Path) -> tuple[Any, Source]:
     with open_regular(path, ConfigError) as stream:  # a FIFO or /dev/zero would never end
         size = os.fstat(stream.fileno()).st_size
         if size > MAX_FILE_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes is too large for a config (limit {MAX_FILE_BYTES:,})")
+            raise ConfigError(
+                f"{path}: {size:,} bytes is too large for a config (limit {MAX_FILE_BYTES:,})"
+            )
         data = stream.read(MAX_FILE_BYTES + 1)
     try:
         text = data.decode("utf-8")

@@ -20,7 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an array as an IDX file (uint8), gzipped, as MNIST ships."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", n) for n in array.shape
+    )
     with gzip.open(path, "wb") as stream:
         stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
@@ -30,8 +32,10 @@ def mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
     """The real MNIST test set: 10,000 digits (28x28 uint8) and labels."""
     from cnnctl.data.sources import read_idx
 
-    return (read_idx(MNIST_TEST_SET / "t10k-images-idx3-ubyte.gz"),
-            read_idx(MNIST_TEST_SET / "t10k-labels-idx1-ubyte.gz"))
+    return (
+        read_idx(MNIST_TEST_SET / "t10k-images-idx3-ubyte.gz"),
+        read_idx(MNIST_TEST_SET / "t10k-labels-idx1-ubyte.gz"),
+    )
 
 
 @pytest.fixture(scope="session")

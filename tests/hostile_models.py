@@ -35,8 +35,12 @@ def _add_layer(layer: dict) -> Callable[[dict], None]:
 
 def _module_gadget(config: dict) -> None:
     # CVE-2025-1550 style: a config naming an arbitrary module and function
-    _layers(config)[1] = {"module": "os", "class_name": "system", "config": {"command": "touch pwned"},
-                          "registered_name": None}
+    _layers(config)[1] = {
+        "module": "os",
+        "class_name": "system",
+        "config": {"command": "touch pwned"},
+        "registered_name": None,
+    }
 
 
 def _custom_object(config: dict) -> None:
@@ -49,10 +53,12 @@ def _zip_bomb(good: Path, target: Path) -> None:
     data = bytearray(target.read_bytes())
     start = data.find(b"PK\x01\x02")  # central directory entries
     while start != -1:
-        name_length = struct.unpack("<H", data[start + 28: start + 30])[0]
-        name = data[start + 46: start + 46 + name_length]
+        name_length = struct.unpack("<H", data[start + 28 : start + 30])[0]
+        name = data[start + 46 : start + 46 + name_length]
         if name == b"model.weights.h5":
-            data[start + 24: start + 28] = struct.pack("<I", 0xFFFFFFF0)  # uncompressed size: ~4 GB
+            data[start + 24 : start + 28] = struct.pack(
+                "<I", 0xFFFFFFF0
+            )  # uncompressed size: ~4 GB
         start = data.find(b"PK\x01\x02", start + 4)
     target.write_bytes(bytes(data))
 
@@ -68,7 +74,11 @@ def _shape_bomb(good: Path, target: Path) -> None:
         h5.create_dataset("layers/dense/vars/0", shape=(10**6, 10**6), dtype="f4", chunks=(1, 1))
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
         for info in source.infolist():
-            data = buffer.getvalue() if info.filename == "model.weights.h5" else source.read(info.filename)
+            data = (
+                buffer.getvalue()
+                if info.filename == "model.weights.h5"
+                else source.read(info.filename)
+            )
             out.writestr(info.filename, data)
 
 
@@ -89,7 +99,9 @@ def _nested(good: Path, target: Path) -> None:
     deep = b'{"class_name": "Sequential", "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
         for info in source.infolist():
-            out.writestr(info, deep if info.filename == "config.json" else source.read(info.filename))
+            out.writestr(
+                info, deep if info.filename == "config.json" else source.read(info.filename)
+            )
 
 
 def _text(good: Path, target: Path) -> None:
@@ -108,7 +120,9 @@ def _no_config(good: Path, target: Path) -> None:
 def _bad_json(good: Path, target: Path) -> None:
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
         for info in source.infolist():
-            out.writestr(info, b"{not json" if info.filename == "config.json" else source.read(info.filename))
+            out.writestr(
+                info, b"{not json" if info.filename == "config.json" else source.read(info.filename)
+            )
 
 
 def _config(change: Callable[[dict], None]) -> Callable[[Path, Path], None]:
@@ -116,20 +130,70 @@ def _config(change: Callable[[dict], None]) -> Callable[[Path, Path], None]:
 
 
 CORPUS: dict[str, tuple[Callable[[Path, Path], None], int, str]] = {
-    "lambda.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "Lambda", "config": {
-        "function": {"class_name": "__lambda__", "config": {"code": "b'evil'"}}}, "registered_name": None})),
-        2, "refused: it contains a Lambda layer, which can run code"),
-    "tfsmlayer.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "TFSMLayer",
-                                            "config": {"filepath": "/tmp/x"}, "registered_name": None})),
-                        2, "refused: it contains a TFSMLayer layer"),
-    "torch.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "TorchModuleWrapper",
-                                        "config": {}, "registered_name": None})),
-                    2, "refused: it contains a TorchModuleWrapper layer"),
-    "lookup.keras": (_config(_add_layer({"module": "keras.layers", "class_name": "StringLookup",
-                                         "config": {"vocabulary": "/etc/passwd"}, "registered_name": None})),
-                     2, "refused: it contains a StringLookup layer"),
+    "lambda.keras": (
+        _config(
+            _add_layer(
+                {
+                    "module": "keras.layers",
+                    "class_name": "Lambda",
+                    "config": {
+                        "function": {"class_name": "__lambda__", "config": {"code": "b'evil'"}}
+                    },
+                    "registered_name": None,
+                }
+            )
+        ),
+        2,
+        "refused: it contains a Lambda layer, which can run code",
+    ),
+    "tfsmlayer.keras": (
+        _config(
+            _add_layer(
+                {
+                    "module": "keras.layers",
+                    "class_name": "TFSMLayer",
+                    "config": {"filepath": "/tmp/x"},
+                    "registered_name": None,
+                }
+            )
+        ),
+        2,
+        "refused: it contains a TFSMLayer layer",
+    ),
+    "torch.keras": (
+        _config(
+            _add_layer(
+                {
+                    "module": "keras.layers",
+                    "class_name": "TorchModuleWrapper",
+                    "config": {},
+                    "registered_name": None,
+                }
+            )
+        ),
+        2,
+        "refused: it contains a TorchModuleWrapper layer",
+    ),
+    "lookup.keras": (
+        _config(
+            _add_layer(
+                {
+                    "module": "keras.layers",
+                    "class_name": "StringLookup",
+                    "config": {"vocabulary": "/etc/passwd"},
+                    "registered_name": None,
+                }
+            )
+        ),
+        2,
+        "refused: it contains a StringLookup layer",
+    ),
     "module.keras": (_config(_module_gadget), 2, "refused: it names code from module 'os'"),
-    "custom.keras": (_config(_custom_object), 2, "refused: it needs the custom object 'my_package>EvilDense'"),
+    "custom.keras": (
+        _config(_custom_object),
+        2,
+        "refused: it needs the custom object 'my_package>EvilDense'",
+    ),
     "zipbomb.keras": (_zip_bomb, 2, "(a zip bomb?)"),
     "shapebomb.keras": (_shape_bomb, 2, "(a shape bomb?)"),
     "traversal.keras": (_traversal, 2, "points outside the archive"),
@@ -158,17 +222,24 @@ def patch_central(path: Path, member: str, **fields: int) -> None:
     data = bytearray(path.read_bytes())
     start = data.find(b"PK\x01\x02")
     while start != -1:
-        name_length = struct.unpack("<H", data[start + 28: start + 30])[0]
-        if data[start + 46: start + 46 + name_length] == member.encode():
+        name_length = struct.unpack("<H", data[start + 28 : start + 30])[0]
+        if data[start + 46 : start + 46 + name_length] == member.encode():
             for key, value in fields.items():
                 offset, fmt = offsets[key]
-                data[start + offset: start + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+                data[start + offset : start + offset + struct.calcsize(fmt)] = struct.pack(
+                    fmt, value
+                )
         start = data.find(b"PK\x01\x02", start + 4)
     path.write_bytes(bytes(data))
 
 
-def rebuild(good: Path, target: Path, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None,
-            change: Callable[[dict], None] | None = None) -> Path:
+def rebuild(
+    good: Path,
+    target: Path,
+    drop: tuple[str, ...] = (),
+    add: dict[str, bytes] | None = None,
+    change: Callable[[dict], None] | None = None,
+) -> Path:
     """A copy of `good` without the members `drop`, with `add`, its config changed by `change`."""
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
         for info in source.infolist():
@@ -192,8 +263,9 @@ def npy_bomb() -> bytes:
     import numpy as np
 
     npy = io.BytesIO()
-    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False,
-                                               "shape": (2**31,)})
+    np.lib.format.write_array_header_1_0(
+        npy, {"descr": "<f4", "fortran_order": False, "shape": (2**31,)}
+    )
     npy.write(b"\0" * 16)
     npz = io.BytesIO()
     with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -206,12 +278,17 @@ def png_header_bomb(path: Path, width: int = 14142, height: int = 14142, depth: 
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     rows = zlib.compress(b"\0" * (1 + width * depth // 8) * 64)  # the first 64 rows only
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
-                                                                       0, 0, 0, 0))
-                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -228,8 +305,11 @@ def wide_dense(config: dict) -> None:
 
 def huge_build_input(config: dict) -> None:
     """No Input layer; the model's build_config says each input holds 10 million values."""
-    config["config"]["layers"] = [layer for layer in _layers(config)
-                                  if layer["class_name"] not in ("InputLayer", "Rescaling", "Flatten")]
+    config["config"]["layers"] = [
+        layer
+        for layer in _layers(config)
+        if layer["class_name"] not in ("InputLayer", "Rescaling", "Flatten")
+    ]
     for layer in _layers(config):
         layer.pop("build_config", None)
     config["build_config"] = {"input_shape": [None, 10_000_000]}
@@ -238,8 +318,12 @@ def huge_build_input(config: dict) -> None:
 
 def deserialize_activation(config: dict) -> None:
     """An activation naming the function `keras.layers.deserialize` (a function, not a class)."""
-    _dense_layer(config)["config"]["activation"] = {"module": "keras.layers", "class_name": "deserialize",
-                                                    "config": {}, "registered_name": None}
+    _dense_layer(config)["config"]["activation"] = {
+        "module": "keras.layers",
+        "class_name": "deserialize",
+        "config": {},
+        "registered_name": None,
+    }
 
 
 def flip_bytes(data: bytes, seed: int, count: int = 8) -> bytes:

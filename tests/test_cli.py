@@ -21,8 +21,10 @@ CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 
 
 def test_help_answers_without_importing_tensorflow():
-    code = "import sys; from cnnctl.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
-           "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'"
+    code = (
+        "import sys; from cnnctl.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Train convolutional neural networks described in YAML" in done.stdout
@@ -31,7 +33,11 @@ def test_help_answers_without_importing_tensorflow():
 def test_validate_prints_layers_and_parameter_count(runner):
     result = runner.invoke(main, ["validate", str(REPO / "configs" / "mnist.yaml")])
     assert result.exit_code == 0, result.output
-    assert "693,962" in result.stdout and "(Conv2D)" in result.stdout and "(None, 13, 13, 32)" in result.stdout
+    assert (
+        "693,962" in result.stdout
+        and "(Conv2D)" in result.stdout
+        and "(None, 13, 13, 32)" in result.stdout
+    )
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "folder_example"])
@@ -43,12 +49,21 @@ def test_shipped_configs_are_valid(runner, name):
 BAD_CASES = [
     ("data:\n  dataset: mnist\n model: {}\n", ["validate", "x.yaml"], "x.yaml:3:2: invalid YAML"),
     (SMALL + "extra: 1\n", ["validate", "x.yaml"], "x.yaml:21:1: extra: unknown key"),
-    (SMALL.replace("type: Conv2D", "type: Conv2d"), ["validate", "x.yaml"],
-     "x.yaml:8:13: model.layers[0].type: unknown layer type 'Conv2d' (did you mean 'Conv2D'?)"),
-    (SMALL.replace("filters: 8", "filter: 8"), ["validate", "x.yaml"],
-     "x.yaml:9:7: model.layers[0].filter: unknown argument of Conv2D (did you mean 'filters'?)"),
-    (SMALL.replace("epochs: 2", "epochs: ten"), ["train", "x.yaml"],
-     "x.yaml:19:11: train.epochs: Input should be a valid integer (got 'ten')"),
+    (
+        SMALL.replace("type: Conv2D", "type: Conv2d"),
+        ["validate", "x.yaml"],
+        "x.yaml:8:13: model.layers[0].type: unknown layer type 'Conv2d' (did you mean 'Conv2D'?)",
+    ),
+    (
+        SMALL.replace("filters: 8", "filter: 8"),
+        ["validate", "x.yaml"],
+        "x.yaml:9:7: model.layers[0].filter: unknown argument of Conv2D (did you mean 'filters'?)",
+    ),
+    (
+        SMALL.replace("epochs: 2", "epochs: ten"),
+        ["train", "x.yaml"],
+        "x.yaml:19:11: train.epochs: Input should be a valid integer (got 'ten')",
+    ),
     (None, ["train", "missing.yaml"], "missing.yaml: no such config file"),
     (SMALL.replace("dataset: mnist", "dataset: fashion_mnist"), ["train", "x.yaml"], None),
     (None, ["evaluate"], "Error: no runs in runs/ yet"),
@@ -58,11 +73,26 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "args", "expected"), BAD_CASES,
-                         ids=["yaml-syntax", "unknown-top-key", "unknown-layer", "misspelled-arg", "wrong-type",
-                              "missing-config", "missing-dataset", "evaluate-no-run", "predict-no-run", "bad-set",
-                              "resume-unknown"])
-def test_user_mistakes_are_short_errors_with_exit_2(runner, write, monkeypatch, tmp_path, text, args, expected):
+@pytest.mark.parametrize(
+    ("text", "args", "expected"),
+    BAD_CASES,
+    ids=[
+        "yaml-syntax",
+        "unknown-top-key",
+        "unknown-layer",
+        "misspelled-arg",
+        "wrong-type",
+        "missing-config",
+        "missing-dataset",
+        "evaluate-no-run",
+        "predict-no-run",
+        "bad-set",
+        "resume-unknown",
+    ],
+)
+def test_user_mistakes_are_short_errors_with_exit_2(
+    runner, write, monkeypatch, tmp_path, text, args, expected
+):
     write("x.yaml", text if text is not None else SMALL)
     if expected is None:  # the built-in Fashion-MNIST, made unreachable on purpose
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nothing"))
@@ -124,7 +154,12 @@ def test_train_evaluate_predict_agree_on_png_files(runner, small_config, mnist_t
     listed = runner.invoke(main, ["runs", "--json"])
     assert listed.exit_code == 0
     [run] = json.loads(listed.stdout)
-    assert (run["name"], run["status"], run["epochs_done"], run["epochs"]) == ("small", "finished", 2, 2)
+    assert (run["name"], run["status"], run["epochs_done"], run["epochs"]) == (
+        "small",
+        "finished",
+        2,
+        2,
+    )
     assert run["test_accuracy"] == summary["test"]["accuracy"]
     table = runner.invoke(main, ["runs"]).stdout
     assert "small" in table and "2/2" in table and "finished" in table
@@ -133,20 +168,32 @@ def test_train_evaluate_predict_agree_on_png_files(runner, small_config, mnist_t
 def test_a_user_types_the_commands(small_config, tmp_path, mnist_test_set):
     """End to end through real subprocesses, the way a person runs cnnctl."""
     env = {**os.environ}
-    done = subprocess.run([*CNNCTL, "train", str(small_config), "--epochs", "1", "--name", "typed"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [*CNNCTL, "train", str(small_config), "--epochs", "1", "--name", "typed"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "run saved to runs/typed" in done.stdout and "test:" in done.stdout
-    # TensorFlow's start-up chatter is silenced; what is left is ours: the test data is a subset of MNIST
-    assert done.stderr.strip().startswith("warning: ") and "differ from the official mnist files" in done.stderr
+    # TensorFlow's start-up chatter is silenced; what is left is ours: the test data is a subset of
+    # MNIST
+    assert (
+        done.stderr.strip().startswith("warning: ")
+        and "differ from the official mnist files" in done.stderr
+    )
     assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
     Image.fromarray(mnist_test_set[0][9000]).save(tmp_path / "digit.png")
-    done = subprocess.run([*CNNCTL, "predict", "digit.png"], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [*CNNCTL, "predict", "digit.png"], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert "digit.png" in done.stdout and str(mnist_test_set[1][9000]) in done.stdout
 
 
-# --------------------------------------------------------------------------- rough edges a new user met
+# --------------------------------------------------------------------------- rough edges a new user
+# met
 
 
 def digit_png(mnist_test_set, path: Path, index: int = 0) -> Path:
@@ -154,21 +201,30 @@ def digit_png(mnist_test_set, path: Path, index: int = 0) -> Path:
     return path
 
 
-def test_predict_in_a_pipe_prints_one_full_line_per_image(runner, run_copy, tmp_path, mnist_test_set):
+def test_predict_in_a_pipe_prints_one_full_line_per_image(
+    runner, run_copy, tmp_path, mnist_test_set
+):
     folder = tmp_path / "pictures" / ("a-rather-long-folder-name-" * 3)
     folder.mkdir(parents=True)
     for i in range(3):
         digit_png(mnist_test_set, folder / f"digit-{i}.png", i)
-    result = runner.invoke(main, ["predict", str(tmp_path / "pictures"), "--runs-dir", str(run_copy)],
-                           env={"COLUMNS": "60"})
+    result = runner.invoke(
+        main,
+        ["predict", str(tmp_path / "pictures"), "--runs-dir", str(run_copy)],
+        env={"COLUMNS": "60"},
+    )
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()[2:]
     assert len(rows) == 3 and all(f"digit-{i}.png" in row for i, row in enumerate(rows))
-    assert all(row.lstrip().startswith("a-rather-long-folder-name-" * 3) for row in rows)  # relative
+    assert all(
+        row.lstrip().startswith("a-rather-long-folder-name-" * 3) for row in rows
+    )  # relative
     assert "predicting with" in result.stderr and "small/model.keras" in result.stderr
 
 
-def test_an_empty_run_is_resumed_from_the_start_and_skipped_by_default(runner, run_copy, small_config):
+def test_an_empty_run_is_resumed_from_the_start_and_skipped_by_default(
+    runner, run_copy, small_config
+):
     empty = run_copy / "e"  # what Ctrl-C before the end of the first epoch leaves
     empty.mkdir()
     (empty / "checkpoints").mkdir()
@@ -186,10 +242,20 @@ def test_an_empty_run_is_resumed_from_the_start_and_skipped_by_default(runner, r
 
 def test_json_stdout_holds_only_json_when_keras_downloads(write, tmp_path):
     config = write("c.yaml", SMALL.replace("dataset: mnist", "dataset: cifar10"))
-    env = {**os.environ, "CNNCTL_DATA_DIR": str(tmp_path / "none"), "KERAS_HOME": str(tmp_path / "kh")}
+    env = {
+        **os.environ,
+        "CNNCTL_DATA_DIR": str(tmp_path / "none"),
+        "KERAS_HOME": str(tmp_path / "kh"),
+    }
     env.pop("CNNCTL_OFFLINE", None)
-    done = subprocess.run([*CNNCTL, "datasets", "check", str(config), "--json"], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [*CNNCTL, "datasets", "check", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert "Downloading data from" in done.stderr  # Keras tried (and this machine has no internet)
     assert done.stdout == "" or json.loads(done.stdout)
     assert done.returncode in (0, 2), done.stderr
@@ -197,7 +263,9 @@ def test_json_stdout_holds_only_json_when_keras_downloads(write, tmp_path):
 
 def test_predict_output_into_a_new_folder(runner, run_copy, tmp_path, mnist_test_set):
     png = digit_png(mnist_test_set, tmp_path / "d.png")
-    result = runner.invoke(main, ["predict", str(png), "--runs-dir", str(run_copy), "--output", "new/dir/p.csv"])
+    result = runner.invoke(
+        main, ["predict", str(png), "--runs-dir", str(run_copy), "--output", "new/dir/p.csv"]
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 1 prediction to new/dir/p.csv" in result.stderr
     assert Path("new/dir/p.csv").read_text().startswith("path,label,probability")
@@ -211,7 +279,9 @@ def test_evaluate_keeps_the_test_report_and_names_what_it_scored(runner, run_cop
     assert other.exit_code == 0, other.output
     assert "on the train split of its run's data" in other.stderr
     assert (run_copy / "small" / "evaluation.json").read_text() == test_report
-    assert json.loads((run_copy / "small" / "evaluation-train.json").read_text())["split"] == "train"
+    assert (
+        json.loads((run_copy / "small" / "evaluation-train.json").read_text())["split"] == "train"
+    )
     assert (run_copy / "small" / "confusion_matrix-train.png").is_file()
 
 
@@ -228,7 +298,9 @@ def test_global_options_work_after_the_command(runner, run_copy, tmp_path):
     listed = runner.invoke(main, ["runs", "--runs-dir", str(run_copy), "--json"])
     assert listed.exit_code == 0, listed.output
     assert [r["name"] for r in json.loads(listed.stdout)] == ["small"]
-    failed = runner.invoke(main, ["predict", "--debug", "--runs-dir", str(run_copy), str(tmp_path / "none.png")])
+    failed = runner.invoke(
+        main, ["predict", "--debug", "--runs-dir", str(run_copy), str(tmp_path / "none.png")]
+    )
     assert failed.exit_code == 2 and "none.png" in failed.stderr
 
 
@@ -239,12 +311,22 @@ def test_runs_best_is_the_monitored_value_of_the_saved_epoch(runner, run_copy):
     assert listed["best_epoch"] == summary["best_epoch"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("name: x\ndata: {dataset: mnist}\nmodle: {input_shape: [28, 28, 1], layers: [Flatten]}\n",
-     "c.yaml:3:1: modle: unknown key (did you mean 'model'?), and `model:` is missing"),
-    (SMALL + "  optimizer: adamm\n",
-     "c.yaml:21:14: train.optimizer.type: unknown optimizer type 'adamm' (did you mean 'Adam'?)"),
-], ids=["top-level-typo", "optimizer-case"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "name: x\ndata: {dataset: mnist}\nmodle: {input_shape: [28, 28, 1], layers: "
+            "[Flatten]}\n",
+            "c.yaml:3:1: modle: unknown key (did you mean 'model'?), and `model:` is missing",
+        ),
+        (
+            SMALL + "  optimizer: adamm\n",
+            "c.yaml:21:14: train.optimizer.type: unknown optimizer type 'adamm' (did you mean "
+            "'Adam'?)",
+        ),
+    ],
+    ids=["top-level-typo", "optimizer-case"],
+)
 def test_config_typos_get_the_right_suggestion(runner, write, text, message):
     result = runner.invoke(main, ["validate", str(write("c.yaml", text))])
     assert result.exit_code == 2 and message in result.stderr, result.stderr
@@ -259,7 +341,9 @@ def test_small_rough_edges(runner, run_copy, tmp_path, mnist_test_set):
     assert conflict.exit_code == 2 and "--json and --format csv disagree" in conflict.stderr
     (tmp_path / "empty.png").write_bytes(b"")
     png = digit_png(mnist_test_set, tmp_path / "d.png")
-    result = runner.invoke(main, ["predict", str(png), str(tmp_path / "empty.png"), "--runs-dir", str(run_copy)])
+    result = runner.invoke(
+        main, ["predict", str(png), str(tmp_path / "empty.png"), "--runs-dir", str(run_copy)]
+    )
     assert result.exit_code == 1 and "empty.png: empty file" in result.stderr
     assert "1 unreadable file\n" in result.stderr
     for n in range(7):

@@ -44,10 +44,16 @@ COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def start(args: list[str], folder: Path, env: dict[str, str]) -> list[subprocess.Popen]:
     """Two workers of one cluster on free loopback ports, each logging stderr to wN.err."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    return [subprocess.Popen([*CNNCTL, "train", *args], cwd=folder, stdout=subprocess.DEVNULL,
-                             stderr=open(folder / f"w{index}.err", "w"),  # noqa: SIM115
-                             env={**env, "TF_CONFIG": tf_config(index, workers)})
-            for index in range(2)]
+    return [
+        subprocess.Popen(
+            [*CNNCTL, "train", *args],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=open(folder / f"w{index}.err", "w"),  # noqa: SIM115
+            env={**env, "TF_CONFIG": tf_config(index, workers)},
+        )
+        for index in range(2)
+    ]
 
 
 def finish(processes: list[subprocess.Popen]) -> list[int]:
@@ -96,8 +102,12 @@ def uninterrupted(tmp_path_factory, data_dir) -> list[dict[str, str]]:
     """metrics.csv of the same two-worker run, never interrupted."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     (folder / "cluster.yaml").write_text(CLUSTER)
-    env = {**os.environ, "CNNCTL_OFFLINE": "1", "CNNCTL_DATA_DIR": str(data_dir),
-           "KERAS_HOME": str(folder / "keras-home")}
+    env = {
+        **os.environ,
+        "CNNCTL_OFFLINE": "1",
+        "CNNCTL_DATA_DIR": str(data_dir),
+        "KERAS_HOME": str(folder / "keras-home"),
+    }
     assert finish(start(["cluster.yaml"], folder, env)) == [0, 0]
     return metrics(folder)
 
@@ -109,7 +119,8 @@ def cluster_config(write) -> Path:
 
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_other_in_time_and_a_restart_resumes_exactly(
-        cluster_config, offline_scratch, uninterrupted):
+    cluster_config, offline_scratch, uninterrupted
+):
     folder = offline_scratch
     workers = start([str(cluster_config)], folder, dict(os.environ))
     epoch_saved(folder, 1)
@@ -123,8 +134,10 @@ def test_a_killed_worker_stops_the_other_in_time_and_a_restart_resumes_exactly(
     assert latency < TIMEOUT + 5  # the timeout, plus writing run.json and leaving Python
     error = (folder / "w0.err").read_text()
     assert "Error: worker 1 (127.0.0.1:" in error
-    assert ("was lost in epoch 2; 1 of 3 epochs are saved in runs/small; "
-            "restart every worker with: cnnctl train --resume runs/small") in error
+    assert (
+        "was lost in epoch 2; 1 of 3 epochs are saved in runs/small; "
+        "restart every worker with: cnnctl train --resume runs/small"
+    ) in error
     assert error.strip().splitlines()[-1].startswith("Error: worker 1")  # one line, no hint
     assert "Traceback" not in error
     assert run_status(folder)["status"] == "interrupted" and run_status(folder)["epochs_done"] == 1
@@ -137,7 +150,8 @@ def test_a_killed_worker_stops_the_other_in_time_and_a_restart_resumes_exactly(
 
 @pytest.mark.slow
 def test_sigterm_on_one_worker_stops_both_at_the_same_step_and_resume_completes(
-        cluster_config, offline_scratch, uninterrupted):
+    cluster_config, offline_scratch, uninterrupted
+):
     folder = offline_scratch
     workers = start([str(cluster_config)], folder, dict(os.environ))
     epoch_saved(folder, 1)
@@ -174,7 +188,8 @@ def test_without_a_name_the_lost_worker_is_the_one_whose_port_refuses():
         alive = listening.getsockname()[1]
         spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{alive}", f"127.0.0.1:{gone}"]))
         assert lost_tasks("Collective has timed out during execution.", spec) == [
-            f"worker 2 (127.0.0.1:{gone})"]
+            f"worker 2 (127.0.0.1:{gone})"
+        ]
 
 
 def test_a_worker_that_hangs_is_not_named_but_the_timeout_is():
@@ -185,9 +200,11 @@ def test_a_worker_that_hangs_is_not_named_but_the_timeout_is():
         spec = json.loads(tf_config(0, ["127.0.0.1:1", f"127.0.0.1:{listening.getsockname()[1]}"]))
         text = "Collective has timed out during execution."
         line = lost_line(text, spec, Run(Path("runs/x")), 2, 5)
-    assert line == ("a worker did not answer within train.distribute_timeout in epoch 3; "
-                    "2 of 5 epochs are saved in runs/x; "
-                    "restart every worker with: cnnctl train --resume runs/x")
+    assert line == (
+        "a worker did not answer within train.distribute_timeout in epoch 3; "
+        "2 of 5 epochs are saved in runs/x; "
+        "restart every worker with: cnnctl train --resume runs/x"
+    )
 
 
 def test_distribute_timeout_must_be_positive(small_config):

@@ -29,10 +29,24 @@ def test_seed_config_is_the_keras_example():
     assert config.name == "mnist"
     assert config.data.dataset == "mnist" and config.data.validation == "test"
     assert [layer.type for layer in config.model.layers] == [
-        "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense"]
-    assert config.model.layers[0].args == {"filters": 32, "kernel_size": [3, 3], "activation": "relu"}
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
+    assert config.model.layers[0].args == {
+        "filters": 32,
+        "kernel_size": [3, 3],
+        "activation": "relu",
+    }
     assert config.model.layers[4].args == {"rate": 0.5}
-    assert (config.train.epochs, config.train.batch_size, config.train.loss) == (10, 32, "categorical_crossentropy")
+    assert (config.train.epochs, config.train.batch_size, config.train.loss) == (
+        10,
+        32,
+        "categorical_crossentropy",
+    )
     assert config.train.optimizer.type == "adam" and config.train.metrics == ["accuracy"]
 
 
@@ -41,13 +55,17 @@ def test_name_defaults_to_the_file_stem(write):
 
 
 def test_scientific_notation_is_a_number(write):
-    config = load_config(write("x.yaml", BASE + "train:\n  optimizer: {type: Adam, learning_rate: 1e-3}\n"))
+    config = load_config(
+        write("x.yaml", BASE + "train:\n  optimizer: {type: Adam, learning_rate: 1e-3}\n")
+    )
     assert config.train.optimizer.args["learning_rate"] == pytest.approx(0.001)
 
 
 def test_overrides_use_dotted_paths_and_list_indices(write):
-    config = load_config(REPO / "configs" / "mnist.yaml",
-                         ["train.epochs=3", "model.layers.0.filters=64", "data.validation=0.1"])
+    config = load_config(
+        REPO / "configs" / "mnist.yaml",
+        ["train.epochs=3", "model.layers.0.filters=64", "data.validation=0.1"],
+    )
     assert config.train.epochs == 3
     assert config.model.layers[0].args["filters"] == 64
     assert config.data.validation == 0.1
@@ -65,25 +83,73 @@ def test_resolved_config_round_trips(write):
     [
         ("data: [\n", "x.yaml:2:1: invalid YAML"),
         ("trian: {}\n" + BASE, "x.yaml:1:1: trian: unknown key (did you mean 'train'?)"),
-        (BASE + "train:\n  epochs: ten\n", "x.yaml:7:11: train.epochs: Input should be a valid integer (got 'ten')"),
-        (BASE + "train:\n  epochs: -3\n", "x.yaml:7:11: train.epochs: Input should be greater than 0"),
-        (BASE + "train:\n  optimzer: adam\n", "x.yaml:7:3: train.optimzer: unknown key (did you mean 'optimizer'?)"),
-        (BASE + "train:\n  loss: categorical_crosentropy\n",
-         "train.loss: unknown value 'categorical_crosentropy' (did you mean 'categorical_crossentropy'?)"),
-        ("data:\n  dataset: mnst\n" + BASE.split("\n", 2)[2], "x.yaml:2:12: data.dataset: unknown value 'mnst' (did you mean 'mnist'?)"),
-        ("data:\n  dataset: mnist\n  dataset: fashion_mnist\n", "x.yaml:3:3: duplicate key 'dataset' in data"),
-        ("data:\n  validation: 2\n  dataset: mnist\n" + BASE.split("\n", 2)[2], "x.yaml:2:15: data.validation: must be `test` or a fraction"),
+        (
+            BASE + "train:\n  epochs: ten\n",
+            "x.yaml:7:11: train.epochs: Input should be a valid integer (got 'ten')",
+        ),
+        (
+            BASE + "train:\n  epochs: -3\n",
+            "x.yaml:7:11: train.epochs: Input should be greater than 0",
+        ),
+        (
+            BASE + "train:\n  optimzer: adam\n",
+            "x.yaml:7:3: train.optimzer: unknown key (did you mean 'optimizer'?)",
+        ),
+        (
+            BASE + "train:\n  loss: categorical_crosentropy\n",
+            "train.loss: unknown value 'categorical_crosentropy' (did you mean "
+            "'categorical_crossentropy'?)",
+        ),
+        (
+            "data:\n  dataset: mnst\n" + BASE.split("\n", 2)[2],
+            "x.yaml:2:12: data.dataset: unknown value 'mnst' (did you mean 'mnist'?)",
+        ),
+        (
+            "data:\n  dataset: mnist\n  dataset: fashion_mnist\n",
+            "x.yaml:3:3: duplicate key 'dataset' in data",
+        ),
+        (
+            "data:\n  validation: 2\n  dataset: mnist\n" + BASE.split("\n", 2)[2],
+            "x.yaml:2:15: data.validation: must be `test` or a fraction",
+        ),
         ("data: {}\n" + BASE.split("\n", 2)[2], "data: give exactly one of `dataset:`"),
-        (BASE.replace("  layers: [Flatten]\n", ""), "x.yaml:4:3: model.layers: required but missing"),
-        (BASE.replace("[28, 28, 1]", "[28, 28]"), "model.input_shape: List should have at least 3 items"),
-        (BASE.replace("[Flatten]", "[{units: 3}]"), "x.yaml:5:12: model.layers[0]: needs a `type:`"),
+        (
+            BASE.replace("  layers: [Flatten]\n", ""),
+            "x.yaml:4:3: model.layers: required but missing",
+        ),
+        (
+            BASE.replace("[28, 28, 1]", "[28, 28]"),
+            "model.input_shape: List should have at least 3 items",
+        ),
+        (
+            BASE.replace("[Flatten]", "[{units: 3}]"),
+            "x.yaml:5:12: model.layers[0]: needs a `type:`",
+        ),
         ("- 1\n- 2\n", "x.yaml: expected a mapping with data:, model: and train:"),
-        ("data: !!python/object/apply:os.system ['echo hi']\n", "x.yaml:1:7: the tag tag:yaml.org,2002:python/object/apply:os.system is not allowed"),
+        (
+            "data: !!python/object/apply:os.system ['echo hi']\n",
+            "x.yaml:1:7: the tag tag:yaml.org,2002:python/object/apply:os.system is not allowed",
+        ),
         (BASE + "name: 'a/b'\n", "name: String should match pattern"),
     ],
-    ids=["syntax", "unknown-top-key", "wrong-type", "negative", "near-miss-key", "unknown-loss", "unknown-dataset",
-         "duplicate-key", "bad-validation", "no-source", "missing", "short-shape", "layer-without-type",
-         "not-a-mapping", "python-tag", "bad-name"],
+    ids=[
+        "syntax",
+        "unknown-top-key",
+        "wrong-type",
+        "negative",
+        "near-miss-key",
+        "unknown-loss",
+        "unknown-dataset",
+        "duplicate-key",
+        "bad-validation",
+        "no-source",
+        "missing",
+        "short-shape",
+        "layer-without-type",
+        "not-a-mapping",
+        "python-tag",
+        "bad-name",
+    ],
 )
 def test_bad_configs_name_file_line_and_place(write, text, expected):
     assert expected in error_of(write, text)
@@ -119,9 +185,15 @@ def test_huge_file_is_refused(write):
     ("override", "expected"),
     [
         ("train.epochs", "--set train.epochs: expected KEY=VALUE"),
-        ("train.epochs=ten", "--set train.epochs=ten: train.epochs: Input should be a valid integer"),
+        (
+            "train.epochs=ten",
+            "--set train.epochs=ten: train.epochs: Input should be a valid integer",
+        ),
         ("model.layers.7.filters=3", "model.layers[7]: no such list item (the list has 1)"),
-        ("train.epochz=3", "--set train.epochz=3: train.epochz: unknown key (did you mean 'epochs'?)"),
+        (
+            "train.epochz=3",
+            "--set train.epochz=3: train.epochz: unknown key (did you mean 'epochs'?)",
+        ),
         ("data.dataset.x=1", "data.dataset is a single value, not a section"),
     ],
 )
@@ -130,8 +202,10 @@ def test_bad_overrides_name_the_override(write, override, expected):
 
 
 def test_override_values_are_yaml_typed(write):
-    config = load_config(write("x.yaml", BASE), ["train.metrics=[accuracy, top_k_categorical_accuracy]",
-                                                 "data.normalize=false"])
+    config = load_config(
+        write("x.yaml", BASE),
+        ["train.metrics=[accuracy, top_k_categorical_accuracy]", "data.normalize=false"],
+    )
     assert config.train.metrics == ["accuracy", "top_k_categorical_accuracy"]
     assert config.data.normalize is False
 
@@ -153,8 +227,10 @@ def test_monitor_must_be_logged(write):
     path = write("x.yaml", SMALL + "  checkpoint:\n    monitor: val_acuracy\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "x.yaml:22:14: train.checkpoint.monitor: 'val_acuracy' is not logged (did you mean 'val_accuracy'?)" \
-        in info.value.format_message()
+    assert (
+        "x.yaml:22:14: train.checkpoint.monitor: 'val_acuracy' is not logged (did you mean "
+        "'val_accuracy'?)" in info.value.format_message()
+    )
 
 
 def test_a_folder_is_not_a_config(tmp_path):

@@ -21,11 +21,17 @@ def test_the_corpus_is_large_enough():
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_bad_config(runner, path):
-    code, command, phrase = (part.strip() for part in
-                             re.match(r"# expect: (.*)", path.read_text().splitlines()[0]).group(1).split("|", 2))
+    code, command, phrase = (
+        part.strip()
+        for part in re.match(r"# expect: (.*)", path.read_text().splitlines()[0])
+        .group(1)
+        .split("|", 2)
+    )
     result = runner.invoke(main, [command, str(path)])
     assert result.exit_code == int(code), result.output
     assert phrase in result.stderr
-    assert re.search(rf"^Error: {re.escape(str(path))}(:\d+:\d+)?: ", result.stderr, re.MULTILINE), result.stderr
+    assert re.search(
+        rf"^Error: {re.escape(str(path))}(:\d+:\d+)?: ", result.stderr, re.MULTILINE
+    ), result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) <= 2
     assert not Path("runs").exists() or not any(Path("runs").iterdir())

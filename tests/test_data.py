@@ -40,8 +40,10 @@ def test_lookup_order_is_data_dir_keras_cache_system(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCTL_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "k"))
     assert builtin_candidates("fashion_mnist") == [
-        tmp_path / "d" / "fashion_mnist", tmp_path / "k" / "datasets" / "fashion-mnist",
-        Path("/usr/share/datasets/fashion-mnist")]
+        tmp_path / "d" / "fashion_mnist",
+        tmp_path / "k" / "datasets" / "fashion-mnist",
+        Path("/usr/share/datasets/fashion-mnist"),
+    ]
 
 
 def test_missing_builtin_offline_says_where_it_looked(monkeypatch, tmp_path):
@@ -50,7 +52,10 @@ def test_missing_builtin_offline_says_where_it_looked(monkeypatch, tmp_path):
         load_builtin("mnist", offline=True)
     message = info.value.format_message()
     assert "dataset 'mnist' not found offline (looked in" in message
-    assert str(tmp_path / "empty" / "mnist") in message and "hint: put the dataset's files in" in message
+    assert (
+        str(tmp_path / "empty" / "mnist") in message
+        and "hint: put the dataset's files in" in message
+    )
     assert info.value.exit_code == 2
 
 
@@ -58,7 +63,9 @@ def test_keras_cache_npz_is_used(monkeypatch, tmp_path, mnist_test_set):
     x, y = mnist_test_set
     cache = tmp_path / "k" / "datasets"
     cache.mkdir(parents=True)
-    np.savez(cache / "mnist.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:150], y_test=y[100:150])
+    np.savez(
+        cache / "mnist.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:150], y_test=y[100:150]
+    )
     monkeypatch.setenv("CNNCTL_DATA_DIR", str(tmp_path / "none"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "k"))
     arrays = load_builtin("mnist")
@@ -67,7 +74,13 @@ def test_keras_cache_npz_is_used(monkeypatch, tmp_path, mnist_test_set):
 
 def test_npz_path_and_its_errors(write, tmp_path, mnist_test_set):
     x, y = mnist_test_set
-    np.savez(tmp_path / "digits.npz", x_train=x[:300], y_train=y[:300], x_test=x[300:400], y_test=y[300:400])
+    np.savez(
+        tmp_path / "digits.npz",
+        x_train=x[:300],
+        y_train=y[:300],
+        x_test=x[300:400],
+        y_test=y[300:400],
+    )
     dataset = dataset_for(config_for(write, "  path: digits.npz\n"))
     assert dataset.x_train.shape == (300, 28, 28, 1) and len(dataset.x_test) == 100
     np.savez(tmp_path / "partial.npz", x_train=x[:10])
@@ -82,8 +95,12 @@ def test_idx_folder_path(write, tmp_path, mnist_test_set):
     x, y = mnist_test_set
     folder = tmp_path / "digits"
     folder.mkdir()
-    for name, array in [("train-images-idx3-ubyte.gz", x[:500]), ("train-labels-idx1-ubyte.gz", y[:500]),
-                        ("t10k-images-idx3-ubyte.gz", x[500:600]), ("t10k-labels-idx1-ubyte.gz", y[500:600])]:
+    for name, array in [
+        ("train-images-idx3-ubyte.gz", x[:500]),
+        ("train-labels-idx1-ubyte.gz", y[:500]),
+        ("t10k-images-idx3-ubyte.gz", x[500:600]),
+        ("t10k-labels-idx1-ubyte.gz", y[500:600]),
+    ]:
         write_idx(folder / name, array)
     dataset = dataset_for(config_for(write, "  path: digits\n"))
     assert len(dataset.x_train) == 500 and dataset.class_names == tuple("0123456789")
@@ -97,7 +114,10 @@ def test_idx_folder_missing_training_files():
 def load_config_for_path(path: Path):
     from cnnctl.config import Source, validate_config
 
-    data = {"data": {"path": str(path)}, "model": {"input_shape": [28, 28, 1], "layers": ["Flatten"]}}
+    data = {
+        "data": {"path": str(path)},
+        "model": {"input_shape": [28, 28, 1], "layers": ["Flatten"]},
+    }
     return validate_config(data, Source("x.yaml"), "x")
 
 
@@ -129,8 +149,13 @@ def test_stratified_split_keeps_class_shares_and_is_seeded(mnist_test_set):
 
 
 def test_image_size_must_match_the_model(write):
-    config = load_config(write("x.yaml", "data:\n  dataset: mnist\n" + BASE.replace("[28, 28, 1]", "[32, 32, 3]")))
+    config = load_config(
+        write("x.yaml", "data:\n  dataset: mnist\n" + BASE.replace("[28, 28, 1]", "[32, 32, 3]"))
+    )
     with pytest.raises(ConfigError) as info:
         dataset_for(config)
-    assert "x.yaml:4:16: model.input_shape: is [32, 32, 3] but the images of" in info.value.format_message()
+    assert (
+        "x.yaml:4:16: model.input_shape: is [32, 32, 3] but the images of"
+        in info.value.format_message()
+    )
     assert "hint: set input_shape: [28, 28, 1]" in info.value.format_message()

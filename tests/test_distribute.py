@@ -20,15 +20,22 @@ from cnnctl.train import train_run
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 
 
-def tf_config(index: int, workers: list[str], chief: str | None = None, kind: str = "worker") -> str:
+def tf_config(
+    index: int, workers: list[str], chief: str | None = None, kind: str = "worker"
+) -> str:
     cluster = {"worker": workers, **({"chief": [chief]} if chief else {})}
     return json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})
 
 
 @pytest.mark.parametrize(
     ("config", "chief"),
-    [(None, True), (tf_config(0, ["a:1", "b:2"]), True), (tf_config(1, ["a:1", "b:2"]), False),
-     (tf_config(0, ["a:1"], chief="c:3"), False), (tf_config(0, ["a:1"], chief="c:3", kind="chief"), True)],
+    [
+        (None, True),
+        (tf_config(0, ["a:1", "b:2"]), True),
+        (tf_config(1, ["a:1", "b:2"]), False),
+        (tf_config(0, ["a:1"], chief="c:3"), False),
+        (tf_config(0, ["a:1"], chief="c:3", kind="chief"), True),
+    ],
     ids=["alone", "worker-0", "worker-1", "worker-with-chief", "chief"],
 )
 def test_who_is_chief(monkeypatch, config, chief):
@@ -41,8 +48,9 @@ def test_who_is_chief(monkeypatch, config, chief):
 
 def test_a_worker_that_is_not_chief_writes_nothing(small_config, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", tf_config(1, ["localhost:1", "localhost:2"]))
-    result = train_run(load_config(small_config, ["data.limit=500", "train.epochs=1"]), Path("runs"),
-                       None)
+    result = train_run(
+        load_config(small_config, ["data.limit=500", "train.epochs=1"]), Path("runs"), None
+    )
     assert result.epochs_done == 1 and not Path("runs").exists()
 
 
@@ -67,17 +75,32 @@ def free_ports(count: int) -> list[int]:
 def test_two_workers_on_loopback_train_one_run(small_config):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = [
-        subprocess.Popen([*CNNCTL, "train", str(small_config), "--set", "train.distribute=multi_worker", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "TF_CONFIG": tf_config(index, workers)})
+        subprocess.Popen(
+            [
+                *CNNCTL,
+                "train",
+                str(small_config),
+                "--set",
+                "train.distribute=multi_worker",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CONFIG": tf_config(index, workers)},
+        )
         for index in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
-    assert [p.name for p in Path("runs").iterdir()] == ["small"]  # exactly one run folder, the chief's
+    assert [p.name for p in Path("runs").iterdir()] == [
+        "small"
+    ]  # exactly one run folder, the chief's
     summary = json.loads(outputs[0][0])
-    assert summary["epochs_done"] == 2 and summary["test"]["accuracy"] > 0.85  # single process: about 0.9
+    assert (
+        summary["epochs_done"] == 2 and summary["test"]["accuracy"] > 0.85
+    )  # single process: about 0.9
     assert outputs[1][0].strip() == ""  # the other worker reports nothing and wrote nothing
     keras.saving.load_model(Path("runs/small/model.keras"))
 
@@ -86,5 +109,9 @@ def test_a_bad_tf_config_is_named(runner, small_config, monkeypatch):
     from cnnctl.cli import main
 
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    result = runner.invoke(main, ["train", str(small_config), "--set", "train.distribute=multi_worker"])
-    assert result.exit_code == 2 and "TF_CONFIG: not valid JSON with cluster and task" in result.stderr
+    result = runner.invoke(
+        main, ["train", str(small_config), "--set", "train.distribute=multi_worker"]
+    )
+    assert (
+        result.exit_code == 2 and "TF_CONFIG: not valid JSON with cluster and task" in result.stderr
+    )

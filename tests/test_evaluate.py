@@ -23,7 +23,9 @@ def test_evaluate_writes_report_files(runner, run_copy):
     assert set(evaluation["per_class"]) == set("0123456789")
     assert evaluation["averages"]["weighted avg"]["support"] == 2000
     matrix = np.array(evaluation["confusion_matrix"])
-    assert matrix.sum() == 2000 and np.trace(matrix) / 2000 == pytest.approx(evaluation["metrics"]["accuracy"], abs=1e-4)
+    assert matrix.sum() == 2000 and np.trace(matrix) / 2000 == pytest.approx(
+        evaluation["metrics"]["accuracy"], abs=1e-4
+    )
     rows = list(csv.DictReader(open(folder / "misclassified.csv")))
     assert len(rows) == 2000 - np.trace(matrix)
     losses = [float(r["loss"]) for r in rows]
@@ -44,9 +46,13 @@ def test_table_fits_in_80_columns(runner, run_copy):
 
 
 def test_splits_and_model_file(runner, run_copy):
-    train = runner.invoke(main, ["evaluate", "small", "--runs-dir", str(run_copy), "--split", "train", "--json"])
+    train = runner.invoke(
+        main, ["evaluate", "small", "--runs-dir", str(run_copy), "--split", "train", "--json"]
+    )
     assert json.loads(train.stdout)["examples"] == 4000
-    by_file = runner.invoke(main, ["evaluate", "--model", str(run_copy / "small" / "model.keras"), "--json"])
+    by_file = runner.invoke(
+        main, ["evaluate", "--model", str(run_copy / "small" / "model.keras"), "--json"]
+    )
     assert by_file.exit_code == 0, by_file.output
     assert json.loads(by_file.stdout)["examples"] == 2000
 
@@ -54,16 +60,23 @@ def test_splits_and_model_file(runner, run_copy):
 def test_data_path_of_another_dataset(runner, run_copy, tmp_path, mnist_test_set):
     x, y = mnist_test_set
     np.savez(tmp_path / "other.npz", x_train=x[:10], y_train=y[:10], x_test=x[:500], y_test=y[:500])
-    result = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--data", "other.npz", "--json"])
+    result = runner.invoke(
+        main, ["evaluate", "--runs-dir", str(run_copy), "--data", "other.npz", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["examples"] == 500
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     shutil.copy(run_copy / "small" / "model.keras", lonely / "m.keras")
-    result = runner.invoke(main, ["evaluate", "--model", str(lonely / "m.keras"), "--data", "other.npz", "--json"])
+    result = runner.invoke(
+        main, ["evaluate", "--model", str(lonely / "m.keras"), "--data", "other.npz", "--json"]
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["evaluate", "--model", str(lonely / "m.keras")])
-    assert result.exit_code == 2 and "m.keras: is not in a run folder, so its data is unknown" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "m.keras: is not in a run folder, so its data is unknown" in result.stderr
+    )
 
 
 def test_class_report_by_hand():

@@ -37,7 +37,7 @@ def exported(trained, tmp_path_factory, data_dir) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CNNCTL_OFFLINE", "1")
         env.setenv("CNNCTL_DATA_DIR", str(data_dir))
-        for (fmt, quantize) in EXPORTS:
+        for fmt, quantize in EXPORTS:
             args = ["export", str(run), "--format", fmt]
             args += ["--quantize", quantize] if quantize else []
             result = CliRunner().invoke(main, [*args, "--json"])
@@ -114,9 +114,24 @@ def test_predict_through_export_equals_keras_without_tensorflow(exported, keras_
     from cnnctl.data.images import load_image
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnnctl.cli", "predict",
-                           str(pngs), "--model", str(exported / "export" / name), "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "cnnctl.cli",
+            "predict",
+            str(pngs),
+            "--model",
+            str(exported / "export" / name),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not re.search(r"\|\s+(tensorflow|keras)\b", done.stderr), "TensorFlow was imported"
     items = json.loads(done.stdout)
@@ -134,13 +149,16 @@ def test_evaluate_exported_scores_like_keras(exported, runner):
     keras_test = json.loads((exported / "metrics.json").read_text())["test"]
     assert scored["examples"] == 2000
     assert scored["metrics"]["accuracy"] == pytest.approx(keras_test["accuracy"], abs=1e-4)
-    assert (exported / "evaluation-model.onnx.json").is_file()  # beside, never replacing, the Keras one
+    assert (
+        exported / "evaluation-model.onnx.json"
+    ).is_file()  # beside, never replacing, the Keras one
 
 
 def test_predict_needs_the_export_extra(exported, runner, monkeypatch, pngs):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
-    result = runner.invoke(main, ["predict", str(pngs / "00.png"), "--model",
-                                  str(exported / "export" / "model.onnx")])
+    result = runner.invoke(
+        main, ["predict", str(pngs / "00.png"), "--model", str(exported / "export" / "model.onnx")]
+    )
     assert result.exit_code == 2
     assert "onnxruntime is not installed" in result.output
     assert 'hint: pip install "cnnctl[export]"' in result.output
@@ -150,13 +168,14 @@ def test_export_needs_the_export_extra(exported, runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     result = runner.invoke(main, ["export", str(exported), "--format", "onnx"])
     assert result.exit_code == 2
-    assert 'tf2onnx is not installed; exported models need the \'export\' extra' in result.output
+    assert "tf2onnx is not installed; exported models need the 'export' extra" in result.output
     assert 'pip install "cnnctl[export]"' in result.output
 
 
 def test_quantize_is_for_tflite_only(exported, runner):
-    result = runner.invoke(main, ["export", str(exported), "--format", "onnx",
-                                  "--quantize", "int8"])
+    result = runner.invoke(
+        main, ["export", str(exported), "--format", "onnx", "--quantize", "int8"]
+    )
     assert result.exit_code == 2
     assert "--quantize int8: only TFLite files are quantized" in result.output
 
@@ -166,8 +185,9 @@ def test_failed_check_leaves_no_file(exported, runner, monkeypatch, tmp_path):
 
     monkeypatch.setitem(export.MAX_DIFF, "onnx", -1.0)  # no file can pass: the check must refuse it
     target = tmp_path / "out" / "model.onnx"
-    result = runner.invoke(main, ["export", str(exported), "--format", "onnx",
-                                  "--output", str(target)])
+    result = runner.invoke(
+        main, ["export", str(exported), "--format", "onnx", "--output", str(target)]
+    )
     assert result.exit_code == 1
     assert f"{target}: the exported model disagrees with Keras: max abs diff" in result.output
     assert list(target.parent.iterdir()) == []
@@ -179,8 +199,9 @@ def _custom_domain_onnx(path: Path, declared: bool) -> None:
 
     node = helper.make_node("Steal", ["x"], ["y"], domain="evil.ops")
     image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 28, 28, 1])
-    graph = helper.make_graph([node], "g", [image],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    graph = helper.make_graph(
+        [node], "g", [image], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])]
+    )
     opsets = [helper.make_opsetid("", 17)]
     opsets += [helper.make_opsetid("evil.ops", 1)] if declared else []
     model = helper.make_model(graph, opset_imports=opsets)
@@ -204,16 +225,20 @@ def _damaged(kind: str, folder: Path, exported: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("truncated-onnx", "damaged or not an ONNX model"),
-    ("random-onnx", "damaged or not an ONNX model"),
-    ("empty-onnx", "damaged: the file is empty"),
-    ("custom-opset-onnx", "refused: it uses the custom operator domain 'evil.ops'"),
-    ("custom-node-onnx", "refused: operator Steal from the custom domain 'evil.ops'"),
-    ("truncated-tflite", "damaged or unusable TFLite model"),
-    ("random-tflite", "damaged or not a TFLite model (no TFL3 identifier)"),
-    ("fifo-tflite", "not a regular file"),
-], ids=lambda value: value if value.endswith(("onnx", "tflite")) else "")
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated-onnx", "damaged or not an ONNX model"),
+        ("random-onnx", "damaged or not an ONNX model"),
+        ("empty-onnx", "damaged: the file is empty"),
+        ("custom-opset-onnx", "refused: it uses the custom operator domain 'evil.ops'"),
+        ("custom-node-onnx", "refused: operator Steal from the custom domain 'evil.ops'"),
+        ("truncated-tflite", "damaged or unusable TFLite model"),
+        ("random-tflite", "damaged or not a TFLite model (no TFL3 identifier)"),
+        ("fifo-tflite", "not a regular file"),
+    ],
+    ids=lambda value: value if value.endswith(("onnx", "tflite")) else "",
+)
 def test_damaged_exported_file_exits_2_in_one_line(exported, pngs, tmp_path, runner, kind, message):
     path = _damaged(kind, tmp_path, exported)
     result = runner.invoke(main, ["predict", str(pngs / "00.png"), "--model", str(path)])
@@ -230,8 +255,14 @@ def test_float32_copy_of_a_mixed_precision_model():
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        mixed = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
-                                  keras.layers.Flatten(), keras.layers.Dense(3, dtype="float32")])
+        mixed = keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, dtype="float32"),
+            ]
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     twin = float32_copy(mixed, keras)
@@ -258,19 +289,30 @@ def _onnx_graph(path: Path, kind: str) -> None:
     graph = helper.make_graph(nodes, "g", [x], [y], initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if kind == "functions":
-        model.functions.append(helper.make_function("local", "f", ["a"], ["b"],
-                                                    [helper.make_node("Identity", ["a"], ["b"])],
-                                                    [helper.make_opsetid("", 17)]))
+        model.functions.append(
+            helper.make_function(
+                "local",
+                "f",
+                ["a"],
+                ["b"],
+                [helper.make_node("Identity", ["a"], ["b"])],
+                [helper.make_opsetid("", 17)],
+            )
+        )
     path.write_bytes(model.SerializeToString())
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("empty", "damaged or not an ONNX model (its graph is empty)"),
-    ("external-data", "refused: it reads tensors from other files"),
-    ("functions", "refused: it defines its own functions"),
-    ("not-images", "not a one-input float image classifier"),
-    ("five-channels", "takes input [None, 28, 28, 5], not images"),
-], ids=lambda value: value if "-" in value or value.isalpha() else "")
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "damaged or not an ONNX model (its graph is empty)"),
+        ("external-data", "refused: it reads tensors from other files"),
+        ("functions", "refused: it defines its own functions"),
+        ("not-images", "not a one-input float image classifier"),
+        ("five-channels", "takes input [None, 28, 28, 5], not images"),
+    ],
+    ids=lambda value: value if "-" in value or value.isalpha() else "",
+)
 def test_hand_made_onnx_files_are_refused(tmp_path, kind, message):
     from cnnctl.errors import ModelFileError
     from cnnctl.runtimes import load_exported
@@ -283,7 +325,9 @@ def test_hand_made_onnx_files_are_refused(tmp_path, kind, message):
 
 
 def test_export_output_suffix_must_match(exported, runner):
-    result = runner.invoke(main, ["export", str(exported), "--format", "tflite", "--output", "m.onnx"])
+    result = runner.invoke(
+        main, ["export", str(exported), "--format", "tflite", "--output", "m.onnx"]
+    )
     assert result.exit_code == 2
     assert "--output m.onnx: a tflite file must end in .tflite" in result.output
 

@@ -30,7 +30,9 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, monk
 
     monkeypatch.setattr(keras.Model, "save", save_until_full)
     with pytest.raises(TrainingFailed) as info:
-        train_run(load_config(small_config, ["data.limit=1000", "train.epochs=3"]), Path("runs"), None)
+        train_run(
+            load_config(small_config, ["data.limit=1000", "train.epochs=3"]), Path("runs"), None
+        )
     message = info.value.format_message()
     assert "runs/small: could not save epoch 2: No space left on device" in message
     assert "cnnctl train --resume runs/small" in message and info.value.exit_code == 1
@@ -48,7 +50,10 @@ def test_unwritable_runs_folder_is_an_error_before_training(runner, small_config
     (tmp_path / "a-file").write_text("")
     result = runner.invoke(main, ["train", str(small_config), "--runs-dir", "a-file/runs"])
     assert result.exit_code == 2
-    assert "a-file/runs: cannot create the runs folder" in result.stderr and "Traceback" not in result.output
+    assert (
+        "a-file/runs: cannot create the runs folder" in result.stderr
+        and "Traceback" not in result.output
+    )
 
 
 def test_damaged_run_is_reported_and_not_resumed(runner, trained, tmp_path):
@@ -61,15 +66,29 @@ def test_damaged_run_is_reported_and_not_resumed(runner, trained, tmp_path):
     assert "damaged" in listed.stdout
     result = runner.invoke(main, ["train", "--resume", "small", "--runs-dir", str(runs)])
     assert result.exit_code == 2
-    assert "last.keras: not a cnnctl checkpoint" in result.stderr and "Traceback" not in result.output
+    assert (
+        "last.keras: not a cnnctl checkpoint" in result.stderr and "Traceback" not in result.output
+    )
     last.unlink()
     result = runner.invoke(main, ["train", "--resume", "small", "--runs-dir", str(runs)])
-    assert result.exit_code == 2 and "last.keras: missing, though metrics.csv records finished epochs" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "last.keras: missing, though metrics.csv records finished epochs" in result.stderr
+    )
 
 
 def test_nan_loss_stops_with_the_epoch_and_a_fix(runner, small_config):
-    result = runner.invoke(main, ["train", str(small_config), "--set", "data.limit=500",
-                                  "--set", "train.optimizer={type: SGD, learning_rate: 1e30}"])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            str(small_config),
+            "--set",
+            "data.limit=500",
+            "--set",
+            "train.optimizer={type: SGD, learning_rate: 1e30}",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "the loss became NaN (or infinite) in epoch 1" in result.stderr
     assert "lower train.optimizer.learning_rate" in result.stderr
@@ -89,7 +108,11 @@ def test_old_keras_is_refused():
         (PermissionError(errno.EACCES, "Permission denied", "/ro"), 2, "/ro: Permission denied"),
         (MemoryError(), 1, "out of memory"),
         (KeyboardInterrupt(), 130, "interrupted"),
-        (ZeroDivisionError("division by zero"), 1, "internal error: ZeroDivisionError: division by zero"),
+        (
+            ZeroDivisionError("division by zero"),
+            1,
+            "internal error: ZeroDivisionError: division by zero",
+        ),
         (RunError("kept"), 2, "kept"),
     ],
     ids=["disk-full", "permission", "memory", "interrupt", "bug", "ours"],

@@ -53,12 +53,23 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
     """Run CLI cases in one child process: (results, the child's peak RSS in MB)."""
     tmp = cwd / "child-tmp"
     tmp.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), "CNNCTL_OFFLINE": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp),
+        "PYTHONPATH": str(REPO),
+        "CNNCTL_OFFLINE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     env.pop("CNNCTL_LIMITS", None)
     with open(cwd / "child.out", "wb") as out, open(cwd / "child.err", "wb") as err:
-        child = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=cwd, env=env,
-                                 stdout=out, stderr=err)
+        child = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(cases)],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
         done, deadline = 0, time.monotonic() + 60 + CASE_SECONDS  # start-up, then per case
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -73,7 +84,9 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
                 os.wait4(child.pid, 0)
                 child.returncode = -9
                 done = (cwd / "child.out").read_text().count("RESULT ")
-                pytest.fail(f"hang: case {cases[done] if done < len(cases) else '?'} did not finish")
+                pytest.fail(
+                    f"hang: case {cases[done] if done < len(cases) else '?'} did not finish"
+                )
             time.sleep(0.05)
     lines = (cwd / "child.out").read_text().splitlines()
     results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
@@ -98,22 +111,38 @@ def check(results: list[dict], expected: list[tuple[int, str]], rss_mb: float) -
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """A good Sequential and a good functional model, and an image for them."""
     folder = tmp_path_factory.mktemp("models")
-    good = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255),
-                             keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    good = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     good.compile("adam", "categorical_crossentropy", ["accuracy"])
     good.save(folder / "good.keras")
     inp = keras.Input((28, 28, 1))
-    keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp))).save(folder / "functional.keras")
-    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.UpSampling2D(1150),
-                      keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(10)]).save(folder / "upsample.keras")
+    keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp))).save(
+        folder / "functional.keras"
+    )
+    keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.UpSampling2D(1150),
+            keras.layers.GlobalMaxPooling2D(),
+            keras.layers.Dense(10),
+        ]
+    ).save(folder / "upsample.keras")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "x.png")
     return folder
 
@@ -130,19 +159,28 @@ def outside(tmp_path) -> Path:
 
 def test_functional_and_sequential_models_load_in_process(runner, models):
     for name in ("good.keras", "functional.keras"):
-        result = runner.invoke(main, ["predict", str(models / "x.png"), "--model", str(models / name), "--json"])
+        result = runner.invoke(
+            main, ["predict", str(models / "x.png"), "--model", str(models / name), "--json"]
+        )
         assert result.exit_code == 0, result.output
 
 
 def test_hostile_models_and_images(tmp_path, models, outside):
     good, image = models / "good.keras", str(models / "x.png")
     made = tmp_path
-    hm.rebuild(good, made / "npz.keras", drop=("model.weights.h5",), add={"model.weights.npz": hm.npy_bomb()})
+    hm.rebuild(
+        good,
+        made / "npz.keras",
+        drop=("model.weights.h5",),
+        add={"model.weights.npz": hm.npy_bomb()},
+    )
     hm.rebuild(good, made / "wide.keras", change=hm.wide_dense)
     hm.rebuild(good, made / "buildcfg.keras", change=hm.huge_build_input)
     hm.rebuild(good, made / "deserialize.keras", change=hm.deserialize_activation)
     hm.rebuild(good, made / "members.keras", add={f"junk/{i}": b"x" * 1024 for i in range(1500)})
-    hm.rebuild(good, made / "assets.keras", add={"assets/zz": b"file", "assets/zz/x": b"under a file"})
+    hm.rebuild(
+        good, made / "assets.keras", add={"assets/zz": b"file", "assets/zz/x": b"under a file"}
+    )
     shutil.copy(good, made / "big.keras")
     hm.patch_central(made / "big.keras", "model.weights.h5", size=0xFFFFFFFF, packed=169_000_000)
     for name, fields in (("encrypted.keras", {"flags": 1}), ("method.keras", {"method": 99})):
@@ -151,8 +189,12 @@ def test_hostile_models_and_images(tmp_path, models, outside):
     with zipfile.ZipFile(good) as archive:
         weights = archive.read("model.weights.h5")
     for seed in range(3):
-        hm.rebuild(good, made / f"flip{seed}.keras", drop=("model.weights.h5",),
-                   add={"model.weights.h5": hm.flip_bytes(weights, seed)})
+        hm.rebuild(
+            good,
+            made / f"flip{seed}.keras",
+            drop=("model.weights.h5",),
+            add={"model.weights.h5": hm.flip_bytes(weights, seed)},
+        )
     legacy = made / "legacy.h5"
     keras.saving.load_model(good).save(legacy)
     import h5py
@@ -168,7 +210,13 @@ def test_hostile_models_and_images(tmp_path, models, outside):
     before = snapshot(outside)
 
     def predict(model: str, *extra: str, path: str = image) -> list[str]:
-        return ["predict", path, "--model", str(made / model if "/" not in model else model), *extra]
+        return [
+            "predict",
+            path,
+            "--model",
+            str(made / model if "/" not in model else model),
+            *extra,
+        ]
 
     cases = [
         (predict(str(good)), 0, ""),
@@ -191,8 +239,10 @@ def test_hostile_models_and_images(tmp_path, models, outside):
     ]
     results, rss = run_group([args for args, _, _ in cases], tmp_path)
     # a bit-flipped weights file may still load (flips in padding): 0 or 2, never 1
-    expected = [(r["code"] if code == -1 and r["code"] in (0, 2) else code, phrase)
-                for r, (_, code, phrase) in zip(results, cases, strict=True)]
+    expected = [
+        (r["code"] if code == -1 and r["code"] in (0, 2) else code, phrase)
+        for r, (_, code, phrase) in zip(results, cases, strict=True)
+    ]
     check(results, expected, rss)
     assert snapshot(outside) == before
 
@@ -207,8 +257,11 @@ def _run_folder(root: Path, name: str, good: Path, state: object = None) -> Path
     shutil.copy(good, run / "checkpoints" / "last.keras")
     if state is not None:
         with zipfile.ZipFile(run / "checkpoints" / "last.keras", "a") as archive:
-            archive.writestr("cnnctl_state.json", state if isinstance(state, (str, bytes)) else json.dumps(state),
-                             zipfile.ZIP_DEFLATED)
+            archive.writestr(
+                "cnnctl_state.json",
+                state if isinstance(state, (str, bytes)) else json.dumps(state),
+                zipfile.ZIP_DEFLATED,
+            )
     return run
 
 
@@ -222,14 +275,25 @@ def test_hostile_run_folders(tmp_path, models, outside, data_dir):
     (leak / "config.yaml").unlink()
     (leak / "config.yaml").symlink_to(outside / "secret.txt")
     bomb = _run_folder(runs, "alias-bomb", good)
-    (bomb / "config.yaml").write_text('a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
-        f'{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n' for p, c in zip("abcdefgh", "bcdefghi", strict=True)))
+    (bomb / "config.yaml").write_text(
+        'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+        + "".join(
+            f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+            for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+    )
     (_run_folder(runs, "status-list", good) / "run.json").write_text("[1, 2, 3]")
-    (_run_folder(runs, "deep-classes", good) / "classes.json").write_text("[" * 100_000 + "]" * 100_000)
+    (_run_folder(runs, "deep-classes", good) / "classes.json").write_text(
+        "[" * 100_000 + "]" * 100_000
+    )
     (_run_folder(runs, "few-classes", good) / "classes.json").write_text('["a", "b"]')
-    states = {"epoch-text": {"epoch": "three"}, "epoch-huge": {"epoch": 1e308}, "state-list": [1, 2],
-              "state-deep": "[" * 100_000 + "]" * 100_000,
-              "state-inflates": b" " * (80 * 2**20) + b"{}"}
+    states = {
+        "epoch-text": {"epoch": "three"},
+        "epoch-huge": {"epoch": 1e308},
+        "state-list": [1, 2],
+        "state-deep": "[" * 100_000 + "]" * 100_000,
+        "state-inflates": b" " * (80 * 2**20) + b"{}",
+    }
     for name, state in states.items():
         _run_folder(runs, name, good, state)
     before = snapshot(outside)
@@ -237,10 +301,20 @@ def test_hostile_run_folders(tmp_path, models, outside, data_dir):
         (["train", "--resume", str(link)], 2, "points outside the run folder"),
         (["evaluate", "config-link", "--runs-dir", str(runs)], 2, "points outside the run folder"),
         (["runs", str(runs)], 0, "alias-bomb"),
-        (["predict", image, "--run", "deep-classes", "--runs-dir", str(runs)], 2, "nested too deeply"),
-        (["predict", image, "--run", "few-classes", "--runs-dir", str(runs)], 2,
-         "2 class names for a model with 10 outputs"),
-        *((["train", "--resume", name, "--runs-dir", str(runs)], 2, "cnnctl_state.json") for name in states),
+        (
+            ["predict", image, "--run", "deep-classes", "--runs-dir", str(runs)],
+            2,
+            "nested too deeply",
+        ),
+        (
+            ["predict", image, "--run", "few-classes", "--runs-dir", str(runs)],
+            2,
+            "2 class names for a model with 10 outputs",
+        ),
+        *(
+            (["train", "--resume", name, "--runs-dir", str(runs)], 2, "cnnctl_state.json")
+            for name in states
+        ),
     ]
     cases[-1] = (cases[-1][0], 2, "resume state of 83,886,082 bytes is too large")
     results, rss = run_group([args for args, _, _ in cases], tmp_path)
@@ -252,23 +326,34 @@ def test_hostile_run_folders(tmp_path, models, outside, data_dir):
 def test_hostile_configs_and_datasets(tmp_path, outside):
     idx = tmp_path / "idx"
     idx.mkdir()
-    with gzip.open(idx / "train-images-idx3-ubyte.gz", "wb") as stream:  # declares 6.5 GB, holds 1 KB
-        stream.write(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 100_000, 256, 256) + b"\0" * 1024)
+    with gzip.open(
+        idx / "train-images-idx3-ubyte.gz", "wb"
+    ) as stream:  # declares 6.5 GB, holds 1 KB
+        stream.write(
+            struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 100_000, 256, 256) + b"\0" * 1024
+        )
     for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (idx / name).write_bytes(b"\0\0\x08\x01\0\0\0\0")
     npz = io.BytesIO()
     with zipfile.ZipFile(npz, "w") as archive:
         inner = io.BytesIO()
-        np.lib.format.write_array_header_1_0(inner, {"descr": "|u1", "fortran_order": False,
-                                                     "shape": (6 * 2**30,)})
+        np.lib.format.write_array_header_1_0(
+            inner, {"descr": "|u1", "fortran_order": False, "shape": (6 * 2**30,)}
+        )
         archive.writestr("x_train.npy", inner.getvalue() + b"\0" * 64)
     (tmp_path / "big.npz").write_bytes(npz.getvalue())
     os.mkfifo(tmp_path / "fifo.csv")
     (tmp_path / "zero.csv").symlink_to("/dev/zero")
     configs = {
-        "nested.yaml": ("name: x\ndata: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels"),
+        "nested.yaml": (
+            "name: x\ndata: " + "[" * 5000 + "]" * 5000 + "\n",
+            "nested more than 64 levels",
+        ),
         "digits.yaml": ("name: x\nseed: " + "9" * 100_000 + "\n", "digits.yaml:2:7"),
-        "fifo.yaml": (SMALL.replace("dataset: mnist", "path: fifo.csv"), "not a regular file (a FIFO)"),
+        "fifo.yaml": (
+            SMALL.replace("dataset: mnist", "path: fifo.csv"),
+            "not a regular file (a FIFO)",
+        ),
         "zero.yaml": (SMALL.replace("dataset: mnist", "path: zero.csv"), "a character device"),
         "idx.yaml": (SMALL.replace("dataset: mnist", "path: idx"), "its header declares"),
         "npz.yaml": (SMALL.replace("dataset: mnist", "path: big.npz"), "a shape bomb"),
@@ -303,17 +388,37 @@ def test_names_from_files_are_shown_escaped(runner, models, tmp_path):
     folder.mkdir()
     shutil.copy(models / "good.keras", folder / "model.keras")
     (folder / "classes.json").write_text(json.dumps([*names, *map(str, range(3, 10))]))
-    csv_text = runner.invoke(main, ["predict", str(models / "x.png"), "--model", str(folder / "model.keras"),
-                                    "--top-k", "10", "--format", "csv"]).stdout
-    assert "'=HYPERLINK" in csv_text and ',=HYPERLINK' not in csv_text
+    csv_text = runner.invoke(
+        main,
+        [
+            "predict",
+            str(models / "x.png"),
+            "--model",
+            str(folder / "model.keras"),
+            "--top-k",
+            "10",
+            "--format",
+            "csv",
+        ],
+    ).stdout
+    assert "'=HYPERLINK" in csv_text and ",=HYPERLINK" not in csv_text
 
 
 def test_a_limit_can_be_raised_by_name(runner, models, tmp_path):
     image = hm.png_header_bomb(tmp_path / "wide.png", width=9000, height=8000, depth=8)
     refused = runner.invoke(main, ["predict", str(image), "--model", str(models / "good.keras")])
     assert refused.exit_code == 2 and "--limit pixels=72000000" in refused.stderr
-    raised = runner.invoke(main, ["--limit", "pixels=72000000", "predict", str(image),
-                                  "--model", str(models / "good.keras")])
+    raised = runner.invoke(
+        main,
+        [
+            "--limit",
+            "pixels=72000000",
+            "predict",
+            str(image),
+            "--model",
+            str(models / "good.keras"),
+        ],
+    )
     assert "more than" not in raised.stderr
     unknown = runner.invoke(main, ["--limit", "pixles=1", "predict", str(image)])
     assert unknown.exit_code == 2 and "--limit pixles=1: unknown limit" in unknown.stderr
@@ -352,8 +457,10 @@ def test_mutated_model_files_never_crash(tmp_path, models):
         mutants.append(target)
     image = str(models / "x.png")
     for start in range(0, len(mutants), 100):
-        batch = mutants[start: start + 100]
-        cases = [["predict", image, "--model", str(m), *(["--legacy-h5"] if m.suffix == ".h5" else [])]
-                 for m in batch]
+        batch = mutants[start : start + 100]
+        cases = [
+            ["predict", image, "--model", str(m), *(["--legacy-h5"] if m.suffix == ".h5" else [])]
+            for m in batch
+        ]
         results, rss = run_group(cases, tmp_path)
         check(results, [(r["code"] if r["code"] in (0, 2) else 2, "") for r in results], rss)

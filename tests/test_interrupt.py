@@ -36,8 +36,12 @@ def wait_for_epochs(process: subprocess.Popen, run: Path, count: int, timeout: f
 
 
 def start(small_config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CNNCTL, "train", str(small_config), *LONGER, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CNNCTL, "train", str(small_config), *LONGER, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigkill_in_epoch_3_then_resume_gives_exactly_5_epochs(small_config):
@@ -51,7 +55,9 @@ def test_sigkill_in_epoch_3_then_resume_gives_exactly_5_epochs(small_config):
     assert epochs_in(run) == [1, 2]
     assert describe(Run(run)).status == "interrupted"
 
-    done = subprocess.run([*CNNCTL, "train", "--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*CNNCTL, "train", "--resume"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     assert epochs_in(run) == [1, 2, 3, 4, 5]
     models = sorted(run.rglob("*.keras"))
@@ -78,6 +84,8 @@ def test_interrupt_saves_and_prints_a_working_resume_command(small_config, sig):
     keras.saving.load_model(run / "checkpoints" / "last.keras")
     assert describe(Run(run)).status == "interrupted"
 
-    resumed = subprocess.run([*CNNCTL, *command.split()[1:]], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [*CNNCTL, *command.split()[1:]], capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert epochs_in(run) == [1, 2, 3, 4, 5]

@@ -16,7 +16,8 @@ import pytest
 from cnnctl.train import read_state
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
-# A network whose checkpoints (about 40 MB with optimizer state) take longer to write than its epochs
+# A network whose checkpoints (about 40 MB with optimizer state) take longer to write than its
+# epochs
 # take to train, so that most random instants fall inside a save.
 HEAVY = """\
 name: heavy
@@ -53,14 +54,18 @@ def test_random_kills_never_leave_a_broken_checkpoint(write):
     for attempt in range(8):
         before = temporaries(run) if run.exists() else set()
         args = ["train", str(config)] if attempt == 0 else ["train", "--resume", "heavy"]
-        process = subprocess.Popen([*CNNCTL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [*CNNCTL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         start_epochs = epochs_done(run)
         deadline = time.time() + 120
         while epochs_done(run) <= start_epochs:  # wait until this process has finished an epoch
             assert process.poll() is None, process.stderr.read()
             assert time.time() < deadline
             time.sleep(0.02)
-        assert not (before & temporaries(run)), "leftovers of the last kill were not cleaned at start"
+        assert not (before & temporaries(run)), (
+            "leftovers of the last kill were not cleaned at start"
+        )
         time.sleep(chance.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait()

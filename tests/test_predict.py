@@ -21,8 +21,14 @@ def digits(tmp_path, mnist_test_set) -> dict[str, Path]:
     digit = x[8000]  # in the run's test split
     folder = tmp_path / "images"
     folder.mkdir()
-    paths = {"png": folder / "plain.png", "rgba": folder / "rgba.png", "palette": folder / "palette.png",
-             "16bit": folder / "deep.png", "cmyk": folder / "cmyk.jpg", "big": folder / "big.png"}
+    paths = {
+        "png": folder / "plain.png",
+        "rgba": folder / "rgba.png",
+        "palette": folder / "palette.png",
+        "16bit": folder / "deep.png",
+        "cmyk": folder / "cmyk.jpg",
+        "big": folder / "big.png",
+    }
     Image.fromarray(digit).save(paths["png"])
     Image.fromarray(digit).convert("RGBA").save(paths["rgba"])
     Image.fromarray(digit).convert("P").save(paths["palette"])
@@ -51,11 +57,16 @@ def test_every_image_kind_is_converted_and_agrees(runner, trained, digits, mnist
     [
         (lambda p: p.write_text("just some notes\n"), "not an image file Pillow can read"),
         (lambda p: p.write_bytes(b""), "empty file"),
-        (lambda p: p.write_bytes(_png_bytes()[: len(_png_bytes()) // 2]), "damaged or truncated image"),
+        (
+            lambda p: p.write_bytes(_png_bytes()[: len(_png_bytes()) // 2]),
+            "damaged or truncated image",
+        ),
     ],
     ids=["text-file", "zero-size", "truncated-png"],
 )
-def test_unreadable_files_are_reported_and_others_still_predicted(runner, trained, digits, tmp_path, make, reason):
+def test_unreadable_files_are_reported_and_others_still_predicted(
+    runner, trained, digits, tmp_path, make, reason
+):
     bad = tmp_path / "bad.png"
     make(bad)
     result = predict(runner, trained, str(bad), str(digits["png"]))
@@ -90,9 +101,14 @@ def test_invert_flips_dark_on_light(tmp_path, mnist_test_set):
 
 def test_model_with_a_lambda_layer_is_refused_and_never_run(runner, tmp_path):
     marker = tmp_path / "pwned.txt"  # the lambda writes it in the current folder, tmp_path
-    evil = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                             keras.layers.Lambda(lambda x: (open("pwned.txt", "w").write("ran"), x)[1]),
-                             keras.layers.Dense(10, activation="softmax")])
+    evil = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Lambda(lambda x: (open("pwned.txt", "w").write("ran"), x)[1]),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     evil.save(tmp_path / "evil.keras")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
     marker.unlink(missing_ok=True)  # saving traced the lambda once
@@ -105,15 +121,19 @@ def test_model_with_a_lambda_layer_is_refused_and_never_run(runner, tmp_path):
     try:
         keras.saving.load_model(tmp_path / "evil.keras", safe_mode=False)(np.zeros((1, 28, 28, 1)))
     finally:
-        keras.config.disable_unsafe_deserialization() if hasattr(keras.config, "disable_unsafe_deserialization") else None
+        keras.config.disable_unsafe_deserialization() if hasattr(
+            keras.config, "disable_unsafe_deserialization"
+        ) else None
     assert marker.read_text() == "ran"
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [(b"", "not a Keras model file (not a .keras zip archive)"),
-     (b"PK\x03\x04 truncated zip", "not a Keras model file"),
-     (b"hello", "not a Keras model file")],
+    [
+        (b"", "not a Keras model file (not a .keras zip archive)"),
+        (b"PK\x03\x04 truncated zip", "not a Keras model file"),
+        (b"hello", "not a Keras model file"),
+    ],
     ids=["empty", "truncated", "text"],
 )
 def test_non_model_files_are_clear_errors(runner, tmp_path, content, expected):
@@ -137,7 +157,9 @@ def test_predict_formats_and_output_file(runner, trained, tmp_path, mnist_test_s
 
     for i in range(3):
         Image.fromarray(mnist_test_set[0][8000 + i]).save(tmp_path / f"d{i}.png")
-    as_csv = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--format", "csv", "--top-k", "2", "."])
+    as_csv = runner.invoke(
+        main, ["predict", "--runs-dir", str(trained), "--format", "csv", "--top-k", "2", "."]
+    )
     assert as_csv.exit_code == 0
     lines = as_csv.stdout.splitlines()
     assert lines[0] == "path,label,probability,label_2,probability_2" and len(lines) == 4

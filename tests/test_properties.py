@@ -17,20 +17,37 @@ from hypothesis import strategies as st
 from cnnctl.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = [yaml.safe_load((REPO / "configs" / name).read_text()) for name in ("mnist.yaml", "fashion_mnist.yaml")]
-RUNS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SHIPPED = [
+    yaml.safe_load((REPO / "configs" / name).read_text())
+    for name in ("mnist.yaml", "fashion_mnist.yaml")
+]
+RUNS = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 PLACE = re.compile(r"^Error: (x\.yaml(:\d+:\d+)?|--set .*?): ", re.MULTILINE)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
     st.sampled_from([0, -1, 1, 2, 3, 10, 28, 10**9, 10**18]),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["relu", "softmax", "same", "valid", "Dense", "Conv2D", "adam", "ünïcødé", "💥", "", "1e-3"]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["relu", "softmax", "same", "valid", "Dense", "Conv2D", "adam", "ünïcødé", "💥", "", "1e-3"]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def paths_of(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -94,7 +111,11 @@ def test_mutated_shipped_configs(runner, config):
 
 
 @RUNS
-@given(lines=st.lists(st.sampled_from((REPO / "configs" / "mnist.yaml").read_text().splitlines()), min_size=1))
+@given(
+    lines=st.lists(
+        st.sampled_from((REPO / "configs" / "mnist.yaml").read_text().splitlines()), min_size=1
+    )
+)
 def test_shuffled_and_duplicated_lines(runner, lines):
     check(runner, "\n".join(lines) + "\n")
 
@@ -104,17 +125,47 @@ def test_shuffled_and_duplicated_lines(runner, lines):
 def test_random_overrides(runner, data):
     keys = [".".join(str(p) for p in path) for path in paths_of(SHIPPED[0])]
     key = data.draw(st.one_of(st.sampled_from(keys), st.text(max_size=15)))
-    value = data.draw(st.one_of(st.text(max_size=20), values.map(lambda v: yaml.safe_dump(v).strip())))
+    value = data.draw(
+        st.one_of(st.text(max_size=20), values.map(lambda v: yaml.safe_dump(v).strip()))
+    )
     check(runner, (REPO / "configs" / "mnist.yaml").read_text(), (f"{key}={value}",))
 
 
 @RUNS
-@given(layer=st.fixed_dictionaries(
-    {"type": st.sampled_from(["Conv2D", "Dense", "MaxPooling2D", "Dropout", "BatchNormalization",
-                              "UpSampling2D", "Reshape", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"])},
-    optional={"filters": values, "units": values, "kernel_size": values, "pool_size": values, "rate": values,
-              "strides": values, "padding": values, "size": values, "target_shape": values, "activation": values,
-              "depth_multiplier": values, "dilation_rate": values}))
+@given(
+    layer=st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                [
+                    "Conv2D",
+                    "Dense",
+                    "MaxPooling2D",
+                    "Dropout",
+                    "BatchNormalization",
+                    "UpSampling2D",
+                    "Reshape",
+                    "DepthwiseConv2D",
+                    "SeparableConv2D",
+                    "Conv2DTranspose",
+                ]
+            )
+        },
+        optional={
+            "filters": values,
+            "units": values,
+            "kernel_size": values,
+            "pool_size": values,
+            "rate": values,
+            "strides": values,
+            "padding": values,
+            "size": values,
+            "target_shape": values,
+            "activation": values,
+            "depth_multiplier": values,
+            "dilation_rate": values,
+        },
+    )
+)
 def test_random_layers_in_the_seed_network(runner, layer):
     config = yaml.safe_load(yaml.safe_dump(SHIPPED[0]))
     config["model"]["layers"].insert(1, layer)

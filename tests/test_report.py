@@ -11,22 +11,46 @@ from cnnctl import report
 from cnnctl.results import EvaluationResult, Guess, Prediction, TrainResult
 from cnnctl.runs import Run, RunSummary
 
-LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-          "Ankle boot"]
+LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def render(renderable, width: int | None, terminal: bool = True) -> list[str]:
     """Render as a terminal of `width` columns would show it (or unbounded, as a pipe gets it)."""
     out = io.StringIO()
-    Console(file=out, width=width or 100_000, color_system=None, force_terminal=terminal,
-            soft_wrap=not terminal).print(renderable)
+    Console(
+        file=out,
+        width=width or 100_000,
+        color_system=None,
+        force_terminal=terminal,
+        soft_wrap=not terminal,
+    ).print(renderable)
     return out.getvalue().splitlines()
 
 
-def predictions(count: int = 4, folder: str = "examples/fashion_mnist/some/deeper/folder") -> list[Prediction]:
-    return [Prediction(f"{folder}/{i:04d}_{LABELS[i % 10].replace('/', '-')}.png",
-                       [Guess(LABELS[(i + k) % 10], (i + k) % 10, p) for k, p in enumerate((0.91, 0.06, 0.03))])
-            for i in range(count)]
+def predictions(
+    count: int = 4, folder: str = "examples/fashion_mnist/some/deeper/folder"
+) -> list[Prediction]:
+    return [
+        Prediction(
+            f"{folder}/{i:04d}_{LABELS[i % 10].replace('/', '-')}.png",
+            [
+                Guess(LABELS[(i + k) % 10], (i + k) % 10, p)
+                for k, p in enumerate((0.91, 0.06, 0.03))
+            ],
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize("width", [60, 80, 200])
@@ -55,19 +79,32 @@ def test_predict_table_in_a_pipe_is_never_cut():
 def test_predict_table_shows_paths_relative_to_the_folder_given(tmp_path):
     from pathlib import Path
 
-    lines = render(report.predictions_table(predictions(folder="examples/fm"), 200, Path("examples/fm")), 200)
+    lines = render(
+        report.predictions_table(predictions(folder="examples/fm"), 200, Path("examples/fm")), 200
+    )
     assert lines[2].lstrip().startswith("0000_T-shirt-top.png")
 
 
 def summary(name: str, **extra) -> RunSummary:
-    values = dict(status="finished", dataset="fashion_mnist", epochs=10, epochs_done=10, monitor="val_loss",
-                  best_value=0.2709, best_epoch=7, test_accuracy=0.9149)
+    values = dict(
+        status="finished",
+        dataset="fashion_mnist",
+        epochs=10,
+        epochs_done=10,
+        monitor="val_loss",
+        best_value=0.2709,
+        best_epoch=7,
+        test_accuracy=0.9149,
+    )
     return RunSummary(name=name, path=f"runs/{name}", **{**values, **extra})
 
 
 @pytest.mark.parametrize("width", [60, 80])
 def test_runs_table_fits_the_terminal_without_breaking_words(width):
-    runs = [summary("fashion_mnist_accurate-12"), summary("early", stopped_early=4, status="finished")]
+    runs = [
+        summary("fashion_mnist_accurate-12"),
+        summary("early", stopped_early=4, status="finished"),
+    ]
     lines = render(report.runs_table(runs, width), width)
     assert max(map(len, lines)) <= width
     assert len(lines) == 4  # header, rule, one line per run
@@ -82,16 +119,34 @@ def test_runs_table_shows_the_monitored_value_of_the_saved_epoch():
 
 
 def test_training_summary_says_it_stopped_early(tmp_path):
-    result = TrainResult(run=Run(tmp_path), epochs_done=4, epochs=10, monitor="val_loss", best_epoch=2,
-                         best_value=0.3, test={"accuracy": 0.9}, seconds=1.0, images_per_second=10.0,
-                         stopped_early=4, rows=[{"epoch": 2, "loss": 0.3}])
+    result = TrainResult(
+        run=Run(tmp_path),
+        epochs_done=4,
+        epochs=10,
+        monitor="val_loss",
+        best_epoch=2,
+        best_value=0.3,
+        test={"accuracy": 0.9},
+        seconds=1.0,
+        images_per_second=10.0,
+        stopped_early=4,
+        rows=[{"epoch": 2, "loss": 0.3}],
+    )
     text = "\n".join(render(report.training_summary(result), 80))
     assert "stopped early at epoch 4 of 10" in text and "best epoch 2 by val_loss (0.3000)" in text
 
 
 def test_epoch_line_stays_one_line_in_a_pipe():
-    row = {"epoch": 3, "loss": 0.21, "accuracy": 0.931, "val_loss": 0.25, "val_accuracy": 0.912,
-           "lr": 0.001, "seconds": 12.3, "train_seconds": 11.0}
+    row = {
+        "epoch": 3,
+        "loss": 0.21,
+        "accuracy": 0.931,
+        "val_loss": 0.25,
+        "val_accuracy": 0.912,
+        "lr": 0.001,
+        "seconds": 12.3,
+        "train_seconds": 11.0,
+    }
     out = io.StringIO()
     display = report.TrainingDisplay(Console(file=out, width=40, color_system=None))
     display.epoch(row, 10, best=True)
@@ -100,14 +155,29 @@ def test_epoch_line_stays_one_line_in_a_pipe():
 
 def test_evaluation_table_names_where_the_report_went():
     result = EvaluationResult(
-        model="runs/a/model.keras", data="mnist", split="train", examples=1, metrics={"accuracy": 1.0},
+        model="runs/a/model.keras",
+        data="mnist",
+        split="train",
+        examples=1,
+        metrics={"accuracy": 1.0},
         per_class={"0": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}},
-        averages={k: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for k in ("macro avg", "weighted avg")},
-        most_confused=[], confusion_matrix=[[1]], class_names=["0"], saved=["runs/a/evaluation-train.json"])
+        averages={
+            k: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+            for k in ("macro avg", "weighted avg")
+        },
+        most_confused=[],
+        confusion_matrix=[[1]],
+        class_names=["0"],
+        saved=["runs/a/evaluation-train.json"],
+    )
     text = "\n".join(render(report.evaluation_table(result), 80))
-    assert "train split (1 image of mnist)" in text and "saved: runs/a/evaluation-train.json" in text
+    assert (
+        "train split (1 image of mnist)" in text and "saved: runs/a/evaluation-train.json" in text
+    )
 
 
 def test_plural():
     assert (report.plural(1, "unreadable file"), report.plural(2, "prediction")) == (
-        "1 unreadable file", "2 predictions")
+        "1 unreadable file",
+        "2 predictions",
+    )

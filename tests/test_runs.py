@@ -53,7 +53,10 @@ def test_no_runs_yet(tmp_path):
     with pytest.raises(RunError) as info:
         find_run(None, tmp_path / "runs")
     assert info.value.exit_code == 2
-    assert "no runs in" in info.value.format_message() and "cnnctl train configs/mnist.yaml" in info.value.format_message()
+    assert (
+        "no runs in" in info.value.format_message()
+        and "cnnctl train configs/mnist.yaml" in info.value.format_message()
+    )
 
 
 def test_unknown_run_suggests_a_near_name(tmp_path):
@@ -106,9 +109,11 @@ def _checkpoint(members: dict[str, bytes]) -> bytes:
 
 @pytest.mark.parametrize(
     ("cut", "members", "status"),
-    [(None, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "interrupted"),
-     (3000, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "damaged"),
-     (None, {"model.weights.h5": b"w" * 5000}, "damaged")],
+    [
+        (None, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "interrupted"),
+        (3000, {"model.weights.h5": b"w" * 5000, STATE_MEMBER: b"{}"}, "damaged"),
+        (None, {"model.weights.h5": b"w" * 5000}, "damaged"),
+    ],
     ids=["whole", "truncated", "no-state"],
 )
 def test_a_truncated_checkpoint_marks_the_run_damaged(tmp_path, small_config, cut, members, status):

@@ -63,7 +63,10 @@ def lr_column(run) -> list[float]:
         ("{type: exponential, factor: 0.5}", [1e-3, 5e-4, 2.5e-4, 1.25e-4]),
         ("{type: cosine}", [1e-3, 8.535534e-4, 5e-4, 1.464466e-4]),
         # min_delta 10 makes every epoch after the first a plateau
-        ("{type: reduce_on_plateau, patience: 1, factor: 0.5, min_delta: 10}", [1e-3, 1e-3, 5e-4, 2.5e-4]),
+        (
+            "{type: reduce_on_plateau, patience: 1, factor: 0.5, min_delta: 10}",
+            [1e-3, 1e-3, 5e-4, 2.5e-4],
+        ),
     ],
     ids=["step", "exponential", "cosine", "plateau"],
 )
@@ -74,17 +77,32 @@ def test_schedules_show_in_metrics_csv(small_config, schedule, expected):
 
 
 def test_early_stopping_stops_at_the_expected_epoch(small_config):
-    config = load_config(small_config, [*FOUR_EPOCHS, "train.epochs=10",
-                                        "train.early_stopping={monitor: val_loss, patience: 2, min_delta: 10}"])
+    config = load_config(
+        small_config,
+        [
+            *FOUR_EPOCHS,
+            "train.epochs=10",
+            "train.early_stopping={monitor: val_loss, patience: 2, min_delta: 10}",
+        ],
+    )
     result = train_run(config, Path("runs"), None)
     assert len(lr_column(result.run)) == 3  # epoch 1 sets the best; 2 and 3 fail to beat it by 10
     assert result.summary()["stopped_early"] == 3 and result.epochs_done == 3
 
 
 def test_gradient_clipping_and_tensorboard(small_config):
-    config = load_config(small_config, ["data.limit=500", "train.epochs=1", "train.tensorboard=true",
-                                        "train.optimizer={type: Adam, clipnorm: 1.0}"])
+    config = load_config(
+        small_config,
+        [
+            "data.limit=500",
+            "train.epochs=1",
+            "train.tensorboard=true",
+            "train.optimizer={type: Adam, clipnorm: 1.0}",
+        ],
+    )
     result = train_run(config, Path("runs"), None)
     assert any((result.run.path / "tensorboard").rglob("events.out.tfevents.*"))
     saved = json.loads(zipfile.ZipFile(result.run.model).read("config.json"))
-    assert saved["compile_config"]["optimizer"]["config"]["clipnorm"] == 1.0  # clipping is on in the model
+    assert (
+        saved["compile_config"]["optimizer"]["config"]["clipnorm"] == 1.0
+    )  # clipping is on in the model

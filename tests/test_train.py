@@ -23,7 +23,15 @@ def test_train_writes_the_run_folder(small_config):
     result = train_run(load_config(small_config), Path("runs"), None)
     run = result.run
     assert run.path == Path("runs/small")
-    for path in (run.config, run.classes, run.model, run.last, run.metrics_csv, run.metrics_json, run.curves):
+    for path in (
+        run.config,
+        run.classes,
+        run.model,
+        run.last,
+        run.metrics_csv,
+        run.metrics_json,
+        run.curves,
+    ):
         assert path.is_file(), path
     assert json.loads(run.classes.read_text()) == list("0123456789")
     table = rows(run)
@@ -84,7 +92,9 @@ def test_resume_refuses_a_run_another_process_is_training(small_config):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         result.run.run_json.write_text(json.dumps({"status": "running", "pid": other.pid}))
-        with pytest.raises(RunError, match=rf"runs/small: is still being trained \(pid {other.pid}\)"):
+        with pytest.raises(
+            RunError, match=rf"runs/small: is still being trained \(pid {other.pid}\)"
+        ):
             resume_run(result.run, None)
     finally:
         other.kill()
@@ -94,7 +104,14 @@ def test_tensorboard_needs_its_package(small_config, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    with pytest.raises(ConfigError, match="--set train.tensorboard=true: train.tensorboard: needs the tensorboard package"):
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real(name, *a),
+    )
+    with pytest.raises(
+        ConfigError,
+        match="--set train.tensorboard=true: train.tensorboard: needs the tensorboard package",
+    ):
         train_run(load_config(small_config, ["train.tensorboard=true"]), Path("runs"), None)
     assert not Path("runs").exists()

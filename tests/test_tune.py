@@ -65,8 +65,12 @@ def trials_csv(study: Path) -> list[dict[str, str]]:
 
 
 def start(config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CNNCTL, "tune", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CNNCTL, "tune", str(config), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -80,25 +84,64 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
 # --------------------------------------------------------------------------- before any trial
 
 
-@pytest.mark.parametrize(("parameter", "where", "message"), [
-    ("model.layers.9.filters: {type: choice, values: [2, 4]}", f"{PARAMETER_LINE}:5",
-     "tune.parameters.model.layers.9.filters: model.layers[9]: no such list item (the list has 5)"),
-    ("model.layers.3.rate: {type: uniform, low: 0.1, high: 1.5}", f"{PARAMETER_LINE}:58",
-     "tune.parameters.model.layers.3.rate.high: 1.5 makes the config invalid: model.layers[3]: Dropout"),
-    ("model.layers.0.filterz: {type: int, low: 2, high: 8}", f"{PARAMETER_LINE}:46",
-     "unknown argument of Conv2D (did you mean 'filters'?)"),
-    ("model.layers.0.kernel_size: {type: choice, values: [[3, 3], [40, 40]]}", f"{PARAMETER_LINE}:65",
-     "values[1]: [40, 40] makes the config invalid: model.layers[0]: Conv2D cannot take an input"),
-    ("train.batch_size: {type: uniform, low: 16, high: 64}", f"{PARAMETER_LINE}:44",
-     "16.0 makes the config invalid: train.batch_size: Input should be a valid integer"),
-    ("model.layers.0.filters.x: {type: int, low: 1, high: 8}", f"{PARAMETER_LINE}:5",
-     "model.layers[0].filters is a single value, not a section"),
-    ("train.optimizer.learning_rate: {type: loguniform, low: 0, high: 1}", f"{PARAMETER_LINE}:36",
-     "a log scale needs low > 0, got 0"),
-    ("model.layers.3.rate: {type: uniform, low: 0.5, high: 0.5}", f"{PARAMETER_LINE}:26",
-     "low (0.5) must be below high (0.5)"),
-], ids=["bad-path", "bad-range", "unknown-argument", "bad-choice", "float-for-int", "into-a-value",
-        "log-of-zero", "empty-range"])
+@pytest.mark.parametrize(
+    ("parameter", "where", "message"),
+    [
+        (
+            "model.layers.9.filters: {type: choice, values: [2, 4]}",
+            f"{PARAMETER_LINE}:5",
+            "tune.parameters.model.layers.9.filters: model.layers[9]: no such list item (the list "
+            "has 5)",
+        ),
+        (
+            "model.layers.3.rate: {type: uniform, low: 0.1, high: 1.5}",
+            f"{PARAMETER_LINE}:58",
+            "tune.parameters.model.layers.3.rate.high: 1.5 makes the config invalid: "
+            "model.layers[3]: Dropout",
+        ),
+        (
+            "model.layers.0.filterz: {type: int, low: 2, high: 8}",
+            f"{PARAMETER_LINE}:46",
+            "unknown argument of Conv2D (did you mean 'filters'?)",
+        ),
+        (
+            "model.layers.0.kernel_size: {type: choice, values: [[3, 3], [40, 40]]}",
+            f"{PARAMETER_LINE}:65",
+            "values[1]: [40, 40] makes the config invalid: model.layers[0]: Conv2D cannot take an "
+            "input",
+        ),
+        (
+            "train.batch_size: {type: uniform, low: 16, high: 64}",
+            f"{PARAMETER_LINE}:44",
+            "16.0 makes the config invalid: train.batch_size: Input should be a valid integer",
+        ),
+        (
+            "model.layers.0.filters.x: {type: int, low: 1, high: 8}",
+            f"{PARAMETER_LINE}:5",
+            "model.layers[0].filters is a single value, not a section",
+        ),
+        (
+            "train.optimizer.learning_rate: {type: loguniform, low: 0, high: 1}",
+            f"{PARAMETER_LINE}:36",
+            "a log scale needs low > 0, got 0",
+        ),
+        (
+            "model.layers.3.rate: {type: uniform, low: 0.5, high: 0.5}",
+            f"{PARAMETER_LINE}:26",
+            "low (0.5) must be below high (0.5)",
+        ),
+    ],
+    ids=[
+        "bad-path",
+        "bad-range",
+        "unknown-argument",
+        "bad-choice",
+        "float-for-int",
+        "into-a-value",
+        "log-of-zero",
+        "empty-range",
+    ],
+)
 def test_a_bad_search_space_fails_before_training(runner, write, parameter, where, message):
     config = write("tune.yaml", with_parameter(parameter))
     result = runner.invoke(main, ["tune", str(config)])
@@ -108,14 +151,25 @@ def test_a_bad_search_space_fails_before_training(runner, write, parameter, wher
     assert not Path("runs").exists()  # nothing trained, no study made
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (("  metric: val_accuracy", "  metric: val_acc"),
-     "tune.yaml:24:11: tune.metric: 'val_acc' is not logged (did you mean 'val_accuracy'?)"),
-    (("  sampler: random", "  sampler: grid"),
-     "tune.yaml:28:36: tune.parameters.train.optimizer.learning_rate: the grid sampler needs a finite"),
-    (("  trials: 6", "  trials: 6\n  timeout: soon"),
-     "tune.yaml:26:12: tune.timeout: expected a duration such as 30m, 2h or 90s, got 'soon'"),
-], ids=["metric-not-logged", "grid-of-floats", "bad-timeout"])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("  metric: val_accuracy", "  metric: val_acc"),
+            "tune.yaml:24:11: tune.metric: 'val_acc' is not logged (did you mean 'val_accuracy'?)",
+        ),
+        (
+            ("  sampler: random", "  sampler: grid"),
+            "tune.yaml:28:36: tune.parameters.train.optimizer.learning_rate: the grid sampler "
+            "needs a finite",
+        ),
+        (
+            ("  trials: 6", "  trials: 6\n  timeout: soon"),
+            "tune.yaml:26:12: tune.timeout: expected a duration such as 30m, 2h or 90s, got 'soon'",
+        ),
+    ],
+    ids=["metric-not-logged", "grid-of-floats", "bad-timeout"],
+)
 def test_tune_section_mistakes_name_their_line(runner, write, edit, message):
     config = write("tune.yaml", TUNED.replace(*edit))
     result = runner.invoke(main, ["tune", str(config)])
@@ -157,19 +211,45 @@ def make_study(direction: str = "maximize", attrs: dict | None = None) -> None:
         study.set_user_attr(key, value)
 
 
-@pytest.mark.parametrize(("prepare", "args", "message"), [
-    (lambda: make_study(attrs={"cnnctl": {"config": {}, "tune": {}}}), [],
-     "tune.yaml: differs from the config study 'tiny-tune' was started with (in config.data, "),
-    (lambda: make_study("minimize"), [],
-     "study 'tiny-tune' was started to minimize, this config asks to maximize"),
-    (lambda: None, ["--storage", "nosuchdb://user:secret@host/db"],
-     "--storage nosuchdb://user:***@host/db: cannot open it"),
-    (lambda: None, ["--name", "../up"], "--name '../up': a study name is letters, digits"),
-    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or Path("runs/tiny-tune/config.yaml").write_text(""),
-     [], "runs/tiny-tune: is a run folder, not a study folder"),
-    (lambda: Path("runs/tiny-tune").mkdir(parents=True) or os.mkfifo("runs/tiny-tune/journal.log"),
-     [], "runs/tiny-tune/journal.log: not a regular file"),
-], ids=["other-config", "other-goal", "bad-storage", "bad-name", "run-folder", "fifo-journal"])
+@pytest.mark.parametrize(
+    ("prepare", "args", "message"),
+    [
+        (
+            lambda: make_study(attrs={"cnnctl": {"config": {}, "tune": {}}}),
+            [],
+            "tune.yaml: differs from the config study 'tiny-tune' was started with (in "
+            "config.data, ",
+        ),
+        (
+            lambda: make_study("minimize"),
+            [],
+            "study 'tiny-tune' was started to minimize, this config asks to maximize",
+        ),
+        (
+            lambda: None,
+            ["--storage", "nosuchdb://user:secret@host/db"],
+            "--storage nosuchdb://user:***@host/db: cannot open it",
+        ),
+        (lambda: None, ["--name", "../up"], "--name '../up': a study name is letters, digits"),
+        (
+            lambda: (
+                Path("runs/tiny-tune").mkdir(parents=True)
+                or Path("runs/tiny-tune/config.yaml").write_text("")
+            ),
+            [],
+            "runs/tiny-tune: is a run folder, not a study folder",
+        ),
+        (
+            lambda: (
+                Path("runs/tiny-tune").mkdir(parents=True)
+                or os.mkfifo("runs/tiny-tune/journal.log")
+            ),
+            [],
+            "runs/tiny-tune/journal.log: not a regular file",
+        ),
+    ],
+    ids=["other-config", "other-goal", "bad-storage", "bad-name", "run-folder", "fifo-journal"],
+)
 def test_a_study_that_cannot_be_continued_is_refused(runner, write, prepare, args, message):
     config = write("tune.yaml", TUNED)
     prepare()
@@ -179,8 +259,10 @@ def test_a_study_that_cannot_be_continued_is_refused(runner, write, prepare, arg
     assert not list(Path("runs").glob("*/trial-*"))
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("90s", 90), (45, 45),
-                                                ("1.5d", 129600), ("soon", 0), ("-5m", 0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("2h", 7200), ("90s", 90), (45, 45), ("1.5d", 129600), ("soon", 0), ("-5m", 0)],
+)
 def test_timeouts_read_as_people_write_them(text, seconds):
     assert duration_seconds(text) == seconds
 
@@ -191,24 +273,34 @@ def test_timeouts_read_as_people_write_them(text, seconds):
 @pytest.mark.slow
 def test_six_trials_with_two_workers_give_runs_a_table_and_a_best_config(runner, write):
     config = write("tune.yaml", TUNED)
-    done = subprocess.run([*CNNCTL, "tune", str(config), "--workers", "2"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*CNNCTL, "tune", str(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     study = Path("runs/tiny-tune")
     rows = trials_csv(study)
     assert [r["state"] for r in rows] == ["complete"] * 6
-    assert len({(r["train.optimizer.learning_rate"], r["model.layers.0.filters"]) for r in rows}) == 6
+    assert (
+        len({(r["train.optimizer.learning_rate"], r["model.layers.0.filters"]) for r in rows}) == 6
+    )
     assert sorted(p.name for p in study.glob("trial-*")) == [f"trial-{n:03d}" for n in range(6)]
     assert done.stdout.count("complete  val_accuracy") >= 6  # one line per trial, then the table
     assert "study tiny-tune: val_accuracy (maximize)" in done.stdout
-    assert (study / "history.png").stat().st_size > 0 and (study / "importances.png").stat().st_size > 0
+    assert (study / "history.png").stat().st_size > 0 and (
+        study / "importances.png"
+    ).stat().st_size > 0
     listed = runner.invoke(main, ["runs", str(study), "--json"])
     assert listed.exit_code == 0 and listed.output.count('"status": "finished"') == 6
 
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert "tune" not in best and best["name"] == "tiny-tune-best"
     winner = max(rows, key=lambda r: float(r["value"]))
-    assert best["train"]["optimizer"]["learning_rate"] == float(winner["train.optimizer.learning_rate"])
+    assert best["train"]["optimizer"]["learning_rate"] == float(
+        winner["train.optimizer.learning_rate"]
+    )
     trained = runner.invoke(main, ["train", str(study / "best.yaml")])
     assert trained.exit_code == 0, trained.output
     assert Path("runs/tiny-tune-best/model.keras").is_file()
@@ -224,8 +316,12 @@ def test_sigkill_during_a_trial_then_the_same_command_finishes_the_study(write):
     process.wait()
     time.sleep(1.5)  # the workers notice their parent is gone
 
-    done = subprocess.run([*CNNCTL, "tune", str(config), "--workers", "2"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*CNNCTL, "tune", str(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "killed trials marked failed" in done.stdout
     rows = trials_csv(study)
@@ -234,7 +330,9 @@ def test_sigkill_during_a_trial_then_the_same_command_finishes_the_study(write):
     assert "2" in [r["trial"] for r in killed]
     assert all(r["note"].startswith("killed; its folder is kept") for r in killed)
     folders = sorted(p.name for p in study.glob("trial-*"))
-    assert folders == [f"trial-{int(r['trial']):03d}" for r in rows]  # none reused, none overwritten
+    assert folders == [
+        f"trial-{int(r['trial']):03d}" for r in rows
+    ]  # none reused, none overwritten
     for name in folders:
         assert yaml.safe_load((study / name / "config.yaml").read_text())["name"] == name
 
@@ -253,10 +351,16 @@ def test_ctrl_c_exits_130_with_the_command_that_resumes(write):
 
 @pytest.mark.slow
 def test_the_median_pruner_stops_a_hopeless_trial(write):
-    text = TUNED.replace("  epochs: 1", "  epochs: 3").replace("  trials: 6", "  trials: 4\n  startup_trials: 1")
-    text = text.replace("{type: loguniform, low: 1.0e-4, high: 1.0e-2}", "{type: choice, values: [0.01, 1.0e-7]}")
+    text = TUNED.replace("  epochs: 1", "  epochs: 3").replace(
+        "  trials: 6", "  trials: 4\n  startup_trials: 1"
+    )
+    text = text.replace(
+        "{type: loguniform, low: 1.0e-4, high: 1.0e-2}", "{type: choice, values: [0.01, 1.0e-7]}"
+    )
     config = write("tune.yaml", text)
-    done = subprocess.run([*CNNCTL, "tune", str(config)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*CNNCTL, "tune", str(config)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     rows = trials_csv(Path("runs/tiny-tune"))
     pruned = [r for r in rows if r["state"] == "pruned"]

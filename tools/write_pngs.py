@@ -1,7 +1,7 @@
 """Write test images of a built-in dataset as PNG files named <index>_<label>.png.
 
-    python tools/write_pngs.py fashion_mnist examples/fashion_mnist --count 8
-    python tools/write_pngs.py fashion_mnist examples/fashion_folder --count 3000 --by-class
+python tools/write_pngs.py fashion_mnist examples/fashion_mnist --count 8
+python tools/write_pngs.py fashion_mnist examples/fashion_folder --count 3000 --by-class
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(BUILTINS))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--by-class", action="store_true", help="one sub-folder per class, as for training")
+    parser.add_argument(
+        "--by-class", action="store_true", help="one sub-folder per class, as for training"
+    )
     args = parser.parse_args()
     arrays = load_builtin(args.dataset)
     names = BUILTINS[args.dataset].classes

@@ -35,15 +35,20 @@ class Dataset:
     origin: str
     skipped: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
-    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> source file of each image
+    files: dict[str, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # split -> source file of each image
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return self.x_train.shape[1:]
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return {"train": (self.x_train, self.y_train), "validation": (self.x_val, self.y_val),
-                "test": (self.x_test, self.y_test)}[name]
+        return {
+            "train": (self.x_train, self.y_train),
+            "validation": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }[name]
 
 
 def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -64,8 +69,10 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
         return load_builtin(data.dataset, offline)
     path = Path(data.path)
     if not path.exists():
-        raise ConfigError(f"{data.where(('path',))}: {data.path}: no such file or folder",
-                          "data.path is read relative to the folder you run cnnctl in")
+        raise ConfigError(
+            f"{data.where(('path',))}: {data.path}: no such file or folder",
+            "data.path is read relative to the folder you run cnnctl in",
+        )
     if path.is_dir():
         if is_idx_folder(path):
             return load_idx_folder(path)
@@ -80,10 +87,14 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
         if is_path_csv(path):  # a list of image files, read like a folder
             from cnnctl.data.folders import load_path_csv
 
-            return load_path_csv(path, data.label_column, image_shape_of(data, input_shape), data.cache)
+            return load_path_csv(
+                path, data.label_column, image_shape_of(data, input_shape), data.cache
+            )
         return load_csv(path, data.label_column, image_shape_of(data, input_shape))
-    raise DataError(f"{path}: unsupported data file",
-                    "data.path takes a folder of class folders or IDX files, an .npz or a .csv")
+    raise DataError(
+        f"{path}: unsupported data file",
+        "data.path takes a folder of class folders or IDX files, an .npz or a .csv",
+    )
 
 
 def dataset_for(config: Config, offline: bool = False) -> Dataset:
@@ -93,18 +104,31 @@ def dataset_for(config: Config, offline: bool = False) -> Dataset:
     return dataset
 
 
-def load_dataset(data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False) -> Dataset:
+def load_dataset(
+    data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False
+) -> Dataset:
     """Find, read, shape and split a data section; images are read at `input_shape` where resized."""
     arrays = load_arrays(data, input_shape, offline)
-    x_train, y_train = _images(arrays.x_train, arrays.origin), _labels(arrays.y_train, arrays.origin)
+    x_train, y_train = (
+        _images(arrays.x_train, arrays.origin),
+        _labels(arrays.y_train, arrays.origin),
+    )
     files = dict(arrays.files)
     if arrays.x_test is None:  # one pool of images: hold out a stratified test split
-        x_train, y_train, x_test, y_test, kept, held = stratified_split(x_train, y_train, data.test_fraction, seed)
+        x_train, y_train, x_test, y_test, kept, held = stratified_split(
+            x_train, y_train, data.test_fraction, seed
+        )
         _split_files(files, "test", kept, held)
     else:
-        x_test, y_test = _images(arrays.x_test, arrays.origin), _labels(arrays.y_test, arrays.origin)
+        x_test, y_test = (
+            _images(arrays.x_test, arrays.origin),
+            _labels(arrays.y_test, arrays.origin),
+        )
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{arrays.origin}: train images are {x_train.shape[1:]} but test images {x_test.shape[1:]}")
+        raise DataError(
+            f"{arrays.origin}: train images are {x_train.shape[1:]} but test images "
+            f"{x_test.shape[1:]}"
+        )
     if data.limit:
         x_train, y_train = x_train[: data.limit], y_train[: data.limit]
         files.pop("train", None)
@@ -114,14 +138,29 @@ def load_dataset(data: DataConfig, input_shape: Sequence[int], seed: int, offlin
         x_val, y_val = x_test, y_test
         files["validation"] = files.get("test", ())
     else:
-        x_train, y_train, x_val, y_val, kept, held = stratified_split(x_train, y_train, data.validation, seed)
+        x_train, y_train, x_val, y_val, kept, held = stratified_split(
+            x_train, y_train, data.validation, seed
+        )
         _split_files(files, "validation", kept, held)
     names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
-    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, names, arrays.origin,
-                   arrays.skipped, arrays.warnings, {k: v for k, v in files.items() if v})
+    return Dataset(
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        names,
+        arrays.origin,
+        arrays.skipped,
+        arrays.warnings,
+        {k: v for k, v in files.items() if v},
+    )
 
 
-def _split_files(files: dict[str, tuple[str, ...]], held_name: str, kept: np.ndarray, held: np.ndarray) -> None:
+def _split_files(
+    files: dict[str, tuple[str, ...]], held_name: str, kept: np.ndarray, held: np.ndarray
+) -> None:
     """Follow a split of the training images with their file names, where they came from files."""
     if "train" in files:
         names = np.asarray(files["train"])
@@ -132,7 +171,9 @@ def class_names(arrays: Arrays, seen: int) -> tuple[str, ...]:
     if arrays.class_names is None:
         return tuple(str(i) for i in range(seen))
     if len(arrays.class_names) < seen:
-        raise DataError(f"{arrays.origin}: {len(arrays.class_names)} class names for labels up to {seen - 1}")
+        raise DataError(
+            f"{arrays.origin}: {len(arrays.class_names)} class names for labels up to {seen - 1}"
+        )
     return arrays.class_names
 
 
@@ -145,7 +186,9 @@ def _images(x: np.ndarray, origin: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., np.newaxis]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or len(x) == 0:
-        raise DataError(f"{origin}: expected images shaped (N, height, width[, channels]), got {x.shape}")
+        raise DataError(
+            f"{origin}: expected images shaped (N, height, width[, channels]), got {x.shape}"
+        )
     return x
 
 
@@ -154,7 +197,9 @@ def _labels(y: np.ndarray, origin: str) -> np.ndarray:
         y = y.argmax(axis=1)  # one-hot labels
     y = y.reshape(-1)
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise DataError(f"{origin}: labels must be class indices 0, 1, 2, ...; got {y.dtype} {y[:5]}")
+        raise DataError(
+            f"{origin}: labels must be class indices 0, 1, 2, ...; got {y.dtype} {y[:5]}"
+        )
     return y.astype(np.int64)
 
 
@@ -167,8 +212,10 @@ def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
         take = int(round(len(index) * fraction))
         held[rng.permutation(index)[:take]] = True
     if held.all() or not held.any():
-        raise DataError(f"a fraction of {fraction} of {len(y)} images leaves a split empty",
-                        "use more images or a larger fraction")
+        raise DataError(
+            f"a fraction of {fraction} of {len(y)} images leaves a split empty",
+            "use more images or a larger fraction",
+        )
     return x[~held], y[~held], x[held], y[held], np.flatnonzero(~held), np.flatnonzero(held)
 
 

@@ -30,13 +30,20 @@ def check_dataset(dataset: Dataset) -> Checks:
     for split in SPLITS:
         _, y = dataset.split(split)
         if len(y) == 0:
-            raise DataError(f"{dataset.origin}: the {split} split is empty", "add images, or change the split")
+            raise DataError(
+                f"{dataset.origin}: the {split} split is empty", "add images, or change the split"
+            )
         counts[split] = np.bincount(y, minlength=k).tolist()
-    checks = Checks(dataset.class_names, counts, skipped=dataset.skipped, warnings=list(dataset.warnings))
+    checks = Checks(
+        dataset.class_names, counts, skipped=dataset.skipped, warnings=list(dataset.warnings)
+    )
     digests = {split: _digests(dataset.split(split)[0]) for split in SPLITS}
     validation_is_test = dataset.x_val is dataset.x_test
-    pairs = (("train", "test"),) if validation_is_test else (("train", "validation"), ("train", "test"),
-                                                             ("validation", "test"))
+    pairs = (
+        (("train", "test"),)
+        if validation_is_test
+        else (("train", "validation"), ("train", "test"), ("validation", "test"))
+    )
     for a, b in pairs:
         shared = len(digests[a] & digests[b])
         if shared:
@@ -47,7 +54,9 @@ def check_dataset(dataset: Dataset) -> Checks:
         checks.warnings.append(f"no training images of class {', '.join(missing[:5])}")
     if dataset.skipped:
         path, reason = dataset.skipped[0]
-        checks.warnings.append(f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})")
+        checks.warnings.append(
+            f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})"
+        )
     return checks
 
 

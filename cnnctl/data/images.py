@@ -12,7 +12,18 @@ import numpy as np
 from cnnctl.errors import DataError
 from cnnctl.limits import is_regular, kind_of, limit, open_regular
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
 
 
 class ImageError(Exception):
@@ -59,8 +70,10 @@ def _walk(folder: Path) -> list[Path]:
             if is_regular(path):
                 found.append(path)
                 if len(found) > limit("files"):
-                    raise DataError(f"{folder}: holds more than {limit('files'):,} files",
-                                    f"pass a smaller folder, or raise: cnnctl --limit files={len(found)}")
+                    raise DataError(
+                        f"{folder}: holds more than {limit('files'):,} files",
+                        f"pass a smaller folder, or raise: cnnctl --limit files={len(found)}",
+                    )
     return found
 
 
@@ -76,12 +89,16 @@ def _glob(pattern: str) -> list[Path]:
     for path in root.glob(rest):  # pathlib's ** does not recurse into symlinks (Python < 3.13)
         found.append(path)
         if len(found) > limit("files"):
-            raise DataError(f"{pattern}: matches more than {limit('files'):,} files",
-                            f"narrow the pattern, or raise: cnnctl --limit files={len(found)}")
+            raise DataError(
+                f"{pattern}: matches more than {limit('files'):,} files",
+                f"narrow the pattern, or raise: cnnctl --limit files={len(found)}",
+            )
     return found
 
 
-def load_image(path: Path, height: int, width: int, channels: int, invert: bool = False) -> np.ndarray:
+def load_image(
+    path: Path, height: int, width: int, channels: int, invert: bool = False
+) -> np.ndarray:
     """Decode with Pillow, convert to `channels`, resize to (height, width); uint8 (H, W, C)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -95,8 +112,10 @@ def load_image(path: Path, height: int, width: int, channels: int, invert: bool 
         with stream, Image.open(stream) as image:
             # The header gives the size in every format, mode and bit depth: check before decoding.
             if image.width * image.height > pixels:
-                raise ImageError(f"refused: {image.width}x{image.height} is more than {pixels:,} pixels "
-                                 f"(raise with cnnctl --limit pixels={image.width * image.height})")
+                raise ImageError(
+                    f"refused: {image.width}x{image.height} is more than {pixels:,} pixels "
+                    f"(raise with cnnctl --limit pixels={image.width * image.height})"
+                )
             image.load()
             if image.width == 0 or image.height == 0:
                 raise ImageError("image has zero size")

@@ -93,7 +93,9 @@ def index_folder(folder: Path) -> FileIndex:
 
 def _text(path: Path) -> io.TextIOWrapper:
     """A CSV opened as text, only if it is a regular file (a FIFO would hang the read)."""
-    return io.TextIOWrapper(open_regular(path, DataError), encoding="utf-8", errors="replace", newline="")
+    return io.TextIOWrapper(
+        open_regular(path, DataError), encoding="utf-8", errors="replace", newline=""
+    )
 
 
 def is_path_csv(path: Path) -> bool:

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-EVAL_BATCH = 256  # images per step when only scoring: larger than training batches, no gradients to hold
+EVAL_BATCH = (
+    256  # images per step when only scoring: larger than training batches, no gradients to hold
+)
 
 
 def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
@@ -20,8 +22,15 @@ def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
 
 
 def training_batches(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, num_classes: int,
-    one_hot: bool, first_epoch: int, epochs: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    one_hot: bool,
+    first_epoch: int,
+    epochs: int,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches for epochs `first_epoch`..`epochs - 1`, and the number of steps per epoch.
 
@@ -31,8 +40,16 @@ def training_batches(
     if not isinstance(x, np.ndarray):  # images still in files: streamed
         from cnnctl.data import stream
 
-        return stream.training_batches(x, y, batch_size=batch_size, seed=seed, num_classes=num_classes,
-                                       one_hot=one_hot, first_epoch=first_epoch, epochs=epochs)
+        return stream.training_batches(
+            x,
+            y,
+            batch_size=batch_size,
+            seed=seed,
+            num_classes=num_classes,
+            one_hot=one_hot,
+            first_epoch=first_epoch,
+            epochs=epochs,
+        )
     n = len(x)
     x_t, y_t = tf.constant(x), tf.constant(y)
 
@@ -53,10 +70,14 @@ def training_batches(
 
 def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, num_classes: int, one_hot: bool):
     """Batches in order, for validation, evaluation and prediction."""
-    if not isinstance(x, np.ndarray):  # images still in files: streamed (with weights: 0 if unreadable)
+    if not isinstance(
+        x, np.ndarray
+    ):  # images still in files: streamed (with weights: 0 if unreadable)
         from cnnctl.data import stream
 
-        return stream.eval_batches(x, y, batch_size=batch_size, num_classes=num_classes, one_hot=one_hot)
+        return stream.eval_batches(
+            x, y, batch_size=batch_size, num_classes=num_classes, one_hot=one_hot
+        )
     x_t, y_t = tf.constant(x), tf.constant(y)
     return (
         tf.data.Dataset.range(len(x))

@@ -21,10 +21,29 @@ from cnnctl.errors import DataError, first_line
 from cnnctl.limits import limit, npy_header, open_regular, refuse_over
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 # Digests of the official files: sha256 of the unpacked IDX bytes (Debian re-packs the .gz files),
 # sha256 of Keras' mnist.npz, and md5 of the original MNIST training .gz files.
@@ -58,10 +77,17 @@ class Builtin:
 
 BUILTINS = {
     "mnist": Builtin("mnist", (28, 28, 1), tuple(str(d) for d in range(10)), "mnist.npz"),
-    "fashion_mnist": Builtin("fashion_mnist", (28, 28, 1), FASHION_CLASSES, "fashion-mnist",
-                             ("/usr/share/datasets/fashion-mnist",)),
+    "fashion_mnist": Builtin(
+        "fashion_mnist",
+        (28, 28, 1),
+        FASHION_CLASSES,
+        "fashion-mnist",
+        ("/usr/share/datasets/fashion-mnist",),
+    ),
     "cifar10": Builtin("cifar10", (32, 32, 3), CIFAR10_CLASSES, "cifar-10-batches-py"),
-    "cifar100": Builtin("cifar100", (32, 32, 3), tuple(str(i) for i in range(100)), "cifar-100-python"),
+    "cifar100": Builtin(
+        "cifar100", (32, 32, 3), tuple(str(i) for i in range(100)), "cifar-100-python"
+    ),
 }
 
 
@@ -110,8 +136,9 @@ def load_builtin(name: str, offline: bool = False) -> Arrays:
     place = find_builtin(name)
     if place is None:
         looked = ", ".join(str(p) for p in builtin_candidates(name))
-        hint = (f"put the dataset's files in $CNNCTL_DATA_DIR/{name}/ (IDX files or an .npz)"
-                + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""))
+        hint = f"put the dataset's files in $CNNCTL_DATA_DIR/{name}/ (IDX files or an .npz)" + (
+            ", or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
+        )
         if offline:
             raise DataError(f"dataset '{name}' not found offline (looked in {looked})", hint)
         return _download(name, looked, hint)
@@ -173,7 +200,9 @@ def _keras_loader(name: str, origin: str | None) -> Arrays:
     import keras
 
     loader = getattr(keras.datasets, name).load_data
-    (x_train, y_train), (x_test, y_test) = loader(label_mode="fine") if name == "cifar100" else loader()
+    (x_train, y_train), (x_test, y_test) = (
+        loader(label_mode="fine") if name == "cifar100" else loader()
+    )
     return Arrays(x_train, y_train, x_test, y_test, None, origin or f"keras.datasets.{name}")
 
 
@@ -219,22 +248,33 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (the MNIST format), gzipped or not: never more than its header declares."""
     try:
-        with open_regular(path, DataError) as raw, (gzip.open(raw) if path.suffix == ".gz" else raw) as stream:
+        with (
+            open_regular(path, DataError) as raw,
+            gzip.open(raw) if path.suffix == ".gz" else raw as stream,
+        ):
             magic = stream.read(4)
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
                 raise DataError(f"{path}: not an IDX file (bad magic number)")
             head = stream.read(4 * magic[3])
-            shape = tuple(int.from_bytes(head[4 * i: 4 * i + 4], "big") for i in range(len(head) // 4))
+            shape = tuple(
+                int.from_bytes(head[4 * i : 4 * i + 4], "big") for i in range(len(head) // 4)
+            )
             dtype = np.dtype(_IDX_TYPES[magic[2]])
             expected = math.prod(shape) * dtype.itemsize
-            refuse_over("bytes", expected, str(path), f"its header declares {list(shape)} values", DataError)
+            refuse_over(
+                "bytes", expected, str(path), f"its header declares {list(shape)} values", DataError
+            )
             body = stream.read(expected)
             extra = stream.read(1)
     except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read: {error}", "the file may be truncated; fetch it again") from None
+        raise DataError(
+            f"{path}: cannot read: {error}", "the file may be truncated; fetch it again"
+        ) from None
     if len(head) != 4 * magic[3] or len(body) != expected or extra:
         size = "more" if extra else f"{4 + len(head) + len(body)} bytes"
-        raise DataError(f"{path}: truncated IDX file ({size}, expected {4 + 4 * magic[3] + expected})")
+        raise DataError(
+            f"{path}: truncated IDX file ({size}, expected {4 + 4 * magic[3] + expected})"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -249,11 +289,16 @@ def load_npz(path: Path) -> Arrays:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
             if missing:
                 raise DataError(
-                    f"{path}: missing array {', '.join(missing)} (has {', '.join(npz.files) or 'none'})",
+                    f"{path}: missing array {', '.join(missing)} (has "
+                    f"{', '.join(npz.files) or 'none'})",
                     "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
                 )
-            names = tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
-            return Arrays(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"], names, str(path))
+            names = (
+                tuple(str(n) for n in npz["class_names"]) if "class_names" in npz.files else None
+            )
+            return Arrays(
+                npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"], names, str(path)
+            )
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
 
@@ -270,11 +315,20 @@ def _check_npz(path: Path) -> None:
                     shape, dtype = npy_header(member)
                 size = math.prod(shape) * dtype.itemsize
                 if size > info.file_size:
-                    raise DataError(f"{path}: {info.filename} declares {size:,} bytes but holds "
-                                    f"{info.file_size:,} (damaged, or a shape bomb)")
+                    raise DataError(
+                        f"{path}: {info.filename} declares {size:,} bytes but holds "
+                        f"{info.file_size:,} (damaged, or a shape bomb)"
+                    )
                 declared += size
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError, zlib.error) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        NotImplementedError,
+        RuntimeError,
+        zlib.error,
+    ) as error:
         raise DataError(f"{path}: not a readable .npz file ({first_line(error, 120)})") from None
     refuse_over("bytes", declared, str(path), "its arrays hold too many bytes", DataError)
 
@@ -282,17 +336,22 @@ def _check_npz(path: Path) -> None:
 def load_csv(path: Path, label_column: str, shape: tuple[int, int, int]) -> Arrays:
     """A CSV with a label column and one column per pixel (Kaggle's digit-recognizer layout)."""
     with open_regular(path, DataError) as raw:
-        refuse_over("bytes", os.fstat(raw.fileno()).st_size, str(path), "the file is too large",
-                    DataError)
+        refuse_over(
+            "bytes", os.fstat(raw.fileno()).st_size, str(path), "the file is too large", DataError
+        )
         line = raw.readline(2**24)  # a header of 16 MiB is 2 million columns
     header = line.decode("utf-8", errors="replace").strip().split(",")
     if label_column not in header:
-        raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])}, ...)",
-                        "set data.label_column to the column that holds the class")
+        raise DataError(
+            f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])}, ...)",
+            "set data.label_column to the column that holds the class",
+        )
     pixels = len(header) - 1
     if pixels != shape[0] * shape[1] * shape[2]:
-        raise DataError(f"{path}: {pixels} pixel columns do not make images of shape {list(shape)}",
-                        "set data.image_shape (or model.input_shape) to [height, width, channels]")
+        raise DataError(
+            f"{path}: {pixels} pixel columns do not make images of shape {list(shape)}",
+            "set data.image_shape (or model.input_shape) to [height, width, channels]",
+        )
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
     except ValueError as error:
@@ -302,5 +361,5 @@ def load_csv(path: Path, label_column: str, shape: tuple[int, int, int]) -> Arra
     label = header.index(label_column)
     y = table[:, label].astype(np.int64)
     x = np.delete(table, label, axis=1)
-    x = (x.astype(np.uint8) if x.min() >= 0 and x.max() <= 255 and np.all(x == np.round(x)) else x)
+    x = x.astype(np.uint8) if x.min() >= 0 and x.max() <= 255 and np.all(x == np.round(x)) else x
     return Arrays(x.reshape(-1, *shape), y, None, None, None, str(path))
