@@ -1,6 +1,7 @@
 """`make bench`: cnnctl against the plain Keras script, side by side in one run, medians and ratios.
 
-    python bench/bench.py            # full: Fashion-MNIST, 3 repetitions (about 20 minutes on 2 cores)
+    python bench/bench.py            # full: Fashion-MNIST, 3 repetitions
+                                     # (about 20 minutes on 2 cores)
     python bench/bench.py --quick    # a smoke run on a subset (about 3 minutes)
     python bench/bench.py --accurate # also the >= 0.93 config, 3 seeds (adds about 30 minutes)
 
@@ -135,8 +136,12 @@ model = keras.saving.load_model(model_path)
 model.predict(x, batch_size=256, verbose=0)
 direct, tool = [], []
 for _ in range(5):
-    t = time.perf_counter(); model.predict(x, batch_size=256, verbose=0); direct.append(time.perf_counter() - t)
-    t = time.perf_counter(); out = predict_images([str(folder)], model_path, None); tool.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    direct.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    out = predict_images([str(folder)], model_path, None)
+    tool.append(time.perf_counter() - t)
     assert len(out.items) == len(paths)
 print(json.dumps({"images": len(paths), "direct_seconds": statistics.median(direct),
                   "predict_seconds": statistics.median(tool)}))
@@ -167,7 +172,10 @@ def predict_folder(cwd: Path, model: Path, count: int) -> dict:
 
 
 def training_flops(config_path: Path) -> float:
-    """FLOPs to train on one image: forward, plus weight and input gradients (none into the first layer)."""
+    """FLOPs to train on one image: forward, plus weight and input gradients.
+
+    No input gradient flows into the first layer.
+    """
     from cnnctl.runtime import load_tensorflow
 
     load_tensorflow()

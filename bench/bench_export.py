@@ -24,7 +24,7 @@ FORMATS = {
 
 
 def export_predict(cwd: Path, run: Path, image: Path, reps: int = 5) -> dict:
-    """Export `run` to ONNX and TFLite, then median wall seconds of `cnnctl predict image` per file."""
+    """Export `run` to ONNX and TFLite; median wall seconds of `cnnctl predict image` per file."""
     files = {"keras": run / "model.keras"}
     for name, (file, args) in FORMATS.items():
         record = json.loads(measure([*CNNCTL, "export", str(run), *args, "--json"], cwd)["stdout"])

@@ -1,4 +1,4 @@
-"""`make bench-gpu`: images/s on an NVIDIA GPU, float32 against mixed precision, cnnctl against the plain script.
+"""`make bench-gpu`: images/s on an NVIDIA GPU, float32 vs mixed precision, cnnctl vs plain script.
 
     python bench/bench_gpu.py          # on a machine with a GPU and the datasets at hand
     python bench/bench_gpu.py --quick  # fewer images and epochs

@@ -47,9 +47,11 @@ from cnnctl.config import DataConfig
 from cnnctl.data import load_dataset
 from cnnctl.data.pipeline import training_batches
 started = time.perf_counter()
-d = load_dataset(DataConfig(path=sys.argv[1], cache=sys.argv[2], test_fraction=0.1), (128, 128, 3), 42)
-batches, _ = training_batches(d.x_train, d.y_train, batch_size=64, seed=42, num_classes=10, one_hot=True,
-                              first_epoch=0, epochs=1)
+d = load_dataset(
+    DataConfig(path=sys.argv[1], cache=sys.argv[2], test_fraction=0.1), (128, 128, 3), 42
+)
+batches, _ = training_batches(d.x_train, d.y_train, batch_size=64, seed=42, num_classes=10,
+                              one_hot=True, first_epoch=0, epochs=1)
 next(iter(batches))
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """
@@ -69,8 +71,12 @@ model = keras.saving.load_model(model_path)
 model.predict(x, batch_size=256, verbose=0)
 direct, tool = [], []
 for _ in range(3):
-    t = time.perf_counter(); model.predict(x, batch_size=256, verbose=0); direct.append(time.perf_counter() - t)
-    t = time.perf_counter(); out = predict_images([str(folder)], model_path, None); tool.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    direct.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    out = predict_images([str(folder)], model_path, None)
+    tool.append(time.perf_counter() - t)
     assert len(out.items) == len(paths), out.failures[:3]
 print(json.dumps({"images": len(paths), "direct_seconds": statistics.median(direct),
                   "predict_seconds": statistics.median(tool)}))

@@ -1,4 +1,4 @@
-"""The plain Keras script cnnctl replaces (Keras' classic MNIST example), as the benchmark's baseline.
+"""The plain Keras script cnnctl replaces (Keras' classic MNIST example): the benchmark's baseline.
 
 Run on the same data as cnnctl (Fashion-MNIST from the same files); prints one JSON line:
 fit seconds, training images/s, test accuracy, and the test accuracy and time after each epoch.

@@ -106,7 +106,10 @@ def build_block(
 
 
 def walk_layers(layer: Any) -> Iterator[Any]:
-    """Every layer inside `layer`, depth first in a fixed order (blocks hold layers of their own)."""
+    """Every layer inside `layer`, depth first in a fixed order.
+
+    Blocks hold layers of their own.
+    """
     for inner in getattr(layer, "layers", ()):
         yield inner
         yield from walk_layers(inner)
@@ -142,7 +145,10 @@ def _choice(
 def _residual(
     spec: ObjectSpec, shape: tuple, config: Config, path: tuple, make: MakeLayer
 ) -> keras.Model:
-    """layers(x) + shortcut(x): the shortcut is x itself, or a 1x1 projection where the shapes differ."""
+    """layers(x) + shortcut(x).
+
+    The shortcut is x itself, or a 1x1 projection where the shapes differ.
+    """
     _check_args(spec, RESIDUAL_ARGS, config, path)
     if not spec.layers:
         raise ConfigError(
@@ -185,7 +191,10 @@ def _residual(
 
 
 def _shortcut(inputs: Any, outputs: Any, mode: str, where: str, name: str) -> Any:
-    """`inputs` as they are, or projected to `outputs`' shape: (pooling,) 1x1 Conv2D or Dense, BatchNormalization."""
+    """`inputs` as they are, or projected to `outputs`' shape.
+
+    The projection: (pooling,) 1x1 Conv2D or Dense, BatchNormalization.
+    """
     a, b = tuple(inputs.shape[1:]), tuple(outputs.shape[1:])
     if a == b:
         return inputs

@@ -94,7 +94,10 @@ def _build(
 def _layer(
     spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None
 ) -> Any:
-    """The layer at `path` (an allow-listed Keras layer, or a block of them) for inputs of `shape`."""
+    """The layer at `path` for inputs of `shape`.
+
+    An allow-listed Keras layer, or a block of them.
+    """
     if spec.type in BLOCK_TYPES:
         return build_block(spec, shape, config, path, _layer)
     layer = _instantiate(spec, _resolve(spec, "layer", config, path), config, path, extra)
@@ -130,7 +133,10 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
 
 
 def steps_per_execution(wanted: int, steps_per_epoch: int | None) -> int:
-    """The largest count up to `wanted` that divides an epoch, so that no call runs across two epochs."""
+    """The largest count up to `wanted` that divides an epoch.
+
+    So that no call runs across two epochs.
+    """
     if not steps_per_epoch:
         return 1
     return max(n for n in range(1, min(wanted, steps_per_epoch) + 1) if steps_per_epoch % n == 0)
@@ -159,7 +165,8 @@ def _resolve(spec: ObjectSpec, kind: str, config: Config, path: tuple) -> type:
     )
     raise ConfigError(
         f"{config.where((*path, 'type'))}: unknown {kind} type "
-        f"'{spec.type}'{suggest(spec.type, (*allowed, *BLOCK_TYPES) if kind == 'layer' else allowed)}",
+        f"'{spec.type}'"
+        f"{suggest(spec.type, (*allowed, *BLOCK_TYPES) if kind == 'layer' else allowed)}",
         hint,
     )
 
@@ -209,7 +216,10 @@ MAX_ACTIVATION = 2**26  # values per image coming out of one layer
 
 
 def _check_size(layer: Any, shape: tuple, config: Config, path: tuple) -> None:
-    """Refuse a layer whose weights or output would not fit in memory, before Keras allocates them."""
+    """Refuse a layer whose weights or output would not fit in memory.
+
+    Checked before Keras allocates them.
+    """
     try:
         out = layer.compute_output_shape(shape)
         params = _weights_of(layer, shape)

@@ -25,7 +25,10 @@ from cnnctl.schedule import early_stop_step, improved, plateau_step, scheduled_l
 
 
 class Display(Protocol):
-    """Where training reports what it does; the command line supplies one (`report.TrainingDisplay`)."""
+    """Where training reports what it does.
+
+    The command line supplies one (`report.TrainingDisplay`).
+    """
 
     def warn(self, message: str) -> None: ...
 
@@ -39,7 +42,10 @@ class StopRequested(Exception):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: metrics.csv, model.keras (when better), schedules, checkpoints/last.keras."""
+    """Writes the run folder's files after each epoch.
+
+    metrics.csv, model.keras (when better), schedules, checkpoints/last.keras.
+    """
 
     def __init__(
         self,

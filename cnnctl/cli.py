@@ -104,7 +104,10 @@ def _note(message: str) -> None:
 
 @contextlib.contextmanager
 def _stdout_for_json(as_json: bool) -> Iterator[None]:
-    """Under --json, whatever the work prints (Keras' "Downloading data from ...") goes to stderr."""
+    """Under --json, whatever the work prints goes to stderr.
+
+    For example Keras' "Downloading data from ...".
+    """
     if not as_json:
         yield
         return
@@ -275,7 +278,8 @@ def tune(
     study: str | None,
     as_json: bool,
 ) -> None:
-    """Search CONFIG's tune: section with Optuna; each trial is a run in RUNS_DIR/STUDY/trial-NNN."""
+    """Search CONFIG's tune: section with Optuna; each trial is a run in
+    RUNS_DIR/STUDY/trial-NNN."""
     from cnnctl.config import load_config
 
     cfg = load_config(config, overrides)
@@ -539,7 +543,8 @@ def export(
 @json_option
 @global_options
 def runs(folder: Path | None, as_json: bool) -> None:
-    """List the runs in FOLDER (default: --runs-dir, runs/ or $CNNCTL_RUNS_DIR) with progress and results."""
+    """List the runs in FOLDER (default: --runs-dir, runs/ or $CNNCTL_RUNS_DIR) with progress
+    and results."""
     from cnnctl import report
     from cnnctl.errors import RunError
     from cnnctl.runs import describe, list_runs
@@ -558,7 +563,8 @@ def runs(folder: Path | None, as_json: bool) -> None:
 @json_option
 @global_options
 def info(as_json: bool) -> None:
-    """Versions, devices, the strategy `auto` picks, and where data is looked for: for bug reports."""
+    """Versions, devices, the strategy `auto` picks, and where data is looked for: for bug
+    reports."""
     _tensorflow()
     import platform
 

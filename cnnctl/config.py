@@ -213,7 +213,10 @@ def _check_monitors(config: Config) -> None:
 
 
 def _check_fine_tune(config: Config) -> None:
-    """fine_tune needs a Backbone to thaw (an at_epoch past train.epochs waits for a resume with more)."""
+    """fine_tune needs a Backbone to thaw.
+
+    An at_epoch past train.epochs waits for a resume with more.
+    """
     rule = config.train.fine_tune
     if rule is None:
         return

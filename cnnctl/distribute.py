@@ -35,7 +35,10 @@ def cluster() -> dict[str, Any] | None:
 
 
 def is_chief() -> bool:
-    """The one process that writes the run folder: the chief, or worker 0 where there is no chief."""
+    """The one process that writes the run folder.
+
+    The chief, or worker 0 where there is no chief.
+    """
     spec = cluster()
     if spec is None:
         return True

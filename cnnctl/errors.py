@@ -27,7 +27,10 @@ class CnnctlError(click.ClickException):
 
 
 def _one_line(text: str) -> str:
-    """Control characters (from a user's file or argument) shown escaped, so a message stays one line."""
+    """Control characters shown escaped, so a message stays one line.
+
+    They come from a user's file or argument.
+    """
     from cnnctl.escape import safe_text
 
     return safe_text(text)
@@ -72,7 +75,10 @@ class InternalError(CnnctlError):
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (libraries' messages run long), or its type's name."""
+    """The first line of an exception's message, or its type's name.
+
+    Libraries' messages run long.
+    """
     lines = str(error).strip().splitlines()
     return lines[0][:limit] if lines else type(error).__name__
 

@@ -1,4 +1,6 @@
-"""Fine-tuning: after `train.fine_tune.at_epoch` epochs, thaw the Backbone and go on at a lower rate.
+"""Fine-tuning: thaw the Backbone and go on at a lower rate.
+
+After `train.fine_tune.at_epoch` epochs.
 
 The recipe of Keras' transfer-learning guide: train the new head on the frozen
 backbone first, then unfreeze it (all of it, or its last K layers) and recompile
@@ -33,7 +35,10 @@ def backbones(model: keras.Model) -> list[keras.Model]:
 
 
 def thaw(model: keras.Model, rule: FineTuneConfig) -> None:
-    """Make the backbones trainable (or their last K layers), BatchNormalization and preprocessing excepted."""
+    """Make the backbones trainable (or their last K layers).
+
+    BatchNormalization and preprocessing excepted.
+    """
     for block in model.layers:
         if block.name.startswith("backbone_"):
             block.trainable = True

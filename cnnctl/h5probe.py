@@ -5,7 +5,8 @@ Python code can interrupt it. So cnnctl first reads everything Keras will read (
 attribute, every dataset, whose declared sizes are bounded first) in a child process
 with a deadline; only a file the child read completely is handed to Keras.
 
-    python -m cnnctl.h5probe FILE     prints one JSON line: {"declared": N, "config": ..., "problem": ...}
+    python -m cnnctl.h5probe FILE
+        prints one JSON line: {"declared": N, "config": ..., "problem": ...}
 """
 
 from __future__ import annotations

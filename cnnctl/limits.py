@@ -1,4 +1,6 @@
-"""One budget for everything cnnctl reads: limits a real user never meets, and safe ways to open files.
+"""One budget for everything cnnctl reads.
+
+Limits a real user never meets, and safe ways to open files.
 
 Every reader of an untrusted file (model, image, dataset, run folder file) asks here
 how much it may unpack, allocate or read, so that a small hostile file cannot make

@@ -105,7 +105,10 @@ def _allowed_classes() -> frozenset[str]:
 def _objects(
     path: Path, value: Any, owner: str | None = None, depth: int = 0
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """Every serialized object (a dict with `class_name`) inside the config, with its layer's class."""
+    """Every serialized object inside the config, with its layer's class.
+
+    A serialized object is a dict with `class_name`.
+    """
     if depth > 100:
         raise ModelFileError(f"{path}: refused: its config is nested too deeply")
     if isinstance(value, dict):

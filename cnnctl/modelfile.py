@@ -161,7 +161,10 @@ def _check_member(path: Path, info: zipfile.ZipInfo, name: str = "bytes") -> Non
 
 
 def _check_weights_size(path: Path, info: zipfile.ZipInfo, params: int) -> None:
-    """Weights (with optimizer state, float64 at most) take < 32 bytes per parameter of the config."""
+    """Weights take < 32 bytes per parameter of the config.
+
+    That is with optimizer state, float64 at most.
+    """
     most = 32 * params + 16 * 2**20
     if info.file_size > most:
         raise ModelFileError(
@@ -179,7 +182,10 @@ def _read_member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
 
 
 def _extract(path: Path, archive: zipfile.ZipFile, name: str, target: Path) -> None:
-    """Stream one member to disk in chunks; zipfile stops at the declared size and checks the CRC."""
+    """Stream one member to disk in chunks.
+
+    zipfile stops at the declared size and checks the CRC.
+    """
     info = archive.getinfo(name)
     _check_member(path, info)
     with archive.open(info) as member, open(target, "wb") as out:

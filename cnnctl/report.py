@@ -61,7 +61,10 @@ class _Column:
 
 
 def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: int | None) -> Table:
-    """A table of `rows` that fits `width`: the least important columns go first; no cell ever wraps."""
+    """A table of `rows` that fits `width`.
+
+    The least important columns go first; no cell ever wraps.
+    """
     keep = list(range(len(columns)))
     while True:
         table = Table(show_edge=False)
@@ -388,6 +391,15 @@ def _pyplot():
 
 def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Loss and each metric per epoch, training against validation."""
+    fig = curves_figure(rows)
+    fig.savefig(path, dpi=100, format="png")
+    _pyplot().close(fig)
+
+
+def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
+    """The figure of `save_curves`: one panel per metric, whole-numbered epochs on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     names = [
         k
@@ -396,10 +408,8 @@ def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
     ]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     epochs = [row["epoch"] for row in rows]
-    from matplotlib.ticker import MaxNLocator
-
     for ax, name in zip(axes[0], names, strict=True):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
         if f"val_{name}" in rows[0]:
@@ -411,8 +421,7 @@ def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    return fig
 
 
 def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> None:

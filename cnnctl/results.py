@@ -1,4 +1,6 @@
-"""What the work returns to the command line: small typed records, rendered by `report`, dumped by --json.
+"""What the work returns to the command line.
+
+Small typed records, rendered by `report`, dumped by --json.
 
 Plain dataclasses (the only import is the run folder's `Run`), so any room may
 produce them and `report` may read them without reaching up. `runs.RunSummary`

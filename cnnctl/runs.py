@@ -70,14 +70,20 @@ class Run:
     confusion = property(lambda self: self.path / "confusion_matrix.png")
 
     def read_json(self, path: Path) -> Any:
-        """A JSON file of the run, read through cnnctl's limits; it must lie inside the run folder."""
+        """A JSON file of the run, read through cnnctl's limits.
+
+        It must lie inside the run folder.
+        """
         if not path.exists():
             raise RunError(f"{path}: missing from the run folder", "was the run deleted by hand?")
         self.check_inside(path)
         return read_json(path, RunError)
 
     def check_inside(self, *paths: Path) -> None:
-        """The run folder is a boundary: a file (or symlink) of the run that leads outside is refused."""
+        """The run folder is a boundary.
+
+        A file (or symlink) of the run that leads outside is refused.
+        """
         for path in paths or self.known_files():
             if os.path.lexists(path) and not inside(self.path, path):
                 raise RunError(
@@ -117,7 +123,10 @@ class Run:
         return {}
 
     def status_field(self, key: str) -> Any:
-        """One value of run.json (status, pid, started, epochs...), None when absent or unreadable."""
+        """One value of run.json, None when absent or unreadable.
+
+        For example status, pid, started, epochs...
+        """
         return self.status_data().get(key)
 
 
@@ -283,7 +292,10 @@ def running_pid(run: Run) -> int | None:
 
 
 def describe(run: Run) -> RunSummary:
-    """One line of `cnnctl runs`: what the run trained, how far it got, how good its saved model is."""
+    """One line of `cnnctl runs`.
+
+    What the run trained, how far it got, how good its saved model is.
+    """
     from cnnctl.config import load_config, mode_of
 
     summary = RunSummary(name=run.name, path=str(run.path), status="unknown")

@@ -20,7 +20,10 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0
 
 
 def scheduled_lr(schedule: LRSchedule | None, base: float, epoch: int, epochs: int) -> float | None:
-    """The learning rate for 0-based `epoch` under a fixed rule; None where it depends on metrics."""
+    """The learning rate for 0-based `epoch` under a fixed rule.
+
+    None where it depends on metrics.
+    """
     if schedule is None or schedule.type in ("constant", "reduce_on_plateau"):
         return None
     if schedule.type == "step":

@@ -121,7 +121,10 @@ def _from_scratch(
     offline: bool,
     extra: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Build the model and fit it from epoch 0; the run folder is made only once the model builds."""
+    """Build the model and fit it from epoch 0.
+
+    The run folder is made only once the model builds.
+    """
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config, offline)
     for line in check_dataset(dataset).warnings:
@@ -168,7 +171,10 @@ def _fit(
     write: bool = True,
     extra: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Fit from the epoch `state` names; only a writing process (the chief) touches the run folder."""
+    """Fit from the epoch `state` names.
+
+    Only a writing process (the chief) touches the run folder.
+    """
     train = config.train
     num_classes = len(dataset.class_names)
     batches, steps = training_batches(

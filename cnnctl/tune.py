@@ -1,4 +1,6 @@
-"""`cnnctl tune`: an Optuna study whose trials are ordinary run folders, trained by worker processes.
+"""`cnnctl tune`: an Optuna study whose trials are ordinary run folders.
+
+The trials are trained by worker processes.
 
     runs/<study>/  journal.log  trials.csv  best.yaml  history.png  importances.png
                    trial-000/  trial-001/  ...      (run folders, as `cnnctl train` makes them)

@@ -1,4 +1,7 @@
-"""What `cnnctl tune` shows and writes: a line per finished trial, trials.csv, best.yaml, plots, a table."""
+"""What `cnnctl tune` shows and writes.
+
+A line per finished trial, trials.csv, best.yaml, plots, a table.
+"""
 
 from __future__ import annotations
 
@@ -203,7 +206,10 @@ def _short(keys: list[str]) -> list[str]:
 
 
 def save_plots(study: Any, folder: Path) -> list[str]:
-    """Optuna's optimization history and parameter importances as PNG; notes for what was skipped."""
+    """Optuna's optimization history and parameter importances as PNG.
+
+    Returns notes for what was skipped.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,6 @@
-"""One `cnnctl tune` worker: ask the study for a trial, train it as an ordinary run, tell the result.
+"""One `cnnctl tune` worker.
+
+It asks the study for a trial, trains it as an ordinary run, tells the result.
 
 Started by `cnnctl tune` as `python -m cnnctl.tune_worker SPEC` (SPEC: JSON). It
 dies with its parent, so a killed `cnnctl tune` leaves no trainer behind; the
@@ -40,7 +42,9 @@ from cnnctl.tune_space import inner_message, suggest_value, trial_config
 
 
 def pruning_callback(trial: Any, metric: str) -> Any:
-    """A Keras callback that reports `metric` after each epoch and stops `fit` when the pruner says so.
+    """A Keras callback that reports `metric` after each epoch.
+
+    It stops `fit` when the pruner says so.
 
     Unlike optuna-integration's KerasPruningCallback, which raises `TrialPruned` inside
     `fit`, it stops after the epoch is saved, so `train_run` finishes the run folder.

@@ -1,6 +1,7 @@
 """A corpus of hostile and broken model files, made fresh for each test run.
 
-Each entry: file name -> (how to make it from a good .keras file, expected exit code, expected phrase).
+Each entry: file name -> (how to make it from a good .keras file, expected exit code,
+expected phrase).
 They are generated rather than committed so that each one's construction is readable here.
 """
 

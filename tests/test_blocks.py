@@ -1,4 +1,4 @@
-"""Residual and Backbone blocks: built from the config, checked, trained, saved and loaded safely."""
+"""Residual and Backbone blocks: built from the config, checked, trained, saved, loaded safely."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from cnnctl.errors import CnnctlError
 from cnnctl.modelfile import load_model
 from cnnctl.train import resume_run, train_run
 
-HEAD = "data:\n  dataset: mnist\n  limit: 1000\n  validation: 0.2\nmodel:\n  input_shape: [28, 28, 1]\n  layers:\n"
+HEAD = (
+    "data:\n  dataset: mnist\n  limit: 1000\n  validation: 0.2\n"
+    "model:\n  input_shape: [28, 28, 1]\n  layers:\n"
+)
 RESIDUAL = """\
     - {type: Conv2D, filters: 8, kernel_size: 3, padding: same}
     - type: Residual
@@ -110,7 +113,8 @@ def test_residual_saves_and_loads_through_the_allow_list(write, tmp_path):
                 "shortcut: identity\n      layers:\n        - {type: Conv2D, filters: 16",
                 "shortcut: identity\n      layers:\n        - {type: Conv2D, filters: 32",
             ),
-            "model.layers[2].shortcut: the block's layers turn shape (14, 14, 16) into (14, 14, 32)",
+            "model.layers[2].shortcut: the block's layers turn shape (14, 14, 16) "
+            "into (14, 14, 32)",
         ),
         (
             RESIDUAL.replace("kernel_size: 3, strides: 2, padding: same", "kernel_size: 30"),
@@ -277,7 +281,7 @@ def test_fine_tune_mistakes(write, text, expected):
 
 
 def test_fine_tune_thaws_at_the_epoch_with_batch_norm_frozen(write):
-    """A backbone with random weights trains frozen, then thawed; its run saves and loads through the checks."""
+    """A random-weight backbone trains frozen, then thawed; its run saves and loads, checked."""
     config = load_config(
         write("ft.yaml", HEAD + BACKBONE % "none" + FINE_TUNE % ", layers: last 20")
     )

@@ -71,7 +71,8 @@ def test_optimizer_mapping_and_metrics(write):
     [
         (
             "    - Conv2d\n",
-            "x.yaml:6:7: model.layers[0].type: unknown layer type 'Conv2d' (did you mean 'Conv2D'?)",
+            "x.yaml:6:7: model.layers[0].type: unknown layer type 'Conv2d' "
+            "(did you mean 'Conv2D'?)",
         ),
         ("    - {type: Lambda, function: print}\n", "unknown layer type 'Lambda'"),
         (

@@ -1,4 +1,4 @@
-"""SIGKILL at random instants while checkpoints are being written: nothing at a final path is ever broken."""
+"""SIGKILL at random instants while checkpoints are written: nothing at a final path is broken."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests: whatever a person writes, cnnctl builds the model or says what is wrong, and where.
+"""Property tests: whatever a person writes, cnnctl builds the model or says what's wrong and where.
 
 Never a traceback, never exit 1, never a crash of TensorFlow itself. A fixed number of
 examples with a fixed seed (derandomize) keeps CI repeatable.

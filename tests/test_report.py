@@ -181,3 +181,11 @@ def test_plural():
         "1 unreadable file",
         "2 predictions",
     )
+
+
+@pytest.mark.parametrize("epochs", [1, 3], ids=["one-epoch", "three-epochs"])
+def test_curves_have_whole_epoch_ticks(epochs):
+    rows = [{"epoch": e, "loss": 1 / e, "val_loss": 1.1 / e} for e in range(1, epochs + 1)]
+    fig = report.curves_figure(rows)
+    ticks = [t for t in fig.axes[0].get_xticks() if 0.5 <= t <= epochs + 0.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)

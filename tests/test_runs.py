@@ -129,5 +129,8 @@ def test_runs_reads_no_keras():
     import subprocess
     import sys
 
-    code = "import sys, cnnctl.runs; assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
+    code = (
+        "import sys, cnnctl.runs; "
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,4 +1,4 @@
-"""`cnnctl tune`: the search space checked before training, trials as run folders, workers, resume."""
+"""`cnnctl tune`: search space checked before training, trials as run folders, workers, resume."""
 
 from __future__ import annotations
 

@@ -52,7 +52,10 @@ class Dataset:
 
 
 def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
-    """The size images are read at: data.image_size / color_mode / image_shape, else the model's input."""
+    """The size images are read at.
+
+    data.image_size / color_mode / image_shape, else the model's input.
+    """
     height, width, channels = input_shape
     if data.image_shape:
         return tuple(data.image_shape)
@@ -107,7 +110,10 @@ def dataset_for(config: Config, offline: bool = False) -> Dataset:
 def load_dataset(
     data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False
 ) -> Dataset:
-    """Find, read, shape and split a data section; images are read at `input_shape` where resized."""
+    """Find, read, shape and split a data section.
+
+    Images are read at `input_shape` where resized.
+    """
     arrays = load_arrays(data, input_shape, offline)
     x_train, y_train = (
         _images(arrays.x_train, arrays.origin),

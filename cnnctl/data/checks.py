@@ -1,4 +1,7 @@
-"""Checks before training: class counts per split, images shared between splits, unreadable files."""
+"""Checks before training.
+
+Class counts per split, images shared between splits, unreadable files.
+"""
 
 from __future__ import annotations
 
