@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from cnnctl.config import Config, ObjectSpec
-from cnnctl.errors import ConfigError, DataError, first_line
+from cnnctl.errors import ConfigError, DataError, ModelFileError, first_line
 from cnnctl.suggest import suggest
 
 BLOCK_TYPES = ("Residual", "Backbone")
@@ -423,35 +423,10 @@ def _weights_file(text: str, config: Config, path: tuple) -> Path:
         raise DataError(
             f"{where}: {text}: {info.st_size:,} bytes is too large for a backbone's weights"
         )
-    import h5py
+    from cnnctl.weights import check_h5_file
 
-    try:
-        with h5py.File(file, "r") as h5:
-            declared = _declared_bytes(h5)
-    except OSError as error:
-        raise DataError(
-            f"{where}: {text}: not a readable weights file ({first_line(error)})"
-        ) from None
-    if (
-        declared > 2 * info.st_size + 2**20
-    ):  # weights are stored whole; a shape bomb declares far more
-        raise DataError(
-            f"{where}: {text}: refused: its weights declare {declared:,} bytes but the file "
-            f"holds {info.st_size:,} (a shape bomb?)"
-        )
+    try:  # the same check as a model file's weights: declared sizes, then all of it, in a child
+        check_h5_file(file, file)  # process with a deadline (damaged HDF5 can hang the library)
+    except ModelFileError as error:
+        raise DataError(f"{where}: {error.message}", error.hint) from None
     return file
-
-
-def _declared_bytes(h5: Any) -> int:
-    """The bytes an HDF5 file's datasets say they hold, read from their headers only."""
-    import h5py
-
-    total = 0
-
-    def visit(name: str, item: Any) -> None:
-        nonlocal total
-        if isinstance(item, h5py.Dataset) and item.shape is not None:
-            total += item.dtype.itemsize * math.prod(item.shape)
-
-    h5.visititems(visit)
-    return total

@@ -356,7 +356,7 @@ def evaluate(
     The test split of the run's own data goes to evaluation.json; other splits and other
     data get files of their own (evaluation-<split>.json, evaluation-<data>-<split>.json).
     """
-    from cnnctl.runs import find_run
+    from cnnctl.runs import find_run, running_pid
 
     if run is not None and run_option is not None and run != run_option:
         raise click.UsageError("give the run once: as RUN or as --run")
@@ -367,11 +367,8 @@ def evaluate(
     model_path = model_file if model_file is not None else found.model
     scored = f"the {split} split of " + (data if data else "its run's data")
     _note(f"evaluating {model_path} on {scored}")
-    if found is not None and found.status_field("status") == "running":
-        from cnnctl.runs import running_pid
-
-        if running_pid(found) is not None:
-            _note(f"warning: {found.path} is still training; this scores its best model so far")
+    if found is not None and running_pid(found) is not None:
+        _note(f"warning: {found.path} is still training; this scores its best model so far")
     with _stdout_for_json(as_json):
         from cnnctl.runtimes import is_exported
 

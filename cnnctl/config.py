@@ -250,14 +250,17 @@ def load_config(
 
 def changed_keys(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
     """The dotted keys whose values differ between two configs (for `--resume`)."""
-    changed = list(_diff(a.model_dump(mode="json"), b.model_dump(mode="json")))
+    changed = changed_paths(a.model_dump(mode="json"), b.model_dump(mode="json"))
     return [key for key in changed if key not in ignore]
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> typing.Iterator[str]:
+def changed_paths(a: Any, b: Any, prefix: str = "") -> typing.Iterator[str]:
+    """The dotted paths at which two nested dicts (a config's plain data) differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
-            yield from _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+            yield from changed_paths(
+                a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key)
+            )
     elif a != b:
         yield prefix
 

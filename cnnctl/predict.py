@@ -45,7 +45,7 @@ def predict_images(
     names = class_names or [str(i) for i in range(outputs)]
 
     if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
-        return _predict_streamed(model, paths, names, top_k, batch_size, invert, result)
+        return _predict_streamed(model, model_path, paths, names, top_k, batch_size, invert, result)
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
@@ -62,32 +62,15 @@ def predict_images(
         ), kept
 
     def classify(batch: np.ndarray) -> np.ndarray:
-        try:
-            return _classify(batch)
-        except MemoryError:  # the input or the model, not training's batch size: say which
-            raise DataError(
-                f"{model_path}: out of memory running this model on {len(batch)} images",
-                "lower --batch-size, or check the model's size",
-            ) from None
-        except Exception as error:
-            if type(error).__name__ != "ResourceExhaustedError":
-                raise
-            raise DataError(
-                f"{model_path}: out of memory running this model on {len(batch)} images",
-                "lower --batch-size, or check the model's size",
-            ) from None
-
-    def _classify(batch: np.ndarray) -> np.ndarray:
-        # Plain eager calls: no tf.function to trace, faster than model.predict for a single pass.
         return np.concatenate(
             [
-                np.asarray(model(batch[i : i + batch_size], training=False))
+                _run(model, batch[i : i + batch_size], model_path)
                 for i in range(0, len(batch), batch_size)
             ]
             or [np.zeros((0, len(names)))]
         )
 
-    # TensorFlow releases the GIL, so the model runs on one chunk while Python decodes the next.
+    # The runtime releases the GIL, so the model runs on one chunk while Python decodes the next.
     with ThreadPoolExecutor(max_workers=1) as runner:
         pending = None
         for start in range(0, len(paths) + CHUNK, CHUNK):
@@ -103,6 +86,7 @@ def predict_images(
 
 def _predict_streamed(
     model,
+    model_path: Path,
     paths: list[Path],
     names: list[str],
     top_k: int,
@@ -119,7 +103,7 @@ def _predict_streamed(
     retry: list[int] = []
     start = 0
     for images, weights in decode_batches(files, batch_size):
-        probabilities = np.asarray(model(255.0 - images if invert else images, training=False))
+        probabilities = _run(model, 255.0 - images if invert else images, model_path)
         for i in range(len(weights)):
             if weights[i]:
                 found[start + i] = probabilities[i]
@@ -132,9 +116,25 @@ def _predict_streamed(
         except ImageError as error:
             result.failures.append((str(paths[i]), str(error)))
             continue
-        found[i] = np.asarray(model(image[None].astype(np.float32), training=False))[0]
+        found[i] = _run(model, image[None].astype(np.float32), model_path)[0]
     result.items.extend(_top(paths[i], found[i], names, top_k) for i in sorted(found))
     return result
+
+
+def _run(model, batch, model_path: Path) -> np.ndarray:
+    """One plain call of the model (no tf.function to trace: faster than model.predict once).
+
+    Out of memory here comes from the input or the model, not from training's batch size: say so.
+    """
+    try:
+        return np.asarray(model(batch, training=False))
+    except Exception as error:
+        if not isinstance(error, MemoryError) and type(error).__name__ != "ResourceExhaustedError":
+            raise
+        raise DataError(
+            f"{model_path}: out of memory running this model on {len(batch)} images",
+            "lower --batch-size, or check the model's size",
+        ) from None
 
 
 def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> Prediction:

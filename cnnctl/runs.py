@@ -270,9 +270,12 @@ def set_status(run: Run, status: str, **extra: Any) -> None:
     write_json(run.run_json, {**data, **extra})
 
 
-def _alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process with this pid exists on this machine (another user's counts)."""
     try:
         os.kill(int(pid), 0)
+    except PermissionError:
+        return True
     except (OSError, ValueError, TypeError, OverflowError):
         return False
     return True
@@ -285,7 +288,7 @@ def running_pid(run: Run) -> int | None:
         run.status_field("status") == "running"
         and type(pid) is int
         and pid != os.getpid()
-        and _alive(pid)
+        and pid_alive(pid)
     ):
         return pid
     return None

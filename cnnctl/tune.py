@@ -33,8 +33,9 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from cnnctl.config import Config, TuneConfig, duration_seconds
+from cnnctl.config import Config, TuneConfig, changed_paths, duration_seconds
 from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingFailed, first_line
+from cnnctl.runs import pid_alive
 from cnnctl.tune_report import TuneResult, Watcher, save_plots
 from cnnctl.tune_space import base_data, check_space, grid
 
@@ -128,30 +129,12 @@ def check_fingerprint(study: Any, config: Config, file: str) -> None:
     if saved is None:
         study.set_user_attr("cnnctl", mine)
     elif saved != mine:
-        changed = list(_changes(saved, mine))
+        changed = list(changed_paths(saved, mine))
         raise ConfigError(
             f"{file}: differs from the config study '{study.study_name}' was started with "
             f"(in {', '.join(changed[:3]) or 'its layout'})",
             "use the study's config to continue it, or --name NEW to start another study",
         )
-
-
-def _changes(a: Any, b: Any, prefix: str = "") -> Any:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            yield from _changes(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
-    elif a != b:
-        yield prefix
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:
-        return True
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
 
 
 def fail_dead_trials(study: Any, storage: Any) -> list[int]:
@@ -161,7 +144,7 @@ def fail_dead_trials(study: Any, storage: Any) -> list[int]:
     dead = [
         t
         for t in running
-        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid"))
+        if t.user_attrs.get("host") == HOST and not pid_alive(t.user_attrs.get("pid"))
     ]
     failed = []
     if dead:

@@ -166,3 +166,16 @@ def test_predict_formats_and_output_file(runner, trained, tmp_path, mnist_test_s
     done = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--output", "out.json", "."])
     assert done.exit_code == 0 and "wrote 3 predictions to out.json" in done.stderr
     assert len(json.loads(Path("out.json").read_text())) == 3
+
+
+def test_out_of_memory_in_predict_names_the_model_not_the_training_batch():
+    from cnnctl.errors import DataError
+    from cnnctl.predict import _run
+
+    def exhausted(batch, training=False):  # a model call that runs out of memory
+        raise MemoryError
+
+    with pytest.raises(DataError) as info:
+        _run(exhausted, np.zeros((3, 28, 28, 1)), Path("m.keras"))
+    assert "m.keras: out of memory running this model on 3 images" in info.value.format_message()
+    assert "train.batch_size" not in info.value.format_message()
