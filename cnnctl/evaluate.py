@@ -44,7 +44,7 @@ def evaluate_run(
         if model_file.exists() or run is None:
             raise ModelFileError(
                 f"{model_file}: no such model file",
-                "give the path of a .keras file, or a run name (see cnnctl runs)",
+                "give the path of a .keras, .onnx or .tflite file, or a run name (see cnnctl runs)",
             )
         raise RunError(
             f"{model_file}: the run has no model yet",

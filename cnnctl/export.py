@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnctl.errors import CnnctlError, ConfigError, RunError
+from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.runs import Run, run_of_model, write_json
 
 FORMATS = ("savedmodel", "onnx", "tflite")
@@ -52,6 +52,10 @@ def export_source(run: Run | None, model_file: Path | None) -> Source:
     """The model file and its run: a run's model.keras, or a file inside (or beside) a run."""
     if run is not None:
         return Source(run.model, run)
+    if not Path(model_file).is_file():
+        raise ModelFileError(
+            f"{model_file}: no such model file", "give a run's model.keras, or export RUN itself"
+        )
     return Source(Path(model_file), run_of_model(Path(model_file)))
 
 

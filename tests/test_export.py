@@ -340,3 +340,8 @@ def test_export_of_a_lone_model_file_needs_its_run(exported, runner, tmp_path):
     assert result.exit_code == 2
     assert f"{lone}: no config.yaml beside the model (or its folder)" in result.output
     assert "hint: export a run: cnnctl export RUN --format" in result.output
+
+
+def test_export_names_a_missing_model_file(runner):
+    result = runner.invoke(main, ["export", "--model", "nope.keras", "--format", "onnx"])
+    assert result.exit_code == 2 and "nope.keras: no such model file" in result.stderr
