@@ -40,7 +40,7 @@ def test_validate_prints_layers_and_parameter_count(runner):
     )
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "folder_example"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "folder_example", "tune"])
 def test_shipped_configs_are_valid(runner, name):
     result = runner.invoke(main, ["validate", str(REPO / "configs" / f"{name}.yaml")])
     assert result.exit_code == 0, result.output
