@@ -123,9 +123,13 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
                 f"'{name}'{suggest(name, known)}",
                 "for classification use accuracy",
             ) from None
+    loss: Any = train.loss
+    if train.label_smoothing:  # categorical_crossentropy -> keras.losses.CategoricalCrossentropy
+        loss_class = getattr(keras.losses, train.loss.title().replace("_", ""))
+        loss = loss_class(label_smoothing=train.label_smoothing)
     model.compile(
         optimizer=optimizer,
-        loss=train.loss,
+        loss=loss,
         metrics=metrics,
         jit_compile=train.jit_compile,
         steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch),

@@ -52,12 +52,16 @@ def apply_override(data: dict, text: str, source: Source) -> None:
 
 
 def set_value(data: dict, key: str, value: Any, source: Source, origin: str) -> None:
-    """Put `value` at the dotted `key` of `data`; errors and later messages name `origin`."""
+    """Put `value` at the dotted `key` of `data`; errors and later messages name `origin`.
+
+    `layers[0]` is taken as `layers.0`: error messages print paths that way, so users copy it.
+    """
     parts: list[str | int] = []
-    for part in key.strip().split("."):
+    for part in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split("."):
         if not part:
             raise ConfigError(
-                f"{origin}: empty name in '{key}'", "for example model.layers.0.filters"
+                f"{origin}: empty name in '{key}'",
+                "for example model.layers.0.filters (or model.layers[0].filters)",
             )
         parts.append(int(part) if part.isascii() and part.isdigit() else part)
     node: Any = data

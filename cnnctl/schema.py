@@ -31,6 +31,7 @@ LOSSES = {
     "categorical_hinge": True,
     "kl_divergence": True,
 }
+SMOOTHED_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy")
 
 
 # --------------------------------------------------------------------------- schema
@@ -203,6 +204,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=32, gt=0, le=65_536)
     optimizer: ObjectSpec = ObjectSpec(type="adam")
     loss: Literal[tuple(LOSSES)] = "categorical_crossentropy"  # type: ignore[valid-type]
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # targets 1-x and x/classes
     metrics: list[str] = ["accuracy"]
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig | None = None
@@ -230,6 +232,10 @@ class TrainConfig(_Strict):
             raise ValueError("precision: float32 and mixed_precision: true disagree; keep one")
         if self.mixed_precision:
             object.__setattr__(self, "precision", "mixed")
+        if self.label_smoothing and self.loss not in SMOOTHED_LOSSES:
+            raise ValueError(
+                f"label_smoothing works with loss: {' or '.join(SMOOTHED_LOSSES)}, not {self.loss}"
+            )
         return self
 
     @property

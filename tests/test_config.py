@@ -71,6 +71,15 @@ def test_overrides_use_dotted_paths_and_list_indices(write):
     assert config.data.validation == 0.1
 
 
+def test_overrides_take_the_bracket_paths_that_errors_print():
+    config = load_config(
+        REPO / "configs" / "fashion_mnist_resnet.yaml",
+        ["model.layers[0].filters=24", "model.layers[3].layers[0].filters=40"],
+    )
+    assert config.model.layers[0].args["filters"] == 24
+    assert config.model.layers[3].layers[0].args["filters"] == 40
+
+
 def test_resolved_config_round_trips(write):
     config = load_config(REPO / "configs" / "mnist.yaml", ["train.epochs=3"])
     again = load_config(write("resolved.yaml", dump_config(config)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnnctl.config import EarlyStoppingConfig, LRSchedule, load_config
+from cnnctl.errors import ConfigError
 from cnnctl.schedule import early_stop_step, improved, plateau_step, scheduled_lr
 from cnnctl.train import train_run
 
@@ -106,3 +107,25 @@ def test_gradient_clipping_and_tensorboard(small_config):
     assert (
         saved["compile_config"]["optimizer"]["config"]["clipnorm"] == 1.0
     )  # clipping is on in the model
+
+
+def test_label_smoothing_is_in_the_saved_loss_and_the_model_reloads(small_config):
+    from cnnctl.modelfile import load_model
+
+    config = load_config(
+        small_config, ["data.limit=500", "train.epochs=1", "train.label_smoothing=0.1"]
+    )
+    result = train_run(config, Path("runs"), None)
+    saved = json.loads(zipfile.ZipFile(result.run.model).read("config.json"))
+    assert saved["compile_config"]["loss"]["config"]["label_smoothing"] == 0.1
+    assert load_model(result.run.model).loss.get_config()["label_smoothing"] == 0.1
+    assert 0 < result.summary()["test"]["accuracy"] <= 1
+
+
+def test_label_smoothing_needs_a_loss_that_has_it(small_config):
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            small_config,
+            ["train.loss=sparse_categorical_crossentropy", "train.label_smoothing=0.1"],
+        )
+    assert "label_smoothing works with loss: categorical_crossentropy" in str(error.value)
