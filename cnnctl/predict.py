@@ -100,16 +100,10 @@ def _predict_streamed(
     _, height, width, channels = model.input_shape
     files = files_for(paths, (height, width, channels))
     found: dict[int, np.ndarray] = {}
-    retry: list[int] = []
-    start = 0
-    for images, weights in decode_batches(files, batch_size):
+    for positions, images in decode_batches(files, batch_size):
         probabilities = _run(model, 255.0 - images if invert else images, model_path)
-        for i in range(len(weights)):
-            if weights[i]:
-                found[start + i] = probabilities[i]
-            else:
-                retry.append(start + i)
-        start += len(weights)
+        found.update(zip(positions.tolist(), probabilities, strict=True))
+    retry = [i for i in range(len(paths)) if i not in found]
     for i in retry:
         try:
             image = load_image(paths[i], height, width, channels, invert)

@@ -54,8 +54,12 @@ def data_dir(tmp_path_factory, mnist_test_set) -> Path:
 
 @pytest.fixture(autouse=True)
 def offline_scratch(tmp_path, monkeypatch, data_dir):
-    """Every test runs offline, in its own folder, with the MNIST split as its data."""
+    """Every test runs offline, in its own folder, with the MNIST split as its data.
+
+    Caches (decoded images, remembered header checks) stay in the test's folder too.
+    """
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CNNCTL_OFFLINE", "1")
     monkeypatch.setenv("CNNCTL_DATA_DIR", str(data_dir))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,10 +25,9 @@ from conftest import SMALL
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"  # conftest points $CNNCTL_CACHE_DIR here
 
 
 def write_images(root: Path, x: np.ndarray, y: np.ndarray) -> None:
@@ -142,6 +142,42 @@ def test_a_changed_file_invalidates_the_cache(folder, cache_dir, mnist_test_set)
     assert not np.array_equal(np.asarray(first.x_test[:1]), np.asarray(second.x_test[:1]))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bad-meta", "fifo"])
+def test_a_damaged_cache_is_set_aside_and_rebuilt(folder, cache_dir, damage):
+    data = DataConfig(path=str(folder), cache="disk")
+    before = np.asarray(load_dataset(data, (28, 28, 1), seed=5).x_train)
+    cached = next(cache_dir.glob("decoded-*"))
+    images = cached / "images.npy"
+    if damage == "truncated":  # a full disk, or a copy cut short
+        os.truncate(images, images.stat().st_size - 100)
+    elif damage == "bad-meta":
+        (cached / "meta.json").write_text('{"version": 1, "failed": {"99999999": 3}}')
+    else:  # reading a FIFO would hang
+        images.unlink()
+        os.mkfifo(images)
+    again = load_dataset(data, (28, 28, 1), seed=5)
+    assert "decode cache written to" in again.warnings[0]
+    assert np.array_equal(before, np.asarray(again.x_train))
+    assert [p.name for p in cache_dir.glob("*decoded-*")] == [cached.name]  # nothing left aside
+
+
+def test_header_checks_are_remembered_until_a_file_changes(folder, cache_dir, monkeypatch):
+    from cnnctl.data import index
+
+    first = index.index_folder(folder)
+    assert len(list(cache_dir.glob("probes-*.json"))) == 1
+    real, calls = index.probe, []
+    monkeypatch.setattr(index, "probe", lambda path: calls.append(path) or real(path))
+    again = index.index_folder(folder)
+    assert calls == []  # only stat: no header read
+    assert again.paths.tolist() == first.paths.tolist() and again.skipped == first.skipped
+    changed = Path(first.paths[0])
+    changed.write_text("not an image any more")
+    third = index.index_folder(folder)
+    assert calls == [str(changed)]
+    assert (str(changed), "not an image file Pillow can read") in third.skipped
+
+
 BUILD = """
 import hashlib, sys, numpy as np
 from cnnctl.config import DataConfig
@@ -164,7 +200,7 @@ def test_two_processes_building_one_cache_both_succeed(folder, cache_dir):
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert outputs[0][0] == outputs[1][0]
-    assert [p.name for p in cache_dir.iterdir()] == [
+    assert [p.name for p in cache_dir.iterdir() if not p.name.startswith("probes-")] == [
         next(cache_dir.glob("decoded-*")).name
     ]  # no leftovers
 

@@ -9,19 +9,27 @@ always safe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnctl.data.index import FileIndex
-from cnnctl.errors import DataError
+if TYPE_CHECKING:
+    from cnnctl.data.index import FileIndex
+from cnnctl.errors import CnnctlError, DataError
+from cnnctl.limits import npy_header, open_regular, read_json
 
 VERSION = 1  # bump when the decoding changes
+PROBES_VERSION = 1  # bump when the header check changes
 
 
 def cache_root() -> Path:
@@ -40,16 +48,53 @@ def cached_images(
     """The cache's images.npy for `index` (built if missing), failed rows -> reason, and a note."""
     folder = cache_root() / f"decoded-{cache_key(index, image_shape)}"
     built = False
-    if not (folder / "meta.json").is_file():
+    meta = _whole(folder, len(index.paths), image_shape) if folder.exists() else None
+    if meta is None:
+        if folder.exists():  # damaged: set aside (atomic), then rebuilt
+            aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
+            with contextlib.suppress(OSError):
+                os.rename(folder, aside)
+                shutil.rmtree(aside, ignore_errors=True)
         _build(index, image_shape, folder)
         built = True
-    meta = json.loads((folder / "meta.json").read_text())
+        meta = _whole(folder, len(index.paths), image_shape)
+        if meta is None:
+            raise DataError(
+                f"{folder}: the decode cache just written does not read back",
+                f"check the disk, or set data.cache: none; delete it with: rm -r {folder}",
+            )
     size = (folder / "images.npy").stat().st_size
     note = (
         f"decode cache {'written to' if built else 'read from'} {folder} ({size / 1e9:.2f} GB); "
         f"delete it any time: rm -r {folder}"
     )
-    return folder / "images.npy", {int(k): v for k, v in meta["failed"].items()}, note
+    return folder / "images.npy", meta, note
+
+
+def _whole(folder: Path, files: int, image_shape: tuple[int, int, int]) -> dict[int, str] | None:
+    """The failed rows of a complete cache folder; None when anything in it is off.
+
+    A cache can be damaged by a full disk, a hand edit or another user: its files are
+    read like any other input (regular files, bounded, checked against the index).
+    """
+    shape = (files, *image_shape)
+    try:
+        meta = read_json(folder / "meta.json", DataError)
+        with open_regular(folder / "images.npy", DataError) as stream:
+            layout = npy_header(stream)
+            whole = stream.tell() + int(np.prod(shape)) == os.fstat(stream.fileno()).st_size
+    except (CnnctlError, OSError, ValueError):
+        return None
+    failed = meta.get("failed") if isinstance(meta, dict) else None
+    if (
+        layout != (shape, np.dtype(np.uint8))
+        or not whole
+        or meta.get("version") != VERSION
+        or not isinstance(failed, dict)
+        or not all(k.isdigit() and int(k) < files and isinstance(v, str) for k, v in failed.items())
+    ):
+        return None
+    return {int(k): v for k, v in failed.items()}
 
 
 def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) -> None:
@@ -94,3 +139,59 @@ def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) ->
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won the race
+
+
+def remembered_probes(
+    paths: list[str], origin: str, probe: Callable[[str], bool | str], settings: str
+) -> list[bool | str]:
+    """`probe` of every path, remembered across runs per (path, size, mtime).
+
+    A folder of 200,000 photos has its headers read once; later runs only stat the files.
+    `settings`: what else the answers depend on (a limit); when it changes, all are redone.
+    """
+    name = hashlib.blake2b(os.path.abspath(origin).encode(), digest_size=8).hexdigest()
+    memo_path = cache_root() / f"probes-{name}.json"
+    memo = _read_memo(memo_path, settings)
+
+    def check(path: str) -> tuple[bool | str, list[int] | None]:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            return probe(path), None
+        if not stat.S_ISREG(info.st_mode):
+            return probe(path), None
+        stamp = [info.st_size, info.st_mtime_ns]
+        seen = memo.get(path)
+        if isinstance(seen, list) and len(seen) == 3 and seen[:2] == stamp:
+            if isinstance(seen[2], (bool, str)):
+                return seen[2], stamp
+        return probe(path), stamp
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(check, paths))
+    fresh = {p: [*stamp, found] for p, (found, stamp) in zip(paths, results, strict=True) if stamp}
+    if fresh != memo:
+        with contextlib.suppress(OSError):  # a read-only cache folder only costs the next run time
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_path.with_name(f".{memo_path.name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_text(
+                    json.dumps({"version": PROBES_VERSION, "settings": settings, "files": fresh})
+                )
+                os.replace(tmp, memo_path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return [result for result, _ in results]
+
+
+def _read_memo(path: Path, settings: str) -> dict:
+    """The remembered header checks; {} when missing, too large or damaged."""
+    try:
+        memo = read_json(path, DataError)
+    except (CnnctlError, OSError):
+        return {}
+    wanted = {"version": PROBES_VERSION, "settings": settings}
+    if not isinstance(memo, dict) or any(memo.get(k) != v for k, v in wanted.items()):
+        return {}
+    files = memo.get("files")
+    return files if isinstance(files, dict) else {}

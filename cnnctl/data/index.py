@@ -2,7 +2,9 @@
 
 Nothing here decodes pixels. Each file gets a header check (Pillow reads only the
 header) so unreadable files are found before training, and a route: TensorFlow's
-own decoders for plain JPEG/PNG/GIF/BMP, Pillow for what they cannot read.
+own decoders for plain JPEG/PNG/GIF/BMP, Pillow for what they cannot read. The
+checks are remembered in the cache folder per (path, size, mtime): later runs on
+the same folder only stat the files.
 
     data/cats/001.jpg  data/dogs/002.png ...                       one split
     data/train/cats/...  data/test/cats/...  [data/val/cats/...]    given splits
@@ -15,7 +17,6 @@ import csv
 import io
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,8 +167,9 @@ def _checked(
     paths: list[str], labels: list[int], splits: list[str], names: tuple[str, ...], origin: str
 ) -> FileIndex:
     """Keep the files whose header reads; note each one's decoder."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        probes = list(pool.map(probe, paths))
+    from cnnctl.data.cache import remembered_probes
+
+    probes = remembered_probes(paths, origin, probe, settings=f"pixels<={limit('pixels')}")
     keep = [i for i, p in enumerate(probes) if isinstance(p, bool)]
     skipped = tuple(
         (paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool)

@@ -18,6 +18,9 @@ import tensorflow as tf
 from cnnctl.data.images import ImageError, load_image
 
 TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
+# Batches decoded ahead of the model. Fixed, not AUTOTUNE: tf.data's autotuner grows its
+# buffers the longer a run lasts, so memory would grow with the size of the dataset.
+AHEAD = 2
 
 
 class FileImages:
@@ -291,7 +294,7 @@ def training_batches(
         tf.data.Dataset.range(first_epoch, epochs)
         .flat_map(epoch_batches)
         .apply(tf.data.experimental.assert_cardinality(steps * max(epochs - first_epoch, 0)))
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(AHEAD)
     )
     if workers > 1:  # each worker already reads only its share of the files
         options = tf.data.Options()
@@ -310,18 +313,29 @@ def eval_batches(
         .batch(batch_size)
         .map(_finish(x, "eval", num_classes, one_hot))
         .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(AHEAD)
     )
 
 
 def decode_batches(x: FileImages, batch_size: int):
-    """(float32 images, weights) batches in order, for prediction; weight 0: the file failed."""
-    rows = tf.range(len(x), dtype=tf.int64)
+    """(positions, float32 images) batches in order, for prediction.
+
+    A file that fails to decode is left out (its position is missing), which spares
+    prediction the per-image bookkeeping that keeps training's batches whole.
+    """
+    decode = decoder(x.image_shape)
+    paths, pillow = tf.constant(x.paths.astype(str)), tf.constant(x.pillow)
     return (
-        _decoded_in_place(x, rows, tf.zeros(len(x), tf.int64))
+        tf.data.Dataset.range(len(x))
+        .map(
+            lambda i: (i, decode(paths[i], pillow[i])),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .ignore_errors()
         .batch(batch_size)
-        .map(lambda row, image, label, weight: (tf.cast(image, tf.float32), weight))
-        .prefetch(tf.data.AUTOTUNE)
+        .map(lambda positions, images: (positions, tf.cast(images, tf.float32)))
+        .prefetch(AHEAD)
         .as_numpy_iterator()
     )
 
