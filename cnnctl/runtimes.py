@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CnnctlError, ModelFileError, first_line
+from cnnctl.limits import read_bounded
 
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
@@ -87,21 +87,16 @@ def load_exported(path: Path) -> ExportedModel:
 
 
 def _read_bounded(path: Path) -> bytes:
-    try:
-        info = path.stat()
-    except OSError:
+    """The whole file, through the shared reader: regular files only, at most the `bytes` limit."""
+    if not os.path.lexists(path):
         raise ModelFileError(
             f"{path}: no such model file",
             "pass a .keras, .onnx or .tflite file, e.g. runs/<run>/export/model.onnx",
-        ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ModelFileError(f"{path}: refused: not a regular file")
-    if info.st_size > MAX_BYTES:
-        raise ModelFileError(
-            f"{path}: refused: {info.st_size:,} bytes is larger than any model cnnctl exports"
         )
-    with open(path, "rb") as stream:
-        data = stream.read(MAX_BYTES + 1)
+    with contextlib.suppress(OSError):  # a broken link: the reader below names it
+        if os.path.getsize(path) > MAX_BYTES:
+            raise ModelFileError(f"{path}: refused: larger than any model cnnctl exports (2 GiB)")
+    data = read_bounded(path, ModelFileError, name="bytes")
     if not data:
         raise ModelFileError(f"{path}: damaged: the file is empty")
     return data
