@@ -339,14 +339,17 @@ def test_sigkill_during_a_trial_then_the_same_command_finishes_the_study(write):
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_the_command_that_resumes(write):
-    config = write("tune.yaml", TUNED)
+    # Three epochs a trial: a stop asked for in the first epoch cannot end as a finished trial
+    # (with one epoch, the stop took effect at the end of that epoch, and the trial completed).
+    config = write("tune.yaml", TUNED.replace("epochs: 1", "epochs: 3"))
     process = start(config, "--trials", "2")
     wait_for(Path("runs/tiny-tune/trial-000/config.yaml"), process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "hint: resume with: cnnctl tune tune.yaml --name tiny-tune --trials 2" in err
-    assert trials_csv(Path("runs/tiny-tune"))[0]["note"] == "interrupted; it will be run again"
+    rows = trials_csv(Path("runs/tiny-tune"))
+    assert rows[0]["note"] == "interrupted; it will be run again", rows
 
 
 @pytest.mark.slow
