@@ -21,6 +21,14 @@ def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
     return take
 
 
+def shuffled(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """Epoch `epoch`'s order of `n` images: a function of (seed, epoch) only, so that
+    a resumed run, and the streamed route, see exactly the same batches."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+    )
+
+
 def training_batches(
     x: np.ndarray,
     y: np.ndarray,
@@ -54,10 +62,7 @@ def training_batches(
     x_t, y_t = tf.constant(x), tf.constant(y)
 
     def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(shuffled(n, seed, epoch)).batch(batch_size)
 
     batches = (
         tf.data.Dataset.range(first_epoch, epochs)

@@ -16,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from cnnctl.data.images import ImageError, load_image
+from cnnctl.data.pipeline import shuffled
+from cnnctl.errors import DataError
+from cnnctl.limits import npy_header, open_regular
 
 TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
 # Batches decoded ahead of the model. Fixed, not AUTOTUNE: tf.data's autotuner grows its
@@ -186,14 +189,9 @@ def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Da
 
 
 def _data_offset(path: Path) -> int:
-    with open(path, "rb") as stream:
-        version = np.lib.format.read_magic(stream)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        read(stream)
+    """Where the pixels start in a decode cache's .npy (its header already checked)."""
+    with open_regular(path, DataError) as stream:
+        npy_header(stream)
         return stream.tell()
 
 
@@ -279,10 +277,7 @@ def training_batches(
     labels = tf.constant(y)
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        rows = worker_share(order, batch_size, workers, index)
+        rows = worker_share(shuffled(n, seed, epoch), batch_size, workers, index)
         return (
             _decoded_in_place(x, rows, tf.gather(labels, rows))
             .batch(local)
