@@ -26,6 +26,12 @@ GLOBAL_FLAGS = {
 legacy_option = click.option(
     "--legacy-h5", is_flag=True, help="Also load legacy .h5 model files (only ones you trust)."
 )
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "horizontal_flip"]),
+    help="Test-time augmentation: horizontal_flip averages each image with its mirror "
+    "(default: the run config's model.tta).",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else."
 )
@@ -338,6 +344,7 @@ def tune(
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the report files (default: the run folder).",
 )
+@tta_option
 @legacy_option
 @json_option
 @global_options
@@ -348,6 +355,7 @@ def evaluate(
     data: str | None,
     split: str,
     output: Path | None,
+    tta: str | None,
     legacy_h5: bool,
     as_json: bool,
 ) -> None:
@@ -378,7 +386,7 @@ def evaluate(
         from cnnctl.evaluate import evaluate_run
 
         result = evaluate_run(
-            found, split, model_file, data, legacy_h5, output, bool(_setting("offline"))
+            found, split, model_file, data, legacy_h5, output, bool(_setting("offline")), tta
         )
     _render(report.evaluation_table(result), result.to_json(), as_json)
 
@@ -397,6 +405,7 @@ def evaluate(
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
+@tta_option
 @legacy_option
 @click.option(
     "--format",
@@ -421,6 +430,7 @@ def predict(
     top_k: int,
     batch_size: int,
     invert: bool,
+    tta: str | None,
     legacy_h5: bool,
     output_format: str | None,
     output: Path | None,
@@ -442,9 +452,13 @@ def predict(
         )  # classes.json beside a bare model too
         names = owner.class_names() if owner.classes.is_file() else exported_class_names(model_file)
     else:
-        run = find_run(run_ref, _setting("runs_dir"), with_model=True)
-        model_file, names = run.model, run.class_names()
+        owner = find_run(run_ref, _setting("runs_dir"), with_model=True)
+        model_file, names = owner.model, owner.class_names()
         _note(f"predicting with {model_file}")
+    if tta is None and owner.config.is_file():  # the run's own choice
+        from cnnctl.config import load_config
+
+        tta = load_config(owner.config).model.tta
     with _stdout_for_json(as_json):
         if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
             _tensorflow()
@@ -452,7 +466,7 @@ def predict(
         from cnnctl.predict import predict_images
 
         result = predict_images(
-            list(paths), model_file, names, top_k, batch_size, invert, legacy_h5
+            list(paths), model_file, names, top_k, batch_size, invert, legacy_h5, tta or "none"
         )
     from cnnctl.escape import safe_text
 

@@ -16,6 +16,7 @@ from cnnctl.modelfile import load_model
 from cnnctl.results import EvaluationResult
 from cnnctl.runs import Run, atomic_write, rows_to_csv, run_of_model, write_json, write_text
 from cnnctl.runtimes import is_exported, load_exported
+from cnnctl.tta import with_tta
 
 TOP_K = 3
 
@@ -28,6 +29,7 @@ def evaluate_run(
     legacy_h5: bool = False,
     output: Path | None = None,
     offline: bool = False,
+    tta: str | None = None,
 ) -> EvaluationResult:
     """Score a model on a split of some data; save the report in its run folder (or `output`).
 
@@ -56,6 +58,8 @@ def evaluate_run(
     model = load_exported(model_file) if exported else load_model(model_file, legacy_h5=legacy_h5)
     config = _run_config(folder)
     dataset = _dataset(config, model, data, offline, model_file)
+    tta = tta or (config.model.tta if config is not None else "none")
+    model = with_tta(model, tta)
     names = (
         folder.class_names()
         if folder is not None and folder.classes.is_file()
@@ -78,6 +82,7 @@ def evaluate_run(
         data=dataset.origin,
         split=split,
         examples=int(len(y)),
+        tta=tta,
         metrics={key: round(float(value), 6) for key, value in metrics.items()},
         **class_report(matrix, names),
         confusion_matrix=matrix.tolist(),

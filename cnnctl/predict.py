@@ -12,6 +12,7 @@ from cnnctl.errors import DataError
 from cnnctl.modelfile import load_model
 from cnnctl.results import Guess, Prediction, Predictions
 from cnnctl.runtimes import is_exported, load_exported
+from cnnctl.tta import with_tta
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
 
@@ -24,8 +25,12 @@ def predict_images(
     batch_size: int = 256,
     invert: bool = False,
     legacy_h5: bool = False,
+    tta: str = "none",
 ) -> Predictions:
-    """Classify every image named by `inputs` (files, folders, globs), in batches."""
+    """Classify every image named by `inputs` (files, folders, globs), in batches.
+
+    `tta: horizontal_flip` averages each image's probabilities with its mirror image's.
+    """
     paths, failures = expand_paths(inputs)
     result = Predictions(failures=failures)
     if not paths:
@@ -43,6 +48,7 @@ def predict_images(
             "the file does not belong to this model",
         )
     names = class_names or [str(i) for i in range(outputs)]
+    model = with_tta(model, tta)
 
     if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
         return _predict_streamed(model, model_path, paths, names, top_k, batch_size, invert, result)

@@ -197,7 +197,8 @@ def evaluation_table(result: EvaluationResult) -> Group:
         )
     header = Text.assemble(
         (f"{result.split} split", "bold"),
-        f" ({plural(result.examples, 'image')} of {safe_text(result.data)})\n",
+        f" ({plural(result.examples, 'image')} of {safe_text(result.data)})",
+        f", with {result.tta} test-time augmentation\n" if result.tta != "none" else "\n",
         (overall, "bold"),
     )
     confused = ", ".join(

@@ -65,6 +65,7 @@ class EvaluationResult:
     most_confused: list[dict[str, Any]]
     confusion_matrix: list[list[int]]
     class_names: list[str]
+    tta: str = "none"  # test-time augmentation the scores include
     saved: list[str] = field(default_factory=list)  # the files written, empty when nothing was
 
     def to_json(self) -> dict[str, Any]:

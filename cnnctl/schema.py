@@ -127,6 +127,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     input_shape: list[int] = Field(min_length=3, max_length=3)
     layers: list[ObjectSpec] = Field(min_length=1)
+    # Test-time augmentation: horizontal_flip scores each image as the mean of the model's
+    # outputs on it and on its mirror image (the end-of-training test, evaluate, predict).
+    tta: Literal["none", "horizontal_flip"] = "none"
 
     @field_validator("input_shape")
     @classmethod

@@ -41,6 +41,7 @@ from cnnctl.runs import (
     write_json,
     write_text,
 )
+from cnnctl.tta import with_tta
 
 
 def train_run(
@@ -283,7 +284,7 @@ def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
 
 def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
     """Evaluate the best model (the file predict will use) on the test split, once, at the end."""
-    best = load_model(run.model)
+    best = with_tta(load_model(run.model), config.model.tta)
     test = eval_batches(
         dataset.x_test,
         dataset.y_test,

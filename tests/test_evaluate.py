@@ -79,6 +79,42 @@ def test_data_path_of_another_dataset(runner, run_copy, tmp_path, mnist_test_set
     )
 
 
+def test_tta_scores_the_mean_of_each_image_and_its_mirror(
+    runner, run_copy, mnist_test_set, tmp_path
+):
+    from PIL import Image
+
+    from cnnctl.modelfile import load_model
+
+    model = load_model(run_copy / "small" / "model.keras", compile=False)
+    x, y = mnist_test_set[0][8000:, ..., None].astype("float32"), mnist_test_set[1][8000:]
+    mirrored = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    plain = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--json"])
+    flip = runner.invoke(
+        main, ["evaluate", "--runs-dir", str(run_copy), "--tta", "horizontal_flip", "--json"]
+    )
+    assert flip.exit_code == 0, flip.output
+    scored = json.loads(flip.stdout)
+    assert scored["tta"] == "horizontal_flip" and json.loads(plain.stdout)["tta"] == "none"
+    assert scored["metrics"]["accuracy"] == pytest.approx(
+        (mirrored.argmax(1) == y).mean(), abs=1e-4
+    )
+    assert scored["metrics"]["accuracy"] != json.loads(plain.stdout)["metrics"]["accuracy"]
+    # the run's config chooses it for evaluate and predict when no --tta is given
+    config = run_copy / "small" / "config.yaml"
+    config.write_text(config.read_text().replace("  tta: none", "  tta: horizontal_flip"))
+    by_config = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--json"])
+    assert json.loads(by_config.stdout)["metrics"] == scored["metrics"]
+    Image.fromarray(mnist_test_set[0][8000]).save(tmp_path / "digit.png")
+    predicted = runner.invoke(
+        main, ["predict", str(tmp_path / "digit.png"), "--runs-dir", str(run_copy), "--json"]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    top = json.loads(predicted.stdout)[0]["top"][0]
+    assert top["probability"] == pytest.approx(float(mirrored[0].max()), abs=1e-5)
+    assert top["index"] == int(mirrored[0].argmax())
+
+
 def test_class_report_by_hand():
     matrix = confusion_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]

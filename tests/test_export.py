@@ -154,6 +154,17 @@ def test_evaluate_exported_scores_like_keras(exported, runner):
     ).is_file()  # beside, never replacing, the Keras one
 
 
+def test_tta_on_exported_models_scores_like_keras(exported, runner, tmp_path):
+    scores = {}
+    for model in ("model.keras", "export/model.onnx", "export/model.tflite"):
+        args = ["evaluate", "--model", str(exported / model), "--tta", "horizontal_flip"]
+        result = runner.invoke(main, [*args, "--output", str(tmp_path), "--json"])
+        assert result.exit_code == 0, result.output
+        scores[model] = json.loads(result.stdout)["metrics"]["accuracy"]
+    assert scores["export/model.onnx"] == pytest.approx(scores["model.keras"], abs=1e-4)
+    assert scores["export/model.tflite"] == pytest.approx(scores["model.keras"], abs=1e-4)
+
+
 def test_predict_needs_the_export_extra(exported, runner, monkeypatch, pngs):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     result = runner.invoke(
