@@ -105,6 +105,12 @@ def _predict_streamed(
 
     _, height, width, channels = model.input_shape
     files = files_for(paths, (height, width, channels))
+    whole = model
+    if len(paths) > batch_size:  # worth one trace: a graph runs fused kernels, eager calls do not
+        import tensorflow as tf
+
+        shape = tf.TensorSpec((None, height, width, channels), tf.float32)
+        model = tf.function(lambda batch: whole(batch, training=False), input_signature=[shape])
     found: dict[int, np.ndarray] = {}
     for positions, images in decode_batches(files, batch_size):
         probabilities = _run(model, 255.0 - images if invert else images, model_path)
@@ -116,18 +122,18 @@ def _predict_streamed(
         except ImageError as error:
             result.failures.append((str(paths[i]), str(error)))
             continue
-        found[i] = _run(model, image[None].astype(np.float32), model_path)[0]
+        found[i] = _run(whole, image[None].astype(np.float32), model_path)[0]
     result.items.extend(_top(paths[i], found[i], names, top_k) for i in sorted(found))
     return result
 
 
 def _run(model, batch, model_path: Path) -> np.ndarray:
-    """One plain call of the model (no tf.function to trace: faster than model.predict once).
+    """One call of the model (or of its traced function) on a batch.
 
     Out of memory here comes from the input or the model, not from training's batch size: say so.
     """
     try:
-        return np.asarray(model(batch, training=False))
+        return np.asarray(model(batch))  # Keras' default outside fit: inference mode
     except Exception as error:
         if not isinstance(error, MemoryError) and type(error).__name__ != "ResourceExhaustedError":
             raise

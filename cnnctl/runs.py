@@ -235,7 +235,10 @@ def _umask() -> int:
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """UTF-8; a file name that is not UTF-8 (a lone surrogate in Python) is written escaped."""
+    atomic_write(
+        path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -165,17 +165,60 @@ def test_header_checks_are_remembered_until_a_file_changes(folder, cache_dir, mo
     from cnnctl.data import index
 
     first = index.index_folder(folder)
-    assert len(list(cache_dir.glob("probes-*.json"))) == 1
+    (memo,) = cache_dir.glob("probes-*.json")
+    written = memo.stat().st_ino
     real, calls = index.probe, []
     monkeypatch.setattr(index, "probe", lambda path: calls.append(path) or real(path))
     again = index.index_folder(folder)
     assert calls == []  # only stat: no header read
+    assert memo.stat().st_ino == written  # nothing new: the memo is not written again
     assert again.paths.tolist() == first.paths.tolist() and again.skipped == first.skipped
     changed = Path(first.paths[0])
     changed.write_text("not an image any more")
     third = index.index_folder(folder)
     assert calls == [str(changed)]
     assert (str(changed), "not an image file Pillow can read") in third.skipped
+
+
+def _remove_deep(top: Path) -> None:
+    """rmtree and os.walk recurse, so pytest could not clean a tree this deep: go down, then up."""
+    chain = [top]
+    while (chain[-1] / "d").is_dir():
+        chain.append(chain[-1] / "d")
+    for folder in reversed(chain):
+        for entry in os.scandir(folder):
+            if not entry.is_dir():
+                os.unlink(entry.path)
+        os.rmdir(folder)
+
+
+def test_deep_folders_and_names_that_are_not_utf8_stream(tmp_path, mnist_test_set, request):
+    from cnnctl.data.index import index_folder
+    from cnnctl.data.stream import FileImages, decode_all
+
+    x = mnist_test_set[0]
+    root = tmp_path / "photos"
+    deep = root / "zero"
+    deep.mkdir(parents=True)
+    for _ in range(1100):  # deeper than Python's recursion limit (mkdir -p itself recurses)
+        deep = deep / "d"
+        deep.mkdir()
+    request.addfinalizer(lambda: _remove_deep(root / "zero"))
+    Image.fromarray(x[0]).save(deep / "0.png")
+    (root / "one").mkdir()
+    odd = os.fsdecode(os.fsencode(root / "one") + b"/caf\xe9.png")  # Latin-1, not UTF-8
+    Image.fromarray(x[1]).save(odd)
+    cmyk = os.fsdecode(os.fsencode(root / "one") + b"/\xff.jpg")  # CMYK: Pillow decodes it
+    Image.fromarray(x[2]).convert("CMYK").save(cmyk)
+    index = index_folder(root)
+    assert sorted(index.paths) == sorted([str(deep / "0.png"), odd, cmyk])
+    assert index.pillow.tolist() == [path == cmyk for path in index.paths]
+    pixels, failed = decode_all(FileImages(index.paths, index.pillow, (28, 28, 1)))
+    assert failed == []
+    by_name = dict(zip(index.paths, pixels, strict=True))
+    assert np.array_equal(by_name[str(deep / "0.png")][..., 0], x[0])
+    assert np.array_equal(by_name[odd][..., 0], x[1])
+    assert np.abs(by_name[cmyk][..., 0].astype(int) - x[2]).mean() < 8
 
 
 BUILD = """
@@ -252,3 +295,42 @@ def test_sigkill_mid_epoch_while_streaming_then_resume_gives_the_planned_epochs(
     )
     assert done.returncode == 0, done.stderr
     assert epochs_in(run) == [1, 2, 3, 4]
+
+
+TF_ROUTED = [
+    ("JPEG", "L"),
+    ("JPEG", "RGB"),
+    ("PNG", "L"),
+    ("PNG", "LA"),
+    ("PNG", "RGB"),
+    ("PNG", "RGBA"),
+    ("GIF", "P"),
+    ("GIF", "L"),
+    ("BMP", "L"),
+    ("BMP", "RGB"),
+]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tensorflow_decodes_as_pillow_reads(tmp_path, mnist_test_set, channels):
+    """Training's decoder (TensorFlow) and predict's fallback (Pillow) see the same pixels."""
+    from cnnctl.data.images import load_image
+    from cnnctl.data.index import probe
+    from cnnctl.data.stream import FileImages, decode_all
+
+    digits = mnist_test_set[0][:4]
+    color = np.stack([digits[0], digits[1], 255 - digits[2], digits[3]], axis=-1)  # RGBA
+    paths = []
+    for fmt, mode in TF_ROUTED:
+        paths.append(str(tmp_path / f"{mode}.{fmt.lower()}"))
+        Image.fromarray(color, "RGBA").convert(mode).save(paths[-1], fmt)
+    assert [probe(p) for p in paths] == [False] * len(paths)  # all on TensorFlow's route
+    pixels, failed = decode_all(FileImages(paths, np.zeros(len(paths), bool), (28, 28, channels)))
+    assert failed == []
+    for path, image in zip(paths, pixels, strict=True):
+        expected = load_image(Path(path), 28, 28, channels)
+        off = np.abs(image.astype(int) - expected.astype(int))
+        if path.endswith(".jpeg"):  # two builds of libjpeg: a level apart on average
+            assert off.max() <= 8 and off.mean() < 1, f"{path}: {off.max()}, {off.mean()}"
+        else:  # lossless: the same pixels; grey only rounds its weights differently
+            assert off.max() <= (1 if channels == 1 else 0), f"{path}: off by {off.max()}"

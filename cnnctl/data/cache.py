@@ -153,35 +153,55 @@ def remembered_probes(
     memo_path = cache_root() / f"probes-{name}.json"
     memo = _read_memo(memo_path, settings)
 
-    def check(path: str) -> tuple[bool | str, list[int] | None]:
+    stamps = np.full((len(paths), 2), -1, dtype=np.int64)  # size, mtime; -1: not a regular file
+    stale = []
+
+    def check(row: int) -> bool | str:
+        path = paths[row]
         try:
             info = os.stat(path)
         except (OSError, ValueError):
-            return probe(path), None
+            return probe(path)
         if not stat.S_ISREG(info.st_mode):
-            return probe(path), None
-        stamp = [info.st_size, info.st_mtime_ns]
+            return probe(path)
+        stamps[row] = info.st_size, info.st_mtime_ns
         seen = memo.get(path)
-        if isinstance(seen, list) and len(seen) == 3 and seen[:2] == stamp:
+        if isinstance(seen, list) and len(seen) == 3 and seen[:2] == stamps[row].tolist():
             if isinstance(seen[2], (bool, str)):
-                return seen[2], stamp
-        return probe(path), stamp
+                return seen[2]
+        stale.append(row)
+        return probe(path)
 
+    # Rows go to the threads in slices: a future per file would cost more than the file's entry.
+    slices = [range(i, min(i + 1024, len(paths))) for i in range(0, len(paths), 1024)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(check, paths))
-    fresh = {p: [*stamp, found] for p, (found, stamp) in zip(paths, results, strict=True) if stamp}
-    if fresh != memo:
-        with contextlib.suppress(OSError):  # a read-only cache folder only costs the next run time
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_name(f".{memo_path.name}.tmp-{os.getpid()}")
-            try:
-                tmp.write_text(
-                    json.dumps({"version": PROBES_VERSION, "settings": settings, "files": fresh})
-                )
-                os.replace(tmp, memo_path)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return [result for result, _ in results]
+        results = [
+            r for part in pool.map(lambda rows: [check(i) for i in rows], slices) for r in part
+        ]
+    kept = stamps[:, 0] >= 0
+    if stale or len(memo) != len({paths[row] for row in np.flatnonzero(kept)}):
+        memo = None  # the answers in hand replace it: never two copies at once
+        _write_memo(memo_path, settings, paths, stamps, results)
+    return results
+
+
+def _write_memo(
+    path: Path, settings: str, paths: list[str], stamps: np.ndarray, results: list[bool | str]
+) -> None:
+    """Remember the checks of every regular file; a read-only cache folder only costs time."""
+    files = {
+        paths[row]: [*stamps[row].tolist(), results[row]]
+        for row in np.flatnonzero(stamps[:, 0] >= 0).tolist()
+    }
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w") as stream:  # streamed: no second copy of the whole text
+                json.dump({"version": PROBES_VERSION, "settings": settings, "files": files}, stream)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _read_memo(path: Path, settings: str) -> dict:

@@ -58,23 +58,44 @@ def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def image_files(folder: Path) -> list[Path]:
     """The image files under `folder`, sorted: regular files only, symlinked folders not entered."""
-    return sorted(p for p in _walk(folder) if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [Path(p) for p in image_paths(folder)]
 
 
-def _walk(folder: Path) -> list[Path]:
-    """Regular files under `folder`; symlinked folders are not entered (no loops), FIFOs skipped."""
-    found: list[Path] = []
-    for root, _, names in os.walk(folder, followlinks=False):
-        for name in names:
-            path = Path(root, name)
-            if is_regular(path):
-                found.append(path)
-                if len(found) > limit("files"):
-                    raise DataError(
-                        f"{folder}: holds more than {limit('files'):,} files",
-                        f"pass a smaller folder, or raise: cnnctl --limit files={len(found)}",
-                    )
+def image_paths(folder: Path | str) -> list[str]:
+    """`image_files` as strings: an index of 200,000 photos holds one str per file, no Paths.
+
+    The order is sorted-path order (each folder's entries by name, sub-folders in place).
+    Symlinked folders are not entered (no loops); FIFOs and other non-files are skipped;
+    a deep tree is walked with a stack, not recursion.
+    """
+    found: list[str] = []
+    files = 0
+    stack = [iter(_entries(os.fspath(folder)))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            stack.append(iter(_entries(entry.path)))
+        elif entry.is_file():  # follows a symlinked file, as reading it will
+            files += 1
+            if files > limit("files"):
+                raise DataError(
+                    f"{folder}: holds more than {limit('files'):,} files",
+                    f"pass a smaller folder, or raise: cnnctl --limit files={files}",
+                )
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(entry.path)
     return found
+
+
+def _entries(directory: str) -> list[os.DirEntry]:
+    """A folder's entries sorted by name; [] where it cannot be listed (as os.walk skips it)."""
+    try:
+        with os.scandir(directory) as listing:
+            return sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        return []
 
 
 def _glob(pattern: str) -> list[Path]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.images import IMAGE_EXTENSIONS, image_files
+from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths
 from cnnctl.errors import DataError
 from cnnctl.limits import limit, open_regular
 
@@ -154,7 +154,7 @@ def _class_names(root: Path, allow_empty: bool = False) -> list[str]:
 def _images_in(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    images = [str(p) for p in image_files(folder)]
+    images = image_paths(folder)
     if not images:
         raise DataError(
             f"{folder}: class folder has no images",

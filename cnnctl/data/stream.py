@@ -7,6 +7,7 @@ run's order are the same whatever fails; its row is recorded and reported.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -69,6 +70,18 @@ class FileImages:
         pixels = decode_all(self)[0]
         return pixels if dtype is None else pixels.astype(dtype)
 
+    @functools.cached_property
+    def tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Paths (as bytes: any file name) and routes as tensors, made once and eagerly.
+
+        A constant made inside a traced function (each epoch's pipeline is one) is copied
+        into every graph that holds it: at 80,000 files that grew with the folder.
+        """
+        with tf.init_scope():
+            return tf.constant([os.fsencode(p) for p in self.paths], tf.string), tf.constant(
+                self.pillow
+            )
+
     def astype(self, dtype: Any) -> np.ndarray:
         return np.asarray(self, dtype=dtype)
 
@@ -85,20 +98,22 @@ class FileImages:
 # --------------------------------------------------------------------------- decoding
 
 
-def decoder(image_shape: tuple[int, int, int]):
-    """(path, use_pillow) -> uint8 (H, W, C): TensorFlow's decoders, Pillow for the rest."""
+def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
+    """(path, use_pillow) -> uint8 (H, W, C): TensorFlow's decoders, Pillow for the rest.
+
+    Without `pillow_possible` (no file needs Pillow) the branch is left out: each tf.cond
+    in a tf.data map costs about as much as decoding a small JPEG.
+    """
     height, width, channels = image_shape
 
     def with_pillow(path: bytes) -> np.ndarray:
-        return load_image(Path(path.decode()), height, width, channels)
+        return load_image(Path(os.fsdecode(path)), height, width, channels)
 
     def with_tf(path: tf.Tensor) -> tf.Tensor:
-        x = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-        few = tf.shape(x)[-1] < 3
-        if channels == 3:
-            x = tf.cond(few, lambda: tf.image.grayscale_to_rgb(x[..., :1]), lambda: x[..., :3])
-        else:
-            x = tf.cond(few, lambda: x[..., :1], lambda: tf.image.rgb_to_grayscale(x[..., :3]))
+        # channels=3: grey is repeated, alpha dropped; the same pixels as Pillow's convert("RGB")
+        x = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if channels == 1:
+            x = tf.image.rgb_to_grayscale(x)  # exact on grey images (repeated channels)
         same = tf.reduce_all(tf.shape(x)[:2] == [height, width])
         return tf.cond(
             same,
@@ -112,6 +127,8 @@ def decoder(image_shape: tuple[int, int, int]):
         )
 
     def decode(path: tf.Tensor, pillow: tf.Tensor) -> tf.Tensor:
+        if not pillow_possible:
+            return tf.ensure_shape(with_tf(path), image_shape)
         image = tf.cond(
             pillow,
             lambda: tf.numpy_function(with_pillow, [path], tf.uint8, stateful=False),
@@ -122,13 +139,21 @@ def decoder(image_shape: tuple[int, int, int]):
     return decode
 
 
+def _batches(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
+    """(rows, images, labels, weights) batches of `size` for `rows` in order.
+
+    Read from the decode cache a batch at a time, else decoded file by file.
+    """
+    if x.store is not None:
+        return _from_store(x, rows, labels, size)
+    return _decoded_in_place(x, rows, labels).batch(size)
+
+
 def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
     """(row, image, label, weight) for `rows` in order; a failed decode: a blank of weight 0."""
     shape, n = x.image_shape, tf.shape(rows, out_type=tf.int64)[0]
-    decode = decoder(shape)
-    if x.store is not None:
-        return _from_store(x, rows, labels)
-    paths, pillow = tf.constant(x.paths.astype(str)), tf.constant(x.pillow)
+    decode = decoder(shape, bool(x.pillow.any()))
+    paths, pillow = x.tensors
     items = (
         tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels))
         .map(
@@ -161,8 +186,8 @@ def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.d
     )
 
 
-def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
-    """The same items read from a decode cache: plain reads at row offsets, no decoding."""
+def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
+    """The same batches read from a decode cache: plain reads at row offsets, no decoding."""
     shape, store, where = x.image_shape, str(x.store), x.rows
     row_bytes = int(np.prod(shape))
     offset = _data_offset(x.store)
@@ -182,9 +207,8 @@ def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Da
 
     return (
         tf.data.Dataset.from_tensor_slices((rows, labels))
-        .batch(64)
+        .batch(size)
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .unbatch()
     )
 
 
@@ -201,7 +225,7 @@ def decode_all(x: FileImages, batch: int = 256, sink: Any = None) -> tuple[np.nd
     failed: list[int] = []
     positions = tf.range(len(x), dtype=tf.int64)
     start = 0
-    items = _decoded_in_place(x, positions, tf.zeros(len(x), tf.int64)).batch(batch).prefetch(2)
+    items = _batches(x, positions, tf.zeros(len(x), tf.int64), batch).prefetch(2)
     for _, images, _, weights in items.as_numpy_iterator():
         if sink is None:
             out[start : start + len(images)] = images
@@ -278,10 +302,8 @@ def training_batches(
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         rows = worker_share(shuffled(n, seed, epoch), batch_size, workers, index)
-        return (
-            _decoded_in_place(x, rows, tf.gather(labels, rows))
-            .batch(local)
-            .map(_finish(x, epoch, num_classes, one_hot))
+        return _batches(x, rows, tf.gather(labels, rows), local).map(
+            _finish(x, epoch, num_classes, one_hot)
         )
 
     steps = math.ceil(n / batch_size)
@@ -304,8 +326,7 @@ def eval_batches(
     """Batches in order (images, labels, weights), for validation, evaluation and prediction."""
     rows = tf.range(len(x), dtype=tf.int64)
     return (
-        _decoded_in_place(x, rows, tf.constant(y))
-        .batch(batch_size)
+        _batches(x, rows, tf.constant(y), batch_size)
         .map(_finish(x, "eval", num_classes, one_hot))
         .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
         .prefetch(AHEAD)
@@ -318,8 +339,8 @@ def decode_batches(x: FileImages, batch_size: int):
     A file that fails to decode is left out (its position is missing), which spares
     prediction the per-image bookkeeping that keeps training's batches whole.
     """
-    decode = decoder(x.image_shape)
-    paths, pillow = tf.constant(x.paths.astype(str)), tf.constant(x.pillow)
+    decode = decoder(x.image_shape, bool(x.pillow.any()))
+    paths, pillow = x.tensors
     return (
         tf.data.Dataset.range(len(x))
         .map(
