@@ -178,21 +178,23 @@ def remembered_probes(
         results = [
             r for part in pool.map(lambda rows: [check(i) for i in rows], slices) for r in part
         ]
-    kept = stamps[:, 0] >= 0
-    if stale or len(memo) != len({paths[row] for row in np.flatnonzero(kept)}):
+    regular = np.flatnonzero(stamps[:, 0] >= 0).tolist()
+    if stale or len(memo) != len({paths[row] for row in regular}):
         memo = None  # the answers in hand replace it: never two copies at once
-        _write_memo(memo_path, settings, paths, stamps, results)
+        _write_memo(memo_path, settings, paths, stamps, results, regular)
     return results
 
 
 def _write_memo(
-    path: Path, settings: str, paths: list[str], stamps: np.ndarray, results: list[bool | str]
+    path: Path,
+    settings: str,
+    paths: list[str],
+    stamps: np.ndarray,
+    results: list[bool | str],
+    regular: list[int],
 ) -> None:
-    """Remember the checks of every regular file; a read-only cache folder only costs time."""
-    files = {
-        paths[row]: [*stamps[row].tolist(), results[row]]
-        for row in np.flatnonzero(stamps[:, 0] >= 0).tolist()
-    }
+    """Remember the checks of the `regular` rows; a read-only cache folder only costs time."""
+    files = {paths[row]: [*stamps[row].tolist(), results[row]] for row in regular}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -139,6 +139,13 @@ def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
     return decode
 
 
+def _row_decoder(x: FileImages):
+    """row -> that file of `x`, decoded (for a tf.data map)."""
+    decode = decoder(x.image_shape, bool(x.pillow.any()))
+    paths, pillow = x.tensors
+    return lambda row: decode(paths[row], pillow[row])
+
+
 def _batches(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
     """(rows, images, labels, weights) batches of `size` for `rows` in order.
 
@@ -152,12 +159,11 @@ def _batches(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf
 def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
     """(row, image, label, weight) for `rows` in order; a failed decode: a blank of weight 0."""
     shape, n = x.image_shape, tf.shape(rows, out_type=tf.int64)[0]
-    decode = decoder(shape, bool(x.pillow.any()))
-    paths, pillow = x.tensors
+    decode = _row_decoder(x)
     items = (
         tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels))
         .map(
-            lambda pos, row, label: (pos, row, decode(paths[row], pillow[row]), label),
+            lambda pos, row, label: (pos, row, decode(row), label),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -339,12 +345,11 @@ def decode_batches(x: FileImages, batch_size: int):
     A file that fails to decode is left out (its position is missing), which spares
     prediction the per-image bookkeeping that keeps training's batches whole.
     """
-    decode = decoder(x.image_shape, bool(x.pillow.any()))
-    paths, pillow = x.tensors
+    decode = _row_decoder(x)
     return (
         tf.data.Dataset.range(len(x))
         .map(
-            lambda i: (i, decode(paths[i], pillow[i])),
+            lambda i: (i, decode(i)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
