@@ -1,8 +1,9 @@
 """Keras callbacks of a training run: per-epoch files and rules, progress, clean stops on signals.
 
-Each epoch ends with, in this order: metrics.csv, model.keras (when the
-monitored value improved), checkpoints/last.keras. The epoch counts as done
-once its checkpoint is whole.
+Each epoch ends with, in this order: model.keras (when the monitored value
+improved), checkpoints/last.keras, metrics.csv. The epoch counts as done once
+its checkpoint is whole, and metrics.csv lists only epochs that are done: a
+kill between the two leaves the row inside the checkpoint, and resume writes it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class StopRequested(Exception):
 class EpochRecorder(keras.callbacks.Callback):
     """Writes the run folder's files after each epoch.
 
-    metrics.csv, model.keras (when better), schedules, checkpoints/last.keras.
+    model.keras (when better), schedules, checkpoints/last.keras, metrics.csv.
     """
 
     def __init__(
@@ -104,7 +105,6 @@ class EpochRecorder(keras.callbacks.Callback):
             self._apply_rules(logs, epoch + 1)
             self.rows, self.epoch = rows, epoch + 1
             return
-        write_text(self.run.metrics_csv, rows_to_csv(rows))
         if better or not self.run.model.exists():
             self.best, self.best_epoch = logs[self.monitor], epoch + 1
             atomic_write(self.run.model, lambda tmp: self.model.save(tmp))
@@ -121,10 +121,9 @@ class EpochRecorder(keras.callbacks.Callback):
             rng=rng_state(self.model),
         )
         atomic_write(self.run.last, lambda tmp: save_with_state(self.model, tmp, state))
-        self.rows, self.epoch = (
-            rows,
-            epoch + 1,
-        )  # the epoch counts as done once its checkpoint is whole
+        # the epoch counts as done once its checkpoint is whole, and only then is it listed
+        self.rows, self.epoch = rows, epoch + 1
+        write_text(self.run.metrics_csv, rows_to_csv(rows))
         with contextlib.suppress(Exception):  # a plot must never stop training
             atomic_write(self.run.curves, lambda tmp: report.save_curves(self.rows, tmp))
         if self.display is not None:

@@ -388,6 +388,17 @@ def evaluate(
         result = evaluate_run(
             found, split, model_file, data, legacy_h5, output, bool(_setting("offline")), tta
         )
+    if result.skipped:
+        from cnnctl.escape import safe_text
+
+        first = result.skipped[0]
+        _note(
+            safe_text(
+                f"warning: {len(result.skipped)} images could not be decoded and are left out "
+                f"(first: {first['path']}: {first['reason']}); all are listed under "
+                f"'skipped' in {result.saved[0] if result.saved else 'the --json output'}"
+            )
+        )
     _render(report.evaluation_table(result), result.to_json(), as_json)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnnctl import report
 from cnnctl.config import BUILTIN_DATASETS, SPLITS, Config, DataConfig, load_config
-from cnnctl.data import Dataset, dataset_for, load_dataset
+from cnnctl.data import Dataset, dataset_for, decoded, load_dataset
 from cnnctl.errors import DataError, ModelFileError, RunError
 from cnnctl.modelfile import load_model
 from cnnctl.results import EvaluationResult
@@ -71,11 +71,18 @@ def evaluate_run(
             f"{model_file}: the model has {model.output_shape[-1]} outputs but the data "
             f"has {max(len(names), int(y.max(initial=0)) + 1)} classes"
         )
+    files, images = dataset.files.get(split), x
     if exported:
+        x, failed = decoded(x)
+        y, files = _drop(failed, y, files)
         metrics, probabilities = _score_exported(model, x, y)
     else:
+        from cnnctl.data.stream import eval_skipped
+
         one_hot = config.train.one_hot if config is not None else _one_hot(model)
         metrics, probabilities = _score(model, x, y, len(names), one_hot)
+        failed = eval_skipped(x)  # blanks of weight 0: already out of the metrics
+        x, y, files, probabilities = _drop(failed, x, y, files, probabilities)
     matrix = confusion_matrix(y, probabilities.argmax(axis=1), len(names))
     result = EvaluationResult(
         model=str(model_file),
@@ -87,6 +94,7 @@ def evaluate_run(
         **class_report(matrix, names),
         confusion_matrix=matrix.tolist(),
         class_names=names,
+        skipped=_described(images, failed),
     )
     where = output if output is not None else (folder.path if folder is not None else None)
     if where is not None:
@@ -98,7 +106,7 @@ def evaluate_run(
             else f"-{split}"
         )
         tag = f"-{model_file.name}{tag}" if exported else tag  # never the Keras model's report
-        wrong = misclassified(y, probabilities, names, dataset.files.get(split))
+        wrong = misclassified(y, probabilities, names, files)
         result.saved = _save(Path(where), tag, result, wrong, matrix, x)
     return result
 
@@ -110,6 +118,26 @@ def _score(model: Any, x: np.ndarray, y: np.ndarray, classes: int, one_hot: bool
     batches = eval_batches(x, y, batch_size=EVAL_BATCH, num_classes=classes, one_hot=one_hot)
     metrics = model.evaluate(batches, verbose=0, return_dict=True)
     return metrics, model.predict(batches, verbose=0)
+
+
+def _drop(failed: list[int], *values: Any) -> tuple[Any, ...]:
+    """Each of `values` (arrays, images in files, a tuple of names, or None) without `failed`."""
+    if not failed:
+        return values
+    kept = np.setdiff1d(np.arange(len(values[0])), failed)
+    return tuple(
+        v if v is None else v[kept] if hasattr(v, "shape") else tuple(v[i] for i in kept)
+        for v in values
+    )
+
+
+def _described(x: Any, failed: list[int]) -> list[dict[str, str]]:
+    """Path and reason of each image that failed to decode, for the report."""
+    if not failed:
+        return []
+    from cnnctl.data.stream import failures
+
+    return [{"path": path, "reason": reason} for path, reason in failures(x, failed)]
 
 
 def _score_exported(model: Any, x: np.ndarray, y: np.ndarray):

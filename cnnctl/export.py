@@ -161,7 +161,7 @@ def _float32_config(value: Any) -> Any:
 def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Up to CHECK_IMAGES real test images with labels; a training sample to calibrate int8."""
     from cnnctl.config import load_config
-    from cnnctl.data import dataset_for
+    from cnnctl.data import dataset_for, decoded
 
     if not run.config.is_file():
         raise RunError(
@@ -172,10 +172,12 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
     x_test, y_test = dataset.split("test")
     order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
     pick = order[:REPRESENTATIVE_IMAGES]
+    x_check, failed = decoded(x_test[:CHECK_IMAGES])  # files that fail to decode are left out
+    calibration, _ = decoded(dataset.x_train[np.sort(pick)])
     return (
-        x_test[:CHECK_IMAGES].astype(np.float32),
-        y_test[:CHECK_IMAGES],
-        dataset.x_train[np.sort(pick)].astype(np.float32),
+        x_check.astype(np.float32),
+        np.delete(y_test[:CHECK_IMAGES], failed),
+        calibration.astype(np.float32),
     )
 
 

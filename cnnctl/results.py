@@ -66,6 +66,7 @@ class EvaluationResult:
     confusion_matrix: list[list[int]]
     class_names: list[str]
     tta: str = "none"  # test-time augmentation the scores include
+    skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason: left out
     saved: list[str] = field(default_factory=list)  # the files written, empty when nothing was
 
     def to_json(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from cnnctl.runs import (
     atomic_write,
     clean_leftovers,
     create_run,
+    rows_to_csv,
     running_pid,
     set_status,
     write_json,
@@ -109,6 +110,8 @@ def resume_run(
     if not chief:
         return _fit(run, model, wanted, dataset, state, None, write=False)
     write_text(run.config, dump_config(wanted))
+    # a kill between the checkpoint and metrics.csv left a row out; the checkpoint holds it
+    write_text(run.metrics_csv, rows_to_csv(state.rows[: state.epoch]))
     set_status(run, "running", epochs=wanted.train.epochs)
     return _fit(run, model, wanted, dataset, state, display)
 
@@ -201,9 +204,8 @@ def _fit(
     with stop_on_signals() as stop, progress as bar:
         agreeing, stop = shared_stop(model, stop)  # a cluster's workers stop at the same step
         callbacks = [recorder, *agreeing, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
-        callbacks += skip_reporter(
-            dataset, run, display, write
-        )  # streamed files that fail to decode
+        reporters = skip_reporter(dataset, run, display, write)  # streamed files failing to decode
+        callbacks += reporters
         if (
             train.fine_tune is not None
         ):  # after the recorder: it may replace the optimizer the recorder set
@@ -222,6 +224,8 @@ def _fit(
                     shuffle=False,
                     verbose=0,
                 )
+            if stop["requested"]:  # came after fit's last step: stop all the same, before the test
+                raise StopRequested
         except StopRequested:
             _mark(run, write, "interrupted", recorder.epoch)
             raise Interrupted(
@@ -268,7 +272,7 @@ def _fit(
             run.model, lambda tmp: shutil.copyfile(run.last, tmp)
         )  # the last epoch, as asked
     tested = time.time()
-    result.test = _test(run, config, dataset)
+    result.test = _test(run, config, dataset, reporters)
     result.seconds += time.time() - tested
     write_json(run.metrics_json, result.summary())
     set_status(run, "finished", epochs_done=recorder.epoch)
@@ -282,7 +286,9 @@ def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
             set_status(run, status, epochs_done=epochs_done)
 
 
-def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
+def _test(
+    run: Run, config: Config, dataset: Dataset, callbacks: Sequence[keras.callbacks.Callback] = ()
+) -> dict[str, float]:
     """Evaluate the best model (the file predict will use) on the test split, once, at the end."""
     best = with_tta(load_model(run.model), config.model.tta)
     test = eval_batches(
@@ -292,7 +298,7 @@ def _test(run: Run, config: Config, dataset: Dataset) -> dict[str, float]:
         num_classes=len(dataset.class_names),
         one_hot=config.train.one_hot,
     )
-    values = best.evaluate(test, verbose=0, return_dict=True)
+    values = best.evaluate(test, verbose=0, return_dict=True, callbacks=list(callbacks))
     return {key: round(float(value), 6) for key, value in values.items()}
 
 

@@ -19,6 +19,7 @@ from cnnctl.cli import main
 from cnnctl.config import DataConfig
 from cnnctl.data import load_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
+from cnnctl.errors import DataError
 
 from conftest import SMALL
 
@@ -100,28 +101,56 @@ def test_each_worker_reads_its_share_of_every_global_batch():
         assert np.array_equal(np.concatenate(parts), order[k * 20 : (k + 1) * 20])
 
 
-def test_unreadable_files_are_skipped_and_reported_with_paths(runner, write, folder):
-    good = next((folder / "train" / "digit_3").glob("*.jpg"))
-    truncated = folder / "train" / "digit_3" / "truncated.jpg"
+def cut_short(good: Path, to: Path) -> Path:
+    """A JPEG whose header reads but whose pixels do not (a copy cut short)."""
     data = good.read_bytes()
-    truncated.write_bytes(
-        data[: data.index(b"\xff\xda") + 20]
-    )  # the header reads; the pixels do not
-    (folder / "train" / "digit_4" / "text.png").write_text("not an image")
-    result = runner.invoke(
-        main, ["train", str(config_for(write, folder, "  cache: none\n")), "--json"]
+    to.write_bytes(data[: data.index(b"\xff\xda") + 20])
+    return to
+
+
+def test_unreadable_files_are_skipped_and_reported_with_paths(runner, write, folder):
+    truncated = cut_short(
+        next((folder / "train" / "digit_3").glob("*.jpg")), folder / "train" / "digit_3" / "t.jpg"
     )
+    in_test = cut_short(
+        next((folder / "test" / "digit_5").glob("*.jpg")), folder / "test" / "digit_5" / "t.jpg"
+    )
+    (folder / "train" / "digit_4" / "text.png").write_text("not an image")
+    config = config_for(write, folder, "  cache: none\n  validation: test\n")
+    result = runner.invoke(main, ["train", str(config), "--json"])
     assert result.exit_code == 0, result.output
     run = Path(json.loads(result.stdout)["run"])
-    assert (
-        f"epoch 1: skipped 1 images that could not be decoded (first: {truncated}:" in result.stderr
-    )
+    for line in (
+        f"epoch 1: skipped 1 training images that could not be decoded (first: {truncated}:",
+        f"epoch 2: skipped 1 validation images that could not be decoded (first: {in_test}:",
+        f"skipped 1 test images that could not be decoded (first: {in_test}:",
+    ):
+        assert line in result.stderr
     rows = list(csv.DictReader(open(run / "skipped.csv")))
-    assert {(r["epoch"], r["path"]) for r in rows} == {
-        ("", str(folder / "train" / "digit_4" / "text.png")),
-        ("1", str(truncated)),
-        ("2", str(truncated)),
+    assert {(r["epoch"], r["split"], r["path"]) for r in rows} == {
+        ("", "", str(folder / "train" / "digit_4" / "text.png")),
+        ("1", "training", str(truncated)),
+        ("2", "training", str(truncated)),
+        ("1", "validation", str(in_test)),
+        ("2", "validation", str(in_test)),
+        ("", "test", str(in_test)),
     }
+    # evaluate leaves it out of every figure (not only the weighted metrics) and names it
+    result = runner.invoke(main, ["evaluate", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["path"] for s in report["skipped"]] == [str(in_test)]
+    assert report["examples"] == 300 == sum(map(sum, report["confusion_matrix"]))
+    assert f"warning: 1 images could not be decoded and are left out (first: {in_test}:" in (
+        result.stderr
+    )
+    # so do export's check images; code that would take a blank image for it gets an error
+    result = runner.invoke(main, ["export", str(run), "--format", "onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["check"]["images"] == 300
+    x_test = load_dataset(DataConfig(path=str(folder), cache="none"), (28, 28, 1), seed=0).x_test
+    with pytest.raises(DataError, match=f"{in_test}: damaged or truncated image"):
+        np.asarray(x_test)
 
 
 def test_a_changed_file_invalidates_the_cache(folder, cache_dir, mnist_test_set):
@@ -159,6 +188,22 @@ def test_a_damaged_cache_is_set_aside_and_rebuilt(folder, cache_dir, damage):
     assert "decode cache written to" in again.warnings[0]
     assert np.array_equal(before, np.asarray(again.x_train))
     assert [p.name for p in cache_dir.glob("*decoded-*")] == [cached.name]  # nothing left aside
+
+
+def test_a_cache_cut_short_while_in_use_skips_the_missing_rows(folder, cache_dir):
+    """The cache is memory-mapped: reading past the end of a shortened file would kill us."""
+    dataset = load_dataset(DataConfig(path=str(folder), cache="disk"), (28, 28, 1), seed=5)
+    x = dataset.x_train
+    batches = eval_batches(x, dataset.y_train, batch_size=100, num_classes=10, one_hot=False)
+    rows_in_file, row = len(np.load(x.store, mmap_mode="r")), 28 * 28
+    kept = 500  # rows left in the file, the last one cut in half
+    os.truncate(x.store, x.store.stat().st_size - (rows_in_file - kept) * row - row // 2)
+    weights = np.concatenate([b[2].numpy() for b in batches])  # the file is mapped already
+    lost = np.flatnonzero(x.rows >= kept - 1)
+    assert len(weights) == len(x) and 0 < len(lost) < len(x)
+    assert np.array_equal(np.flatnonzero(weights == 0), lost)
+    assert x.skips["eval"] == set(lost.tolist())
+    assert "decode cache was cut short while in use; delete it: rm -r" in x.reason(int(lost[-1]))
 
 
 def test_header_checks_are_remembered_until_a_file_changes(folder, cache_dir, monkeypatch):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import keras
 import pytest
 
 from cnnctl.config import load_config
-from cnnctl.errors import ConfigError, RunError
+from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.runs import Run, describe
 from cnnctl.train import read_state, resume_run, train_run
 
 
@@ -61,11 +64,39 @@ def test_same_seed_gives_identical_losses(small_config):
 
 def test_resume_with_more_epochs_continues_the_same_folder(small_config):
     result = train_run(load_config(small_config), Path("runs"), None)
+    saved = rows(result.run)
+    lines = result.run.metrics_csv.read_text().splitlines(keepends=True)
+    result.run.metrics_csv.write_text("".join(lines[:-1]))  # killed after the checkpoint's write
     resumed = resume_run(result.run, None, ("train.epochs=3",))
     assert resumed.run.path == result.run.path
     assert [r["epoch"] for r in rows(resumed.run)] == ["1", "2", "3"]
+    assert rows(resumed.run)[:2] == saved  # the row left out comes back from the checkpoint
     assert load_config(result.run.config).train.epochs == 3
     assert resumed.test["accuracy"] > 0.8
+
+
+def test_metrics_csv_lists_an_epoch_only_once_its_checkpoint_is_whole(small_config):
+    class CheckpointsUnwritable(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None) -> None:
+            Path("runs/small/checkpoints").rmdir()
+            Path("runs/small/checkpoints").write_text("in the way")
+
+    with pytest.raises(TrainingFailed, match="could not save epoch 1"):
+        train_run(load_config(small_config), Path("runs"), callbacks=[CheckpointsUnwritable()])
+    assert Path("runs/small/model.keras").is_file()
+    assert not Path("runs/small/metrics.csv").exists()  # so a resume never lacks a listed epoch
+
+
+def test_a_stop_asked_after_the_last_step_still_stops_before_the_test(small_config):
+    class CtrlCAtTheEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None) -> None:  # no step is left for the stop to act at
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="2 of 2 epochs are saved in runs/small"):
+        train_run(load_config(small_config), Path("runs"), callbacks=[CtrlCAtTheEnd()])
+    assert describe(Run(Path("runs/small"))).status == "interrupted"
+    resumed = resume_run(Run(Path("runs/small")))  # nothing left to train: only the test
+    assert resumed.epochs_done == 2 and resumed.test["accuracy"] > 0.8
 
 
 def test_resume_refuses_other_config_changes(small_config):

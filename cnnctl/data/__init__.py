@@ -51,6 +51,19 @@ class Dataset:
         }[name]
 
 
+def decoded(x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The pixels of the images of `x` that decode, and the positions of those that do not.
+
+    Images still in files can fail (a file cut short after indexing); arrays never do.
+    """
+    if isinstance(x, np.ndarray):
+        return x, []
+    from cnnctl.data.stream import decode_all  # TensorFlow: only for images in files
+
+    pixels, failed = decode_all(x)
+    return (np.delete(pixels, failed, axis=0) if failed else pixels), failed
+
+
 def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
     """The size images are read at.
 
