@@ -92,7 +92,7 @@ class Watcher:
             line.append(f"  best {_fmt(best.value)} (trial {best.number})")
         line.append(f"  {_seconds(trial)} s  " if _seconds(trial) != "" else "  ")
         line.append(" ".join(f"{k}={_fmt(v)}" for k, v in self._params(trial).items()))
-        note = _note(trial)
+        note = _note(trial, self.folder)
         if note:
             line.append(f"  ({note})", style="dim")
         return line
@@ -120,7 +120,7 @@ class Watcher:
                     },
                     "run": trial.user_attrs.get("run", ""),
                     "host": trial.user_attrs.get("host", ""),
-                    "note": _note(trial),
+                    "note": _note(trial, self.folder),
                 }
             )
         return rows
@@ -173,12 +173,15 @@ def _seconds(trial: Any) -> Any:
     return ""
 
 
-def _note(trial: Any) -> str:
+def _note(trial: Any, folder: Path) -> str:
     attrs = trial.user_attrs
     if "error" in attrs:
         return str(attrs["error"])
     if attrs.get("killed") or (trial.state.name == "FAIL" and "interrupted" not in attrs):
-        return f"killed; its folder is kept: {attrs.get('run', '')}".strip()
+        run = attrs.get("run", "")
+        if run and not (folder / run).is_dir():  # killed between asking and making its folder
+            return "killed before it made its folder; it will be run again"
+        return f"killed; its folder is kept: {run}".strip()
     if attrs.get("interrupted"):
         return "interrupted; it will be run again"
     if trial.state.name == "PRUNED":

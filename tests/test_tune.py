@@ -270,6 +270,38 @@ def test_timeouts_read_as_people_write_them(text, seconds):
 # --------------------------------------------------------------------------- studies
 
 
+def test_a_killed_trial_says_whether_its_folder_was_made(write):
+    """Two trials whose worker died: one after making its folder, one between asking and that."""
+    from rich.console import Console
+
+    from cnnctl.tune import HOST, fail_dead_trials, load_optuna, open_storage
+    from cnnctl.tune_report import Watcher
+
+    config = load_config(write("tune.yaml", TUNED))
+    folder = Path("runs/tiny-tune")
+    folder.mkdir(parents=True)
+    storage = open_storage(None, folder)
+    study = load_optuna().create_study(study_name="tiny-tune", storage=storage)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    for number in range(2):
+        trial = study.ask()
+        for key, value in (("host", HOST), ("pid", int(gone)), ("run", f"trial-{number:03d}")):
+            trial.set_user_attr(key, value)
+    (folder / "trial-000").mkdir()
+
+    assert fail_dead_trials(study, storage) == [0, 1]
+    rows = Watcher(study, config, "tiny-tune", folder, Console()).rows(study.get_trials())
+    assert [(r["state"], r["note"]) for r in rows] == [
+        ("failed", "killed; its folder is kept: trial-000"),
+        ("failed", "killed before it made its folder; it will be run again"),
+    ]
+
+
 @pytest.mark.slow
 def test_six_trials_with_two_workers_give_runs_a_table_and_a_best_config(runner, write):
     config = write("tune.yaml", TUNED)
@@ -328,11 +360,19 @@ def test_sigkill_during_a_trial_then_the_same_command_finishes_the_study(write):
     killed = [r for r in rows if r["state"] == "failed"]
     assert sum(r["state"] == "complete" for r in rows) == 6
     assert "2" in [r["trial"] for r in killed]
-    assert all(r["note"].startswith("killed; its folder is kept") for r in killed)
+    # The other worker's trial may have been killed before it made its folder, or after.
     folders = sorted(p.name for p in study.glob("trial-*"))
+    for row in killed:
+        kept = row["run"] in folders
+        assert row["note"] == (
+            f"killed; its folder is kept: {row['run']}"
+            if kept
+            else "killed before it made its folder; it will be run again"
+        )
     assert folders == [
-        f"trial-{int(r['trial']):03d}" for r in rows
+        r["run"] for r in rows if r["state"] == "complete" or r["run"] in folders
     ]  # none reused, none overwritten
+    assert all(r["run"] == f"trial-{int(r['trial']):03d}" for r in rows)
     for name in folders:
         assert yaml.safe_load((study / name / "config.yaml").read_text())["name"] == name
 
