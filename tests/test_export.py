@@ -109,36 +109,48 @@ def pngs(tmp_path_factory, mnist_test_set) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.tflite"])
-def test_predict_through_export_equals_keras_without_tensorflow(exported, keras_model, pngs, name):
-    from cnnctl.data.images import load_image
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def without_tensorflow(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`cnnctl ARGS` in a fresh process, checked (by -X importtime) never to import TensorFlow."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "cnnctl.cli",
-            "predict",
-            str(pngs),
-            "--model",
-            str(exported / "export" / name),
-            "--json",
-        ],
+        [sys.executable, "-X", "importtime", "-m", "cnnctl.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", **env},
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not re.search(r"\|\s+(tensorflow|keras)\b", done.stderr), "TensorFlow was imported"
+    return done
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.tflite"])
+def test_predict_through_export_equals_keras_without_tensorflow(exported, keras_model, pngs, name):
+    from cnnctl.data.images import load_image
+
+    done = without_tensorflow(
+        "predict", str(pngs), "--model", str(exported / "export" / name), "--json"
+    )
     items = json.loads(done.stdout)
     images = np.stack([load_image(Path(i["path"]), 28, 28, 1) for i in items]).astype("float32")
     expected = keras_model.predict(images, verbose=0).argmax(1)
     assert [i["top"][0]["index"] for i in items] == expected.tolist()
     assert len(items) == 40
+
+
+def test_evaluate_exported_on_arrays_without_tensorflow(exported, data_dir):
+    model = exported / "export" / "model.tflite"
+    done = without_tensorflow(
+        "evaluate",
+        "--model",
+        str(model),
+        "--json",
+        CNNCTL_DATA_DIR=str(data_dir),
+        CNNCTL_OFFLINE="1",
+    )
+    scored = json.loads(done.stdout)
+    keras_test = json.loads((exported / "metrics.json").read_text())["test"]
+    assert scored["examples"] == 2000
+    assert scored["metrics"]["accuracy"] == pytest.approx(keras_test["accuracy"], abs=1e-3)
 
 
 def test_evaluate_exported_scores_like_keras(exported, runner):
