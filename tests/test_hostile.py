@@ -1,8 +1,10 @@
 """Hostile files stay harmless (issue 18): bounded memory, disk and time, the run folder a boundary.
 
 Each group runs its cases in one fresh child process (`python -c DRIVER`, the CLI invoked
-in-process there, one case after another), so that the child's peak RSS is measured by
-`os.wait4`, a hang is caught by a deadline, and TMPDIR is the child's own folder.
+in-process there, one case after another), so that the child's peak RSS is its own
+(VmHWM), a hang is caught by a deadline, and TMPDIR is the child's own folder.
+`os.wait4`'s ru_maxrss would not do: a child started by fork and exec inherits its
+parent's peak, so after a large test in this pytest process a tiny child read 1.6 GB.
 Every case must end with exit code 0 or 2 (never 1, never a traceback) within 30 s; the
 group's child must stay under 1.5 GB, leave TMPDIR empty and touch nothing outside.
 """
@@ -34,9 +36,12 @@ from conftest import REPO, SMALL
 MAX_RSS_MB = 1536
 CASE_SECONDS = 30
 DRIVER = r"""
-import json, resource, sys, time
+import json, sys, time
 from click.testing import CliRunner
 from cnnctl.cli import main
+def peak_rss_mb():  # this process's own peak, not one inherited across fork and exec
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
 results = []
 for args in json.loads(sys.argv[1]):
     start = time.time()
@@ -48,7 +53,7 @@ for args in json.loads(sys.argv[1]):
     )
     results.append({"args": args, "code": r.exit_code, "seconds": time.time() - start,
                     "stderr": r.stderr[-3000:], "stdout": r.stdout[-3000:], "crash": crash,
-                    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                    "rss_mb": peak_rss_mb()})
     print("RESULT " + json.dumps(results[-1]), flush=True)
 """
 
@@ -76,7 +81,7 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
         )
         done, deadline = 0, time.monotonic() + 60 + CASE_SECONDS  # start-up, then per case
         while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 child.returncode = os.waitstatus_to_exitcode(status)
                 break
@@ -96,7 +101,7 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
     results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
     assert len(results) == len(cases), (cwd / "child.err").read_text()[-3000:]
     assert list(tmp.iterdir()) == [], f"left in TMPDIR: {list(tmp.iterdir())}"
-    return results, usage.ru_maxrss / 1024
+    return results, max(r["rss_mb"] for r in results)
 
 
 def check(results: list[dict], expected: list[tuple[int, str]], rss_mb: float) -> None:
