@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -450,10 +451,9 @@ def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any
                 if self.epoch is not None
                 else ("test", dataset.x_test)
             )
-            if isinstance(x, FileImages):
-                self._report(split, x, x.skips.pop("eval", set()))
+            self._report(split, x, eval_skipped(x))
 
-        def _report(self, split: str, x: FileImages, failed: set[int]) -> None:
+        def _report(self, split: str, x: FileImages, failed: Collection[int]) -> None:
             if not failed:
                 return
             when = "" if self.epoch is None else self.epoch + 1
