@@ -44,8 +44,10 @@ bench: setup data
 bench-gpu: setup
 	$(PY) bench/bench_gpu.py $(BENCH_ARGS)
 
+# Style, and the wings' one-way imports (the contracts in pyproject.toml).
 lint: setup
 	$(PY) -m ruff check cnnctl tests tools bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs examples .pytest_cache

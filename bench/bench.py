@@ -148,11 +148,11 @@ def startup(cwd: Path, model: Path, image: Path, reps: int) -> dict:
 PREDICT_CODE = """
 import json, statistics, sys, time
 from pathlib import Path
-from cnnctl.runtime import load_tensorflow
+from cnnctl.startup import load_tensorflow
 load_tensorflow()
 import keras, numpy as np
 from PIL import Image
-from cnnctl.predict import predict_images
+from cnnctl.scoring.predict import predict_images
 folder, model_path = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(folder.glob("*.png"))
 x = np.stack([np.asarray(Image.open(p))[..., None] for p in paths]).astype("float32")
@@ -200,13 +200,13 @@ def training_flops(config_path: Path) -> float:
 
     No input gradient flows into the first layer.
     """
-    from cnnctl.runtime import load_tensorflow
+    from cnnctl.startup import load_tensorflow
 
     load_tensorflow()
     import keras
 
-    from cnnctl.builder import build_model
     from cnnctl.config import load_config
+    from cnnctl.model.builder import build_model
 
     model = build_model(load_config(config_path), 10)
     total, first = 0.0, True

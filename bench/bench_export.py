@@ -48,7 +48,7 @@ def _one_png(run: Path, cwd: Path) -> Path:
     from PIL import Image
 
     from cnnctl.config import load_config
-    from cnnctl.data import dataset_for
+    from cnnctl.data.dataset import dataset_for
 
     x_test = dataset_for(load_config(run / "config.yaml")).x_test
     path = cwd / "one.png"

@@ -43,10 +43,10 @@ train:
 
 FIRST_BATCH = """
 import json, sys, time
-from cnnctl.runtime import load_tensorflow
+from cnnctl.startup import load_tensorflow
 load_tensorflow()
 from cnnctl.config import DataConfig
-from cnnctl.data import load_dataset
+from cnnctl.data.dataset import load_dataset
 from cnnctl.data.pipeline import training_batches
 started = time.perf_counter()
 d = load_dataset(
@@ -61,12 +61,12 @@ print(json.dumps({"seconds": time.perf_counter() - started}))
 PREDICT = """
 import json, statistics, sys, time
 from pathlib import Path
-from cnnctl.runtime import load_tensorflow
+from cnnctl.startup import load_tensorflow
 load_tensorflow()
 import keras, numpy as np
 from PIL import Image
-from cnnctl.modelfile import load_model
-from cnnctl.predict import predict_images
+from cnnctl.modelfile.load import load_model
+from cnnctl.scoring.predict import predict_images
 from cnnctl.data.stream import decode_batches, files_for
 folder, model_path = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(p for p in folder.rglob("*") if p.is_file())

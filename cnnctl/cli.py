@@ -83,7 +83,7 @@ class CnnctlGroup(click.Group):
 
 def _tensorflow() -> None:
     """Import TensorFlow now (quietly unless --verbose): after the cheap checks, before the work."""
-    from cnnctl.runtime import load_tensorflow
+    from cnnctl.startup import load_tensorflow
 
     load_tensorflow(verbose=bool(_setting("verbose")))
 
@@ -179,8 +179,8 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     cfg = load_config(config, overrides)
     _tensorflow()
     from cnnctl import report
-    from cnnctl.builder import build_model, compile_model
-    from cnnctl.data import num_classes_of
+    from cnnctl.data.dataset import num_classes_of
+    from cnnctl.model.builder import build_model, compile_model
 
     model = build_model(cfg, num_classes_of(cfg), bool(_setting("offline")))
     compile_model(model, cfg)
@@ -229,7 +229,7 @@ def train(
             _note(f"resuming {run.path}")
             _tensorflow()
             from cnnctl import report
-            from cnnctl.train import resume_run
+            from cnnctl.training.fit import resume_run
 
             result = resume_run(
                 run, report.TrainingDisplay(console), overrides, config, values, offline
@@ -245,7 +245,7 @@ def train(
             cfg = load_config(config, overrides, values)
             _tensorflow()
             from cnnctl import report
-            from cnnctl.train import train_run
+            from cnnctl.training.fit import train_run
 
             result = train_run(cfg, runs_dir, report.TrainingDisplay(console), offline)
     if not result.written:
@@ -290,8 +290,8 @@ def tune(
 
     cfg = load_config(config, overrides)
     _tensorflow()
-    from cnnctl.tune import TuneOptions, run_study
-    from cnnctl.tune_report import summary_table
+    from cnnctl.tune.report import summary_table
+    from cnnctl.tune.study import TuneOptions, run_study
 
     options = TuneOptions(
         config,
@@ -378,12 +378,12 @@ def evaluate(
     if found is not None and running_pid(found) is not None:
         _note(f"warning: {found.path} is still training; this scores its best model so far")
     with _stdout_for_json(as_json):
-        from cnnctl.runtimes import is_exported
+        from cnnctl.modelfile.exported import is_exported
 
         if not is_exported(model_path):  # .onnx and .tflite run without TensorFlow
             _tensorflow()
         from cnnctl import report
-        from cnnctl.evaluate import evaluate_run
+        from cnnctl.scoring.evaluate import evaluate_run
 
         result = evaluate_run(
             found, split, model_file, data, legacy_h5, output, bool(_setting("offline")), tta
@@ -449,8 +449,8 @@ def predict(
 ) -> None:
     """Classify image files, folders or globs with a run's best model."""
     from cnnctl.errors import DataError
+    from cnnctl.modelfile.exported import exported_class_names, is_exported
     from cnnctl.runs import Run, find_run, run_of_model
-    from cnnctl.runtimes import exported_class_names, is_exported
 
     if model_file is not None and run_ref is not None:
         raise click.UsageError("give --run or --model, not both")
@@ -474,7 +474,7 @@ def predict(
         if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
             _tensorflow()
         from cnnctl import report
-        from cnnctl.predict import predict_images
+        from cnnctl.scoring.predict import predict_images
 
         result = predict_images(
             list(paths), model_file, names, top_k, batch_size, invert, legacy_h5, tta or "none"
@@ -541,8 +541,8 @@ def export(
     as_json: bool,
 ) -> None:
     """Export RUN's model (default: the latest run) for serving, checked against Keras first."""
-    from cnnctl.export import check_request, export_source
     from cnnctl.runs import find_run
+    from cnnctl.scoring.export import check_request, export_source
 
     if run is not None and model_file is not None:
         raise click.UsageError("give a RUN or --model FILE, not both")
@@ -552,7 +552,7 @@ def export(
     )
     with _stdout_for_json(as_json):
         _tensorflow()
-        from cnnctl.export import export_model, export_table
+        from cnnctl.scoring.export import export_model, export_table
 
         record = export_model(
             source, fmt, quantize, output, bool(_setting("verbose")), bool(_setting("offline"))
@@ -594,9 +594,10 @@ def info(as_json: bool) -> None:
     import tensorflow as tf
 
     from cnnctl import report
-    from cnnctl.builder import mixed_policy
     from cnnctl.data.sources import BUILTINS, builtin_candidates
-    from cnnctl.distribute import auto_strategy_name, cluster
+    from cnnctl.model.builder import mixed_policy
+    from cnnctl.startup import cluster
+    from cnnctl.training.distribute import auto_strategy_name
 
     facts = {
         "cnnctl": __version__,
@@ -657,8 +658,8 @@ def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> N
     from dataclasses import asdict
 
     from cnnctl import report
-    from cnnctl.data import dataset_for
     from cnnctl.data.checks import check_dataset
+    from cnnctl.data.dataset import dataset_for
 
     with _stdout_for_json(as_json):
         checks = check_dataset(dataset_for(cfg, bool(_setting("offline"))))

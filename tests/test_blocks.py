@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from cnnctl.blocks import APPLICATIONS, preprocess_weights
-from cnnctl.builder import build_model, compile_model
 from cnnctl.cli import main
 from cnnctl.config import load_config
 from cnnctl.errors import CnnctlError
-from cnnctl.modelfile import load_model
-from cnnctl.train import resume_run, train_run
+from cnnctl.model.blocks import APPLICATIONS, preprocess_weights
+from cnnctl.model.builder import build_model, compile_model
+from cnnctl.modelfile.load import load_model
+from cnnctl.training.fit import resume_run, train_run
 
 HEAD = (
     "data:\n  dataset: mnist\n  limit: 1000\n  validation: 0.2\n"

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from cnnctl.builder import build_model, compile_model
 from cnnctl.config import load_config
 from cnnctl.errors import ConfigError
+from cnnctl.model.builder import build_model, compile_model
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = "data:\n  dataset: mnist\nmodel:\n  input_shape: [28, 28, 1]\n  layers:\n"

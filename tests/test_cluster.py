@@ -17,11 +17,11 @@ import keras
 import pytest
 from test_distribute import free_ports, tf_config
 
-from cnnctl.checkpoint import STATE_MEMBER
-from cnnctl.cluster import lost_line, lost_tasks
 from cnnctl.config import load_config
 from cnnctl.errors import ConfigError
 from cnnctl.runs import Run
+from cnnctl.training.checkpoint import STATE_MEMBER
+from cnnctl.training.cluster import lost_line, lost_tasks
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 TIMEOUT = 20  # train.distribute_timeout of these runs, seconds

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnctl.config import load_config
-from cnnctl.data import dataset_for, stratified_split
+from cnnctl.data.dataset import dataset_for, stratified_split
 from cnnctl.data.sources import builtin_candidates, load_builtin, load_npz, read_idx
 from cnnctl.errors import ConfigError, DataError
 

@@ -13,9 +13,9 @@ import keras
 import pytest
 
 from cnnctl.config import load_config
-from cnnctl.distribute import is_chief
 from cnnctl.errors import ConfigError
-from cnnctl.train import train_run
+from cnnctl.training.distribute import is_chief
+from cnnctl.training.fit import train_run
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnctl.cli import main
-from cnnctl.evaluate import class_report, confusion_matrix
+from cnnctl.scoring.evaluate import class_report, confusion_matrix
 
 
 def test_evaluate_writes_report_files(runner, run_copy):
@@ -84,7 +84,7 @@ def test_tta_scores_the_mean_of_each_image_and_its_mirror(
 ):
     from PIL import Image
 
-    from cnnctl.modelfile import load_model
+    from cnnctl.modelfile.load import load_model
 
     model = load_model(run_copy / "small" / "model.keras", compile=False)
     x, y = mnist_test_set[0][8000:, ..., None].astype("float32"), mnist_test_set[1][8000:]

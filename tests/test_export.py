@@ -53,7 +53,7 @@ def records(exported) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def keras_model(exported):
-    from cnnctl.modelfile import load_model
+    from cnnctl.modelfile.load import load_model
 
     return load_model(exported / "model.keras", compile=False)
 
@@ -86,7 +86,7 @@ def test_export_json_is_complete(records, exported):
 
 
 def test_int8_accuracy_drop_on_real_digits(exported, records, keras_model, test_split):
-    from cnnctl.runtimes import load_exported
+    from cnnctl.modelfile.exported import load_exported
 
     x, y = test_split
     int8 = load_exported(exported / "export" / "model-int8.tflite")
@@ -204,7 +204,7 @@ def test_quantize_is_for_tflite_only(exported, runner):
 
 
 def test_failed_check_leaves_no_file(exported, runner, monkeypatch, tmp_path):
-    from cnnctl import export
+    from cnnctl.scoring import export
 
     monkeypatch.setitem(export.MAX_DIFF, "onnx", -1.0)  # no file can pass: the check must refuse it
     target = tmp_path / "out" / "model.onnx"
@@ -274,7 +274,7 @@ def test_damaged_exported_file_exits_2_in_one_line(exported, pngs, tmp_path, run
 def test_float32_copy_of_a_mixed_precision_model():
     import keras
 
-    from cnnctl.export import float32_copy
+    from cnnctl.scoring.export import float32_copy
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
@@ -338,7 +338,7 @@ def _onnx_graph(path: Path, kind: str) -> None:
 )
 def test_hand_made_onnx_files_are_refused(tmp_path, kind, message):
     from cnnctl.errors import ModelFileError
-    from cnnctl.runtimes import load_exported
+    from cnnctl.modelfile.exported import load_exported
 
     path = tmp_path / f"{kind}.onnx"
     _onnx_graph(path, kind)

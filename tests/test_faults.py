@@ -13,8 +13,8 @@ from cnnctl.cli import main
 from cnnctl.config import load_config
 from cnnctl.errors import CnnctlError, RunError, TrainingFailed, explain
 from cnnctl.runs import Run, describe
-from cnnctl.runtime import check_keras_version
-from cnnctl.train import read_state, resume_run, train_run
+from cnnctl.startup import check_keras_version
+from cnnctl.training.fit import read_state, resume_run, train_run
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, monkeypatch):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnctl.cli import main
 from cnnctl.config import load_config
-from cnnctl.data import dataset_for
+from cnnctl.data.dataset import dataset_for
 from cnnctl.data.sources import verify
 
 from conftest import MNIST_TEST_SET, SMALL

@@ -385,7 +385,7 @@ def test_names_from_files_are_shown_escaped(runner, models, tmp_path):
     from cnnctl import report
 
     names = ["\x1b]0;pwned\x07", "[link=file:///etc/passwd]click[/link]", '=HYPERLINK("http://x")']
-    from cnnctl.results import Guess, Prediction
+    from cnnctl.runs.results import Guess, Prediction
 
     items = [Prediction(f"a\x1b[31m{n}.png", [Guess(name, 0, 0.5)]) for n, name in enumerate(names)]
     screen = Console(file=io.StringIO(), width=200, color_system=None)

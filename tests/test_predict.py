@@ -170,7 +170,7 @@ def test_predict_formats_and_output_file(runner, trained, tmp_path, mnist_test_s
 
 def test_out_of_memory_in_predict_names_the_model_not_the_training_batch():
     from cnnctl.errors import DataError
-    from cnnctl.predict import _run
+    from cnnctl.scoring.predict import _run
 
     def exhausted(batch, training=False):  # a model call that runs out of memory
         raise MemoryError

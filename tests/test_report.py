@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from cnnctl import report
-from cnnctl.results import EvaluationResult, Guess, Prediction, TrainResult
 from cnnctl.runs import Run, RunSummary
+from cnnctl.runs.results import EvaluationResult, Guess, Prediction, TrainResult
 
 LABELS = [
     "T-shirt/top",

@@ -11,8 +11,8 @@ import pytest
 
 from cnnctl.config import EarlyStoppingConfig, LRSchedule, load_config
 from cnnctl.errors import ConfigError
-from cnnctl.schedule import early_stop_step, improved, plateau_step, scheduled_lr
-from cnnctl.train import train_run
+from cnnctl.training.fit import train_run
+from cnnctl.training.schedule import early_stop_step, improved, plateau_step, scheduled_lr
 
 
 def test_improved_respects_mode_and_min_delta():
@@ -110,7 +110,7 @@ def test_gradient_clipping_and_tensorboard(small_config):
 
 
 def test_label_smoothing_is_in_the_saved_loss_and_the_model_reloads(small_config):
-    from cnnctl.modelfile import load_model
+    from cnnctl.modelfile.load import load_model
 
     config = load_config(
         small_config, ["data.limit=500", "train.epochs=1", "train.label_smoothing=0.1"]

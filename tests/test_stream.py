@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnnctl.cli import main
 from cnnctl.config import DataConfig
-from cnnctl.data import load_dataset
+from cnnctl.data.dataset import load_dataset
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.errors import DataError
 
@@ -269,7 +269,7 @@ def test_deep_folders_and_names_that_are_not_utf8_stream(tmp_path, mnist_test_se
 BUILD = """
 import hashlib, sys, numpy as np
 from cnnctl.config import DataConfig
-from cnnctl.data import load_dataset
+from cnnctl.data.dataset import load_dataset
 d = load_dataset(DataConfig(path=sys.argv[1], cache="disk"), (28, 28, 1), seed=5)
 print(hashlib.sha256(np.asarray(d.x_train).tobytes() + np.asarray(d.x_test).tobytes()).hexdigest())
 """

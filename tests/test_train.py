@@ -14,7 +14,7 @@ import pytest
 from cnnctl.config import load_config
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.runs import Run, describe
-from cnnctl.train import read_state, resume_run, train_run
+from cnnctl.training.fit import read_state, resume_run, train_run
 
 
 def rows(run) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ import yaml
 
 from cnnctl.cli import main
 from cnnctl.config import duration_seconds, load_config
-from cnnctl.tune_space import PathError, set_path
+from cnnctl.tune.space import PathError, set_path
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 
@@ -274,8 +274,8 @@ def test_a_killed_trial_says_whether_its_folder_was_made(write):
     """Two trials whose worker died: one after making its folder, one between asking and that."""
     from rich.console import Console
 
-    from cnnctl.tune import HOST, fail_dead_trials, load_optuna, open_storage
-    from cnnctl.tune_report import Watcher
+    from cnnctl.tune.report import Watcher
+    from cnnctl.tune.study import HOST, fail_dead_trials, load_optuna, open_storage
 
     config = load_config(write("tune.yaml", TUNED))
     folder = Path("runs/tiny-tune")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnctl.config import SPLITS
-from cnnctl.data import Dataset
+from cnnctl.data.dataset import Dataset
 from cnnctl.errors import DataError
 
 

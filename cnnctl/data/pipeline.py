@@ -7,6 +7,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from cnnctl.data.order import shuffled
+
 EVAL_BATCH = (
     256  # images per step when only scoring: larger than training batches, no gradients to hold
 )
@@ -19,14 +21,6 @@ def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
         return images, (tf.one_hot(labels, num_classes) if one_hot else labels)
 
     return take
-
-
-def shuffled(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
-    """Epoch `epoch`'s order of `n` images: a function of (seed, epoch) only, so that
-    a resumed run, and the streamed route, see exactly the same batches."""
-    return tf.random.experimental.stateless_shuffle(
-        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-    )
 
 
 def training_batches(

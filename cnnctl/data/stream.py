@@ -18,9 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from cnnctl.data.images import ImageError, load_image
-from cnnctl.data.pipeline import shuffled
+from cnnctl.data.order import shuffled
 from cnnctl.errors import DataError
 from cnnctl.limits import npy_header, open_regular
+from cnnctl.startup import worker_of
 
 TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
 # Batches decoded ahead of the model. Fixed, not AUTOTUNE: tf.data's autotuner grows its
@@ -284,20 +285,6 @@ def decode_all(x: FileImages, batch: int = 256, sink: Any = None) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------- batches
-
-
-def worker_of() -> tuple[int, int]:
-    """(workers, this worker's index) of a multi-worker cluster; (1, 0) otherwise."""
-    from cnnctl.distribute import cluster
-
-    spec = cluster()
-    if spec is None:
-        return 1, 0
-    workers = sorted(spec["cluster"].get("chief", [])) + list(spec["cluster"].get("worker", []))
-    index = int(spec["task"]["index"]) + (
-        len(spec["cluster"].get("chief", [])) if spec["task"]["type"] == "worker" else 0
-    )
-    return len(workers), index
 
 
 def worker_share(order: tf.Tensor, batch_size: int, workers: int, index: int) -> tf.Tensor:

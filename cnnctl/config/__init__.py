@@ -1,0 +1,55 @@
+"""The config wing: YAML (`yamlfile`) -> `--set` overrides (`paths`) -> a validated, typed,
+frozen `Config` (`schema`, `load`). No Keras here. Its public names are importable from here."""
+
+from cnnctl.config.load import (
+    changed_keys,
+    changed_paths,
+    dump_config,
+    load_config,
+    validate_config,
+)
+from cnnctl.config.schema import (
+    BUILTIN_DATASETS,
+    LOSSES,
+    SPLITS,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    EarlyStoppingConfig,
+    FineTuneConfig,
+    LRSchedule,
+    ModelConfig,
+    ObjectSpec,
+    ParamSpec,
+    TrainConfig,
+    TuneConfig,
+    duration_seconds,
+    mode_of,
+)
+from cnnctl.config.yamlfile import Source, parse_yaml
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "LOSSES",
+    "SPLITS",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "FineTuneConfig",
+    "LRSchedule",
+    "ModelConfig",
+    "ObjectSpec",
+    "ParamSpec",
+    "Source",
+    "TrainConfig",
+    "TuneConfig",
+    "changed_keys",
+    "changed_paths",
+    "duration_seconds",
+    "dump_config",
+    "load_config",
+    "mode_of",
+    "parse_yaml",
+    "validate_config",
+]

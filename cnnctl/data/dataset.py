@@ -1,0 +1,249 @@
+"""Datasets as the trainer sees them: shaped arrays, class names, and the three splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl.config import Config, DataConfig
+from cnnctl.data.sources import (
+    BUILTINS,
+    Arrays,
+    is_idx_folder,
+    load_builtin,
+    load_csv,
+    load_idx_folder,
+    load_npz,
+)
+from cnnctl.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw-pixel images (N, H, W, C) with integer labels, split three ways."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    origin: str
+    skipped: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+    files: dict[str, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # split -> source file of each image
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.x_train.shape[1:]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return {
+            "train": (self.x_train, self.y_train),
+            "validation": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }[name]
+
+
+def decoded(x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The pixels of the images of `x` that decode, and the positions of those that do not.
+
+    Images still in files can fail (a file cut short after indexing); arrays never do.
+    """
+    if isinstance(x, np.ndarray):
+        return x, []
+    from cnnctl.data.stream import decode_all  # TensorFlow: only for images in files
+
+    pixels, failed = decode_all(x)
+    return (np.delete(pixels, failed, axis=0) if failed else pixels), failed
+
+
+def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """The size images are read at.
+
+    data.image_size / color_mode / image_shape, else the model's input.
+    """
+    height, width, channels = input_shape
+    if data.image_shape:
+        return tuple(data.image_shape)
+    if data.image_size:
+        height, width = data.image_size
+    if data.color_mode:
+        channels = 1 if data.color_mode == "grayscale" else 3
+    return height, width, channels
+
+
+def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = False) -> Arrays:
+    """Read the data source as it is on disk (or download a built-in, unless `offline`)."""
+    if data.dataset:
+        return load_builtin(data.dataset, offline)
+    path = Path(data.path)
+    if not path.exists():
+        raise ConfigError(
+            f"{data.where(('path',))}: {data.path}: no such file or folder",
+            "data.path is read relative to the folder you run cnnctl in",
+        )
+    if path.is_dir():
+        if is_idx_folder(path):
+            return load_idx_folder(path)
+        from cnnctl.data.folders import load_image_folder
+
+        return load_image_folder(path, image_shape_of(data, input_shape), data.cache)
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".csv":
+        from cnnctl.data.index import is_path_csv
+
+        if is_path_csv(path):  # a list of image files, read like a folder
+            from cnnctl.data.folders import load_path_csv
+
+            return load_path_csv(
+                path, data.label_column, image_shape_of(data, input_shape), data.cache
+            )
+        return load_csv(path, data.label_column, image_shape_of(data, input_shape))
+    raise DataError(
+        f"{path}: unsupported data file",
+        "data.path takes a folder of class folders or IDX files, an .npz or a .csv",
+    )
+
+
+def dataset_for(config: Config, offline: bool = False) -> Dataset:
+    """The config's data, split as it says, checked to fit its model's input."""
+    dataset = load_dataset(config.data, config.model.input_shape, config.seed, offline)
+    check_fits(dataset, config)
+    return dataset
+
+
+def load_dataset(
+    data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False
+) -> Dataset:
+    """Find, read, shape and split a data section.
+
+    Images are read at `input_shape` where resized.
+    """
+    arrays = load_arrays(data, input_shape, offline)
+    x_train, y_train = (
+        _images(arrays.x_train, arrays.origin),
+        _labels(arrays.y_train, arrays.origin),
+    )
+    files = dict(arrays.files)
+    if arrays.x_test is None:  # one pool of images: hold out a stratified test split
+        x_train, y_train, x_test, y_test, kept, held = stratified_split(
+            x_train, y_train, data.test_fraction, seed
+        )
+        _split_files(files, "test", kept, held)
+    else:
+        x_test, y_test = (
+            _images(arrays.x_test, arrays.origin),
+            _labels(arrays.y_test, arrays.origin),
+        )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(
+            f"{arrays.origin}: train images are {x_train.shape[1:]} but test images "
+            f"{x_test.shape[1:]}"
+        )
+    if data.limit:
+        x_train, y_train = x_train[: data.limit], y_train[: data.limit]
+        files.pop("train", None)
+    if arrays.x_val is not None:
+        x_val, y_val = _images(arrays.x_val, arrays.origin), _labels(arrays.y_val, arrays.origin)
+    elif data.validation == "test":
+        x_val, y_val = x_test, y_test
+        files["validation"] = files.get("test", ())
+    else:
+        x_train, y_train, x_val, y_val, kept, held = stratified_split(
+            x_train, y_train, data.validation, seed
+        )
+        _split_files(files, "validation", kept, held)
+    names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
+    return Dataset(
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        names,
+        arrays.origin,
+        arrays.skipped,
+        arrays.warnings,
+        {k: v for k, v in files.items() if v},
+    )
+
+
+def _split_files(
+    files: dict[str, tuple[str, ...]], held_name: str, kept: np.ndarray, held: np.ndarray
+) -> None:
+    """Follow a split of the training images with their file names, where they came from files."""
+    if "train" in files:
+        names = np.asarray(files["train"])
+        files[held_name], files["train"] = tuple(names[held]), tuple(names[kept])
+
+
+def class_names(arrays: Arrays, seen: int) -> tuple[str, ...]:
+    if arrays.class_names is None:
+        return tuple(str(i) for i in range(seen))
+    if len(arrays.class_names) < seen:
+        raise DataError(
+            f"{arrays.origin}: {len(arrays.class_names)} class names for labels up to {seen - 1}"
+        )
+    return arrays.class_names
+
+
+def num_classes_of(config: Config) -> int | None:
+    """The number of classes, when it is known without reading the data."""
+    return len(BUILTINS[config.data.dataset].classes) if config.data.dataset else None
+
+
+def _images(x: np.ndarray, origin: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or len(x) == 0:
+        raise DataError(
+            f"{origin}: expected images shaped (N, height, width[, channels]), got {x.shape}"
+        )
+    return x
+
+
+def _labels(y: np.ndarray, origin: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)  # one-hot labels
+    y = y.reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise DataError(
+            f"{origin}: labels must be class indices 0, 1, 2, ...; got {y.dtype} {y[:5]}"
+        )
+    return y.astype(np.int64)
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    """Hold out `fraction` of each class, chosen with `seed`: (x, y, x_held, y_held, kept, held)."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        index = np.flatnonzero(y == label)
+        take = int(round(len(index) * fraction))
+        held[rng.permutation(index)[:take]] = True
+    if held.all() or not held.any():
+        raise DataError(
+            f"a fraction of {fraction} of {len(y)} images leaves a split empty",
+            "use more images or a larger fraction",
+        )
+    return x[~held], y[~held], x[held], y[held], np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def check_fits(dataset: Dataset, config: Config) -> None:
+    """The data's image size must be the model's input size."""
+    expected = tuple(config.model.input_shape)
+    if dataset.image_shape != expected:
+        raise ConfigError(
+            f"{config.where(('model', 'input_shape'))}: is {list(expected)} but the images of "
+            f"{dataset.origin} are {list(dataset.image_shape)}",
+            f"set input_shape: {list(dataset.image_shape)}",
+        )

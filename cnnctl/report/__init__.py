@@ -1,0 +1,43 @@
+"""What people see: Rich tables (`tables`) and matplotlib figures (`figures`). Nothing prints.
+
+`from cnnctl import report` then `report.runs_table(...)`, `report.save_curves(...)`.
+"""
+
+from cnnctl.report.figures import curves_figure, save_confusion, save_curves, save_error_grid
+from cnnctl.report.tables import (
+    TrainingDisplay,
+    check_warnings,
+    checks_table,
+    datasets_table,
+    epoch_line,
+    evaluation_table,
+    facts_table,
+    layers_table,
+    plural,
+    predictions_csv,
+    predictions_table,
+    runs_table,
+    training_progress,
+    training_summary,
+)
+
+__all__ = [
+    "TrainingDisplay",
+    "check_warnings",
+    "checks_table",
+    "curves_figure",
+    "datasets_table",
+    "epoch_line",
+    "evaluation_table",
+    "facts_table",
+    "layers_table",
+    "plural",
+    "predictions_csv",
+    "predictions_table",
+    "runs_table",
+    "save_confusion",
+    "save_curves",
+    "save_error_grid",
+    "training_progress",
+    "training_summary",
+]

@@ -1,0 +1,109 @@
+"""matplotlib figures (Agg, no display): each function writes one figure to the path given."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_curves(rows: Sequence[dict[str, float]], path: Path) -> None:
+    """Loss and each metric per epoch, training against validation."""
+    fig = curves_figure(rows)
+    fig.savefig(path, dpi=100, format="png")
+    _pyplot().close(fig)
+
+
+def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
+    """The figure of `save_curves`: one panel per metric, whole-numbered epochs on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    names = [
+        k
+        for k in rows[0]
+        if k not in ("epoch", "lr", "seconds", "train_seconds") and not k.startswith("val_")
+    ]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    epochs = [row["epoch"] for row in rows]
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.plot(epochs, [row.get(name) for row in rows], marker="o", label="train")
+        if f"val_{name}" in rows[0]:
+            ax.plot(
+                epochs, [row.get(f"val_{name}") for row in rows], marker="o", label="validation"
+            )
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> None:
+    """The confusion matrix normalised by true class, readable from 2 to 100 classes."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(max(6, n * 0.5), 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(n)
+    font = max(4, min(10, int(400 / max(n, 1))))
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, class_names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        f"{rates[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font - 1,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("confusion matrix (rows: true class, normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_error_grid(
+    images: Any, wrong: Sequence[dict[str, Any]], path: Path, shown: int = 25
+) -> None:
+    """The most confidently wrong examples, each titled `true -> predicted`."""
+    plt = _pyplot()
+    rows = wrong[:shown]
+    columns = min(5, len(rows))
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.5 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows, strict=False):
+        image = images[row["index"]]
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_title(f"{row['true'][:12]} -> {row['predicted'][:12]}", fontsize=8)
+    fig.suptitle("misclassified (highest loss first)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

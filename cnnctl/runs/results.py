@@ -1,0 +1,99 @@
+"""What the work returns to the command line.
+
+Small typed records, rendered by `report`, dumped by --json.
+
+Plain dataclasses (the only import is the run folder's `Run`), so any room may
+produce them and `report` may read them without reaching up. `runs.RunSummary`
+lives with the run folder it describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cnnctl.runs.folder import Run
+
+
+@dataclass
+class TrainResult:
+    """What a training run reports when it ends."""
+
+    run: Run
+    epochs_done: int
+    epochs: int
+    monitor: str
+    best_epoch: int | None
+    best_value: float | None
+    test: dict[str, float]
+    seconds: float
+    images_per_second: float
+    stopped_early: int | None = None
+    written: bool = True  # False on a worker that is not the chief: it trained and wrote nothing
+    rows: list[dict[str, float]] = field(default_factory=list)
+    restarted: bool = False  # resumed before its first epoch ended: trained from the start again
+
+    def summary(self) -> dict[str, Any]:
+        best_row = next((r for r in self.rows if r["epoch"] == self.best_epoch), {})
+        return {
+            "run": str(self.run.path),
+            "epochs_done": self.epochs_done,
+            "epochs": self.epochs,
+            "stopped_early": self.stopped_early,
+            "monitor": self.monitor,
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "best": best_row,
+            "final": self.rows[-1] if self.rows else {},
+            "test": self.test,
+            "wall_seconds": round(self.seconds, 2),
+            "train_images_per_second": round(self.images_per_second, 1),
+        }
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of one model on one split of one dataset, and where they were saved."""
+
+    model: str
+    data: str
+    split: str
+    examples: int
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    averages: dict[str, dict[str, float]]
+    most_confused: list[dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    class_names: list[str]
+    tta: str = "none"  # test-time augmentation the scores include
+    skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason: left out
+    saved: list[str] = field(default_factory=list)  # the files written, empty when nothing was
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Guess:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image."""
+
+    path: str
+    top: list[Guess]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Predictions:
+    """Top classes for each image that could be read, and why the others could not."""
+
+    items: list[Prediction] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)

@@ -1,0 +1,150 @@
+"""Image files -> top-k classes, through the same model file that evaluate scores."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from cnnctl.data.images import ImageError, expand_paths, load_image
+from cnnctl.errors import DataError
+from cnnctl.modelfile.exported import is_exported, load_exported
+from cnnctl.modelfile.load import load_model
+from cnnctl.runs.results import Guess, Prediction, Predictions
+from cnnctl.scoring.tta import with_tta
+
+CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
+
+
+def predict_images(
+    inputs: list[str],
+    model_path: Path,
+    class_names: list[str] | None,
+    top_k: int = 3,
+    batch_size: int = 256,
+    invert: bool = False,
+    legacy_h5: bool = False,
+    tta: str = "none",
+) -> Predictions:
+    """Classify every image named by `inputs` (files, folders, globs), in batches.
+
+    `tta: horizontal_flip` averages each image's probabilities with its mirror image's.
+    """
+    paths, failures = expand_paths(inputs)
+    result = Predictions(failures=failures)
+    if not paths:
+        return result
+    if is_exported(model_path):  # .onnx / .tflite: onnxruntime or LiteRT, no TensorFlow
+        model = load_exported(model_path)
+    else:
+        model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
+    _, height, width, channels = model.input_shape
+    outputs = model.output_shape[-1]
+    if class_names is not None and len(class_names) != outputs:
+        raise DataError(
+            f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
+            f"for a model with {outputs} outputs",
+            "the file does not belong to this model",
+        )
+    names = class_names or [str(i) for i in range(outputs)]
+    model = with_tta(model, tta)
+
+    if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
+        return _predict_streamed(model, model_path, paths, names, top_k, batch_size, invert, result)
+
+    def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
+        images, kept = [], []
+        for path in paths:
+            try:
+                images.append(load_image(path, height, width, channels, invert))
+                kept.append(path)
+            except ImageError as error:
+                result.failures.append((str(path), str(error)))
+        return (
+            np.stack(images).astype(np.float32)
+            if images
+            else np.zeros((0, height, width, channels))
+        ), kept
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                _run(model, batch[i : i + batch_size], model_path)
+                for i in range(0, len(batch), batch_size)
+            ]
+            or [np.zeros((0, len(names)))]
+        )
+
+    # The runtime releases the GIL, so the model runs on one chunk while Python decodes the next.
+    with ThreadPoolExecutor(max_workers=1) as runner:
+        pending = None
+        for start in range(0, len(paths) + CHUNK, CHUNK):
+            decoded = decode(paths[start : start + CHUNK]) if start < len(paths) else None
+            if pending is not None:
+                kept, future = pending
+                result.items.extend(
+                    _top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True)
+                )
+            pending = None if decoded is None else (decoded[1], runner.submit(classify, decoded[0]))
+    return result
+
+
+def _predict_streamed(
+    model,
+    model_path: Path,
+    paths: list[Path],
+    names: list[str],
+    top_k: int,
+    batch_size: int,
+    invert: bool,
+    result: Predictions,
+) -> Predictions:
+    """Decode and classify as one stream; files TensorFlow cannot decode are retried with Pillow."""
+    from cnnctl.data.stream import decode_batches, files_for
+
+    _, height, width, channels = model.input_shape
+    files = files_for(paths, (height, width, channels))
+    whole = model
+    if len(paths) > batch_size:  # worth one trace: a graph runs fused kernels, eager calls do not
+        import tensorflow as tf
+
+        shape = tf.TensorSpec((None, height, width, channels), tf.float32)
+        model = tf.function(lambda batch: whole(batch, training=False), input_signature=[shape])
+    found: dict[int, np.ndarray] = {}
+    for positions, images in decode_batches(files, batch_size):
+        probabilities = _run(model, 255.0 - images if invert else images, model_path)
+        found.update(zip(positions.tolist(), probabilities, strict=True))
+    retry = [i for i in range(len(paths)) if i not in found]
+    for i in retry:
+        try:
+            image = load_image(paths[i], height, width, channels, invert)
+        except ImageError as error:
+            result.failures.append((str(paths[i]), str(error)))
+            continue
+        found[i] = _run(whole, image[None].astype(np.float32), model_path)[0]
+    result.items.extend(_top(paths[i], found[i], names, top_k) for i in sorted(found))
+    return result
+
+
+def _run(model, batch, model_path: Path) -> np.ndarray:
+    """One call of the model (or of its traced function) on a batch.
+
+    Out of memory here comes from the input or the model, not from training's batch size: say so.
+    """
+    try:
+        return np.asarray(model(batch))  # Keras' default outside fit: inference mode
+    except Exception as error:
+        if not isinstance(error, MemoryError) and type(error).__name__ != "ResourceExhaustedError":
+            raise
+        raise DataError(
+            f"{model_path}: out of memory running this model on {len(batch)} images",
+            "lower --batch-size, or check the model's size",
+        ) from None
+
+
+def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> Prediction:
+    order = np.argsort(probabilities)[::-1][:k]
+    return Prediction(
+        str(path), [Guess(names[i], int(i), round(float(probabilities[i]), 6)) for i in order]
+    )

@@ -1,0 +1,44 @@
+"""Test-time augmentation: a model scored as the mean of its outputs on an image and its mirror.
+
+Validation during training stays plain (one pass per image); only the final scores and
+predictions pay the second pass. Wrapping, rather than a layer in the saved model, keeps
+model.keras a plain Sequential that exports and loads anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnctl.modelfile.exported import ExportedModel
+
+
+def with_tta(model: Any, mode: str) -> Any:
+    """`model`, or a model that averages it over the image and its mirror (same interface)."""
+    if mode == "none":
+        return model
+    if isinstance(model, ExportedModel):
+        return _MirroredExported(model)
+    import keras
+
+    inputs = keras.Input(shape=model.input_shape[1:])
+    mirrored = keras.layers.Lambda(lambda x: keras.ops.flip(x, axis=2))(inputs)  # never saved
+    outputs = keras.layers.Average()([model(inputs), model(mirrored)])
+    averaged = keras.Model(inputs, outputs, name=f"{model.name}_tta")
+    if model.compiled:  # the same loss and metrics, so scores read as the plain model's do
+        settings = model.get_compile_config()
+        settings.pop("optimizer", None)
+        averaged.compile_from_config(settings)
+    return averaged
+
+
+class _MirroredExported(ExportedModel):
+    """An exported model whose every call averages the image and its mirror."""
+
+    def __init__(self, model: ExportedModel) -> None:
+        super().__init__(model.path, model._run, model.input_shape[1:], model.output_shape[-1])
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        plain = super().__call__(batch)
+        return (plain + super().__call__(batch[:, :, ::-1])) / 2

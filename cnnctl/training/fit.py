@@ -1,0 +1,316 @@
+"""Fit a model into a run folder: a new run, or a resumed one. Returns results; never prints.
+
+What happens after each epoch lives in `callbacks`, the checkpoint format in
+`checkpoint`; the command line renders what this returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from cnnctl.config import Config, changed_keys, dump_config, load_config
+from cnnctl.data.checks import check_dataset
+from cnnctl.data.dataset import Dataset, dataset_for
+from cnnctl.data.pipeline import EVAL_BATCH, eval_batches, training_batches
+from cnnctl.data.stream import skip_reporter
+from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.model.builder import build_model, compile_model
+from cnnctl.modelfile.load import load_model
+from cnnctl.runs import (
+    Run,
+    atomic_write,
+    clean_leftovers,
+    create_run,
+    rows_to_csv,
+    running_pid,
+    set_status,
+    write_json,
+    write_text,
+)
+from cnnctl.runs.results import TrainResult
+from cnnctl.scoring.tta import with_tta
+from cnnctl.training.callbacks import (
+    Display,
+    EpochRecorder,
+    ProgressUpdater,
+    StopRequested,
+    stop_on_signals,
+)
+from cnnctl.training.checkpoint import ResumeState, read_state, restore_rng
+from cnnctl.training.cluster import shared_stop, worker_lost
+from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
+from cnnctl.training.finetune import FineTune
+
+
+def train_run(
+    config: Config,
+    runs_root: Path,
+    display: Display | None = None,
+    offline: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Train `config` from scratch into a new run folder under `runs_root`.
+
+    `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
+    """
+    _need_tensorboard(config)
+    strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
+    return _from_scratch(None, runs_root, config, strategy, display, offline, callbacks)
+
+
+def resume_run(
+    run: Run,
+    display: Display | None = None,
+    overrides: tuple[str, ...] = (),
+    config_file: Path | None = None,
+    values: dict[str, Any] | None = None,
+    offline: bool = False,
+) -> TrainResult:
+    """Continue `run` in its own folder from its last finished epoch (or from the start)."""
+    chief = is_chief()
+    pid = running_pid(run) if chief else None
+    if pid is not None:
+        raise RunError(
+            f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first"
+        )
+    saved = load_config(run.config)
+    changing = overrides or config_file or values
+    wanted = load_config(config_file or run.config, overrides, values) if changing else saved
+    _check_same(saved, wanted, run)
+    _need_tensorboard(wanted)
+    state = read_state(run.last) if run.last.is_file() else None
+    if state is None and run.metrics_csv.is_file():
+        raise RunError(
+            f"{run.last}: missing, though {run.metrics_csv.name} records finished epochs",
+            f"the run is damaged; train it again: cnnctl train {run.config}",
+        )
+    if state is not None and run.status_field("status") == "finished":
+        done = state.epoch
+        if wanted.train.epochs <= saved.train.epochs:
+            raise RunError(
+                f"{run.path}: already finished ({done} of {saved.train.epochs} epochs)",
+                f"to train longer: cnnctl train --resume {run.path} --epochs {done + 5}",
+            )
+    strategy = strategy_for(wanted)
+    if chief:
+        clean_leftovers(run)
+    if state is None:  # stopped before its first epoch ended: start it over, in the same folder
+        return _from_scratch(run, run.path.parent, wanted, strategy, display, offline)
+    if wanted.train.epochs > saved.train.epochs and state.stopped_early:
+        state.stopped_early = None  # more epochs asked for: early stopping starts counting again
+        state.rules.get("early_stopping", {})["wait"] = 0
+    keras.utils.set_random_seed(wanted.seed + state.epoch)
+    dataset = dataset_for(wanted, offline)
+    with strategy.scope():
+        model = load_model(run.last)
+    restore_rng(model, state.rng)
+    if not chief:
+        return _fit(run, model, wanted, dataset, state, None, write=False)
+    write_text(run.config, dump_config(wanted))
+    # a kill between the checkpoint and metrics.csv left a row out; the checkpoint holds it
+    write_text(run.metrics_csv, rows_to_csv(state.rows[: state.epoch]))
+    set_status(run, "running", epochs=wanted.train.epochs)
+    return _fit(run, model, wanted, dataset, state, display)
+
+
+def _from_scratch(
+    run: Run | None,
+    runs_root: Path,
+    config: Config,
+    strategy: Any,
+    display: Display | None,
+    offline: bool,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Build the model and fit it from epoch 0.
+
+    The run folder is made only once the model builds.
+    """
+    keras.utils.set_random_seed(config.seed)
+    dataset = dataset_for(config, offline)
+    for line in check_dataset(dataset).warnings:
+        if display is not None:
+            display.warn(line)
+    with strategy.scope():
+        model = build_model(config, len(dataset.class_names), offline)
+        compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
+    if not is_chief():  # other workers compute, and write nothing
+        return _fit(
+            Run(runs_root / config.name), model, config, dataset, ResumeState(), None, write=False
+        )
+    restarted = run is not None
+    run = run or create_run(runs_root, config.name)
+    write_text(run.config, dump_config(config))
+    write_json(run.classes, list(dataset.class_names))
+    set_status(run, "running", started=time.time(), epochs=config.train.epochs)
+    result = _fit(run, model, config, dataset, ResumeState(), display, extra=extra)
+    result.restarted = restarted
+    return result
+
+
+def _check_same(saved: Config, wanted: Config, run: Run) -> None:
+    """A resumed run keeps its config; only raising `train.epochs` is allowed."""
+    if wanted.train.epochs < saved.train.epochs:
+        raise ConfigError(
+            f"--resume {run.name}: train.epochs can only be raised (was {saved.train.epochs})"
+        )
+    changed = changed_keys(saved, wanted, ignore=("train.epochs",))
+    if changed:
+        raise ConfigError(
+            f"--resume {run.name}: the config differs from the run's in {', '.join(changed[:3])}",
+            "only train.epochs may be raised on resume; start a new run for other changes",
+        )
+
+
+def _fit(
+    run: Run,
+    model: keras.Model,
+    config: Config,
+    dataset: Dataset,
+    state: ResumeState,
+    display: Display | None,
+    write: bool = True,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Fit from the epoch `state` names.
+
+    Only a writing process (the chief) touches the run folder.
+    """
+    train = config.train
+    num_classes = len(dataset.class_names)
+    batches, steps = training_batches(
+        dataset.x_train,
+        dataset.y_train,
+        batch_size=train.batch_size,
+        seed=config.seed,
+        num_classes=num_classes,
+        one_hot=train.one_hot,
+        first_epoch=state.epoch,
+        epochs=train.epochs,
+    )
+    validation = eval_batches(
+        dataset.x_val,
+        dataset.y_val,
+        batch_size=max(train.batch_size, EVAL_BATCH),
+        num_classes=num_classes,
+        one_hot=train.one_hot,
+    )
+    prepare_multi_worker(model, validation)
+    recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
+    progress = display.progress() if display is not None and write else contextlib.nullcontext()
+    with stop_on_signals() as stop, progress as bar:
+        agreeing, stop = shared_stop(model, stop)  # a cluster's workers stop at the same step
+        callbacks = [recorder, *agreeing, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
+        reporters = skip_reporter(dataset, run, display, write)  # streamed files failing to decode
+        callbacks += reporters
+        if (
+            train.fine_tune is not None
+        ):  # after the recorder: it may replace the optimizer the recorder set
+            callbacks.insert(1, FineTune(config, steps))
+        if train.tensorboard and write:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard")))
+        try:
+            if state.epoch < train.epochs and not state.stopped_early:
+                model.fit(
+                    batches,
+                    steps_per_epoch=steps,
+                    epochs=train.epochs,
+                    initial_epoch=state.epoch,
+                    validation_data=validation,
+                    callbacks=callbacks,
+                    shuffle=False,
+                    verbose=0,
+                )
+            if stop["requested"]:  # came after fit's last step: stop all the same, before the test
+                raise StopRequested
+        except StopRequested:
+            _mark(run, write, "interrupted", recorder.epoch)
+            raise Interrupted(
+                f"stopped; {recorder.epoch} of {train.epochs} epochs are saved in {run.path}",
+                f"resume with: cnnctl train --resume {run.path}",
+            ) from None
+        except OSError as error:  # disk full, folder removed: the last saved epoch is intact
+            _mark(run, write, "failed", recorder.epoch)
+            raise TrainingFailed(
+                f"{run.path}: could not save epoch {recorder.epoch + 1}: {error.strerror or error}",
+                f"free disk space, then resume from epoch {recorder.epoch}: cnnctl train --resume "
+                f"{run.path}",
+            ) from None
+        except Exception as error:  # a collective failed: another worker of the cluster is gone
+            lost = worker_lost(error, model, run, recorder.epoch, train.epochs)
+            if lost is None:
+                raise
+            _mark(run, write, "interrupted", recorder.epoch)
+            raise lost from None
+    result = TrainResult(
+        run=run,
+        epochs_done=recorder.epoch,
+        epochs=train.epochs,
+        monitor=recorder.monitor,
+        best_epoch=recorder.best_epoch,
+        best_value=recorder.best,
+        test={},
+        stopped_early=recorder.stopped_early or state.stopped_early,
+        seconds=sum(row["seconds"] for row in recorder.rows),
+        images_per_second=recorder.images_per_second(),
+        rows=recorder.rows,
+        written=write,
+    )
+    if not write:
+        return result
+    if recorder.failed:
+        _mark(run, write, "failed", recorder.epoch)
+        raise TrainingFailed(
+            f"{run.path}: the loss became NaN (or infinite) in epoch {recorder.failed}",
+            "lower train.optimizer.learning_rate (for example {type: Adam, learning_rate: 1e-4})",
+        )
+    if train.early_stopping and not train.early_stopping.restore_best:
+        atomic_write(
+            run.model, lambda tmp: shutil.copyfile(run.last, tmp)
+        )  # the last epoch, as asked
+    tested = time.time()
+    result.test = _test(run, config, dataset, reporters)
+    result.seconds += time.time() - tested
+    write_json(run.metrics_json, result.summary())
+    set_status(run, "finished", epochs_done=recorder.epoch)
+    return result
+
+
+def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
+    """Record how the run ended, where this process writes and the disk still lets it."""
+    if write:
+        with contextlib.suppress(OSError):
+            set_status(run, status, epochs_done=epochs_done)
+
+
+def _test(
+    run: Run, config: Config, dataset: Dataset, callbacks: Sequence[keras.callbacks.Callback] = ()
+) -> dict[str, float]:
+    """Evaluate the best model (the file predict will use) on the test split, once, at the end."""
+    best = with_tta(load_model(run.model), config.model.tta)
+    test = eval_batches(
+        dataset.x_test,
+        dataset.y_test,
+        batch_size=max(config.train.batch_size, EVAL_BATCH),
+        num_classes=len(dataset.class_names),
+        one_hot=config.train.one_hot,
+    )
+    values = best.evaluate(test, verbose=0, return_dict=True, callbacks=list(callbacks))
+    return {key: round(float(value), 6) for key, value in values.items()}
+
+
+def _need_tensorboard(config: Config) -> None:
+    if config.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            f"{config.where(('train', 'tensorboard'))}: needs the tensorboard package",
+            "pip install tensorboard (or cnnctl[tensorboard]), or set tensorboard: false",
+        )
