@@ -153,6 +153,7 @@ load_tensorflow()
 import keras, numpy as np
 from PIL import Image
 from cnnctl.scoring.predict import predict_images
+from cnnctl.scoring.source import resolve_source
 folder, model_path = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(folder.glob("*.png"))
 x = np.stack([np.asarray(Image.open(p))[..., None] for p in paths]).astype("float32")
@@ -164,7 +165,7 @@ for _ in range(5):
     model.predict(x, batch_size=256, verbose=0)
     direct.append(time.perf_counter() - t)
     t = time.perf_counter()
-    out = predict_images([str(folder)], model_path, None)
+    out = predict_images(resolve_source(None, model_path, Path('runs')), [str(folder)])
     tool.append(time.perf_counter() - t)
     assert len(out.items) == len(paths)
 print(json.dumps({"images": len(paths), "direct_seconds": statistics.median(direct),

@@ -67,6 +67,7 @@ import keras, numpy as np
 from PIL import Image
 from cnnctl.modelfile.load import load_model
 from cnnctl.scoring.predict import predict_images
+from cnnctl.scoring.source import resolve_source
 from cnnctl.data.stream import decode_batches, files_for
 folder, model_path = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -86,7 +87,7 @@ for _ in range(3):
     model.predict(x, batch_size=256, verbose=0)
     direct.append(time.perf_counter() - t)
     t = time.perf_counter()
-    out = predict_images([str(folder)], model_path, None)
+    out = predict_images(resolve_source(None, model_path, Path('runs')), [str(folder)])
     tool.append(time.perf_counter() - t)
     assert len(out.items) == len(paths), out.failures[:3]
 print(json.dumps({"images": len(paths), "direct_seconds": statistics.median(direct),

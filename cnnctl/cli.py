@@ -104,8 +104,13 @@ def _width(console) -> int | None:
 
 
 def _note(message: str) -> None:
-    """A line for the person, not for programs: stderr, so stdout stays clean under --json."""
-    click.echo(message, err=True)
+    """A line for the person, not for programs: stderr, so stdout stays clean under --json.
+
+    Escaped: file and class names in it may hold terminal control sequences.
+    """
+    from cnnctl.escape import safe_text
+
+    click.echo(safe_text(message), err=True)
 
 
 @contextlib.contextmanager
@@ -364,42 +369,44 @@ def evaluate(
     The test split of the run's own data goes to evaluation.json; other splits and other
     data get files of their own (evaluation-<split>.json, evaluation-<data>-<split>.json).
     """
-    from cnnctl.runs import find_run, running_pid
-
     if run is not None and run_option is not None and run != run_option:
         raise click.UsageError("give the run once: as RUN or as --run")
-    run = run or run_option
-    if run is not None and model_file is not None:
-        raise click.UsageError("give a RUN or --model FILE, not both")
-    found = None if model_file is not None else find_run(run, _setting("runs_dir"), with_model=True)
-    model_path = model_file if model_file is not None else found.model
-    scored = f"the {split} split of " + (data if data else "its run's data")
-    _note(f"evaluating {model_path} on {scored}")
-    if found is not None and running_pid(found) is not None:
-        _note(f"warning: {found.path} is still training; this scores its best model so far")
+    source = _scoring_source(run or run_option, model_file, tta, legacy_h5)
+    scored = f"the {split} split of " + (data or "its run's data")
+    _note(f"evaluating {source.model_file} on {scored}")
+    _warn_if_training(source, model_file)
     with _stdout_for_json(as_json):
-        from cnnctl.modelfile.exported import is_exported
-
-        if not is_exported(model_path):  # .onnx and .tflite run without TensorFlow
+        if not source.exported:  # .onnx and .tflite run without TensorFlow
             _tensorflow()
-        from cnnctl import report
         from cnnctl.scoring.evaluate import evaluate_run
 
-        result = evaluate_run(
-            found, split, model_file, data, legacy_h5, output, bool(_setting("offline")), tta
-        )
+        result = evaluate_run(source, split, data, output, bool(_setting("offline")))
     if result.skipped:
-        from cnnctl.escape import safe_text
-
-        first = result.skipped[0]
+        first, where = result.skipped[0], result.saved[0] if result.saved else "the --json output"
         _note(
-            safe_text(
-                f"warning: {len(result.skipped)} images could not be decoded and are left out "
-                f"(first: {first['path']}: {first['reason']}); all are listed under "
-                f"'skipped' in {result.saved[0] if result.saved else 'the --json output'}"
-            )
+            f"warning: {len(result.skipped)} images could not be decoded and are left out "
+            f"(first: {first['path']}: {first['reason']}); all are listed under 'skipped' in "
+            f"{where}"
         )
-    _render(report.evaluation_table(result), result.to_json(), as_json)
+    from cnnctl.tasks import task_named
+
+    _render(task_named(result.task).evaluation_table(result), result.to_json(), as_json)
+
+
+def _scoring_source(run: str | None, model_file: Path | None, tta: str | None, legacy_h5: bool):
+    """The model to score with and what its run says of it, resolved once for the command."""
+    if run is not None and model_file is not None:
+        raise click.UsageError("give a RUN or --model FILE, not both")
+    from cnnctl.scoring.source import resolve_source
+
+    return resolve_source(run, model_file, _setting("runs_dir"), tta, legacy_h5)
+
+
+def _warn_if_training(source, model_file: Path | None) -> None:
+    from cnnctl.runs import running_pid
+
+    if model_file is None and source.run is not None and running_pid(source.run) is not None:
+        _note(f"warning: {source.run.path} is still training; this scores its best model so far")
 
 
 @main.command()
@@ -448,71 +455,57 @@ def predict(
     as_json: bool,
 ) -> None:
     """Classify image files, folders or globs with a run's best model."""
-    from cnnctl.errors import DataError
-    from cnnctl.modelfile.exported import exported_class_names, is_exported
-    from cnnctl.runs import Run, find_run, run_of_model
-
-    if model_file is not None and run_ref is not None:
-        raise click.UsageError("give --run or --model, not both")
     if as_json and output_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {output_format} disagree; give one of them")
-    output_format = "json" if as_json else output_format
-    if model_file is not None:
-        owner = run_of_model(model_file) or Run(
-            model_file.parent
-        )  # classes.json beside a bare model too
-        names = owner.class_names() if owner.classes.is_file() else exported_class_names(model_file)
-    else:
-        owner = find_run(run_ref, _setting("runs_dir"), with_model=True)
-        model_file, names = owner.model, owner.class_names()
-        _note(f"predicting with {model_file}")
-    if tta is None and owner.config.is_file():  # the run's own choice
-        from cnnctl.config import load_config
-
-        tta = load_config(owner.config).model.tta
+    source = _scoring_source(run_ref, model_file, tta, legacy_h5)
+    if model_file is None:
+        _note(f"predicting with {source.model_file}")
     with _stdout_for_json(as_json):
-        if not is_exported(model_file):  # .onnx and .tflite run without TensorFlow
+        if not source.exported:  # .onnx and .tflite run without TensorFlow
             _tensorflow()
-        from cnnctl import report
         from cnnctl.scoring.predict import predict_images
 
-        result = predict_images(
-            list(paths), model_file, names, top_k, batch_size, invert, legacy_h5, tta or "none"
-        )
-    from cnnctl.escape import safe_text
-
+        result = predict_images(source, list(paths), top_k, batch_size, invert)
     for path, reason in result.failures:
-        _note(safe_text(f"{path}: {reason}"))
+        _note(f"{path}: {reason}")
     if not result.items:
+        from cnnctl.errors import DataError
+
         raise DataError(
             "no image could be read", "pass PNG or JPEG files, folders of them, or globs"
         )
+    _show_predictions(result, paths, output, "json" if as_json else output_format)
+    if result.failures:
+        from cnnctl import report
+
+        _note(f"{report.plural(len(result.failures), 'unreadable file')}")
+        ctx.exit(1)
+
+
+def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: str | None) -> None:
+    """On screen (a table, or JSON / CSV on stdout), or into the file `output`."""
+    from cnnctl import report
+
+    rows = [p.to_json() for p in result.items]
     if output is not None:
         from cnnctl.runs import write_text
 
-        output_format = output_format or ("json" if output.suffix == ".json" else "csv")
-        if output_format == "table":
+        fmt = fmt or ("json" if output.suffix == ".json" else "csv")
+        if fmt == "table":
             raise click.UsageError(
                 "--output writes data: use --format csv or json (or a .json name)"
             )
-        text = (
-            report.predictions_csv(result.items)
-            if output_format == "csv"
-            else json.dumps([p.to_json() for p in result.items], indent=2)
-        )
+        text = report.predictions_csv(result.items) if fmt == "csv" else json.dumps(rows, indent=2)
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text(output, text)
         _note(f"wrote {report.plural(len(result.items), 'prediction')} to {output}")
-    elif output_format == "csv":
+    elif fmt == "csv":
         click.echo(report.predictions_csv(result.items), nl=False)
     else:
         console = _console()
         base = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
         table = report.predictions_table(result.items, _width(console), base)
-        _render(table, [p.to_json() for p in result.items], output_format == "json", console)
-    if result.failures:
-        _note(f"{report.plural(len(result.failures), 'unreadable file')}")
-        ctx.exit(1)
+        _render(table, rows, fmt == "json", console)
 
 
 @main.command()
@@ -550,6 +543,8 @@ def export(
     source = export_source(
         None if model_file else find_run(run, _setting("runs_dir"), with_model=True), model_file
     )
+    if model_file is None:
+        _note(f"exporting {source.model}")
     with _stdout_for_json(as_json):
         _tensorflow()
         from cnnctl.scoring.export import export_model, export_table

@@ -40,6 +40,11 @@ class ConfigError(CnnctlError):
     """The config file, or a `--set` override, is wrong."""
 
 
+class PathError(ConfigError):
+    """A dotted path (`--set`, a `tune:` parameter) that leads nowhere in the config; the
+    caller puts the place it came from in front of the message."""
+
+
 class DataError(CnnctlError):
     """A dataset or an input image cannot be found or read."""
 

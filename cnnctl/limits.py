@@ -31,6 +31,9 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "h5_seconds": (20, "seconds to read an HDF5 weights file in a child process (+10 s per GiB)"),
 }
 ENV = "CNNCTL_LIMITS"
+# Images per step when only scoring (evaluate, predict, export checks, the end-of-run test):
+# larger than training batches, as no gradients are held; small enough to bound memory.
+EVAL_BATCH = 256
 
 
 class LimitExceeded(CnnctlError):

@@ -246,3 +246,25 @@ def test_a_folder_is_not_a_config(tmp_path):
     (tmp_path / "configs").mkdir()
     with pytest.raises(ConfigError, match="configs: is a folder, not a config file"):
         load_config(Path("configs"))
+
+
+@pytest.mark.parametrize(
+    "path, value, read",
+    [
+        ("train.epochs", 3, lambda c: c.train.epochs),
+        ("train.optimizer.learning_rate", 0.01, lambda c: c.train.optimizer.args["learning_rate"]),
+        ("model.layers.0.filters", 64, lambda c: c.model.layers[0].args["filters"]),
+        ("model.layers[0].filters", 16, lambda c: c.model.layers[0].args["filters"]),
+        ("model.layers.2.type", "GlobalAveragePooling2D", lambda c: c.model.layers[2].type),
+        ("data.validation", 0.1, lambda c: c.data.validation),
+    ],
+    ids=["scalar", "bare-optimizer", "list-item", "bracket-index", "bare-layer", "data"],
+)
+def test_set_and_tune_take_the_same_paths(path, value, read):
+    """`--set` and a `tune:` parameter go through one setter: what one takes, the other does."""
+    from cnnctl.tune.space import trial_config
+
+    mnist = REPO / "configs" / "mnist.yaml"
+    by_set = load_config(mnist, (f"{path}={value}",))
+    by_tune = trial_config(load_config(mnist), {path: value}, "trial-000")
+    assert read(by_set) == read(by_tune) == value

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cnnctl.config import load_config
-from cnnctl.data.dataset import dataset_for, stratified_split
+from cnnctl.data.dataset import dataset_for, split_off
 from cnnctl.data.sources import builtin_candidates, load_builtin, load_npz, read_idx
 from cnnctl.errors import ConfigError, DataError
+from cnnctl.tasks import task_named
 
 from conftest import MNIST_TEST_SET, write_idx
 
@@ -139,9 +140,10 @@ def test_limit_and_fraction_validation(write):
 
 def test_stratified_split_keeps_class_shares_and_is_seeded(mnist_test_set):
     x, y = mnist_test_set
-    a = stratified_split(x[:2000], y[:2000], 0.1, seed=1)
-    b = stratified_split(x[:2000], y[:2000], 0.1, seed=1)
-    c = stratified_split(x[:2000], y[:2000], 0.1, seed=2)
+    classes = task_named("classification")
+    a = split_off(classes, x[:2000], y[:2000], 0.1, seed=1)
+    b = split_off(classes, x[:2000], y[:2000], 0.1, seed=1)
+    c = split_off(classes, x[:2000], y[:2000], 0.1, seed=2)
     assert np.array_equal(a[3], b[3]) and not np.array_equal(a[3], c[3])
     assert np.array_equal(np.sort(np.concatenate([a[4], a[5]])), np.arange(2000))
     shares = np.bincount(a[3], minlength=10) / np.bincount(y[:2000], minlength=10)

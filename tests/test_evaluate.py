@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnctl.cli import main
-from cnnctl.scoring.evaluate import class_report, confusion_matrix
+from cnnctl.tasks.classification import class_report, confusion_matrix
 
 
 def test_evaluate_writes_report_files(runner, run_copy):

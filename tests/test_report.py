@@ -10,6 +10,7 @@ from rich.console import Console
 from cnnctl import report
 from cnnctl.runs import Run, RunSummary
 from cnnctl.runs.results import EvaluationResult, Guess, Prediction, TrainResult
+from cnnctl.tasks import task_named
 
 LABELS = [
     "T-shirt/top",
@@ -160,17 +161,19 @@ def test_evaluation_table_names_where_the_report_went():
         split="train",
         examples=1,
         metrics={"accuracy": 1.0},
-        per_class={"0": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}},
-        averages={
-            k: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
-            for k in ("macro avg", "weighted avg")
+        details={
+            "per_class": {"0": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}},
+            "averages": {
+                k: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+                for k in ("macro avg", "weighted avg")
+            },
+            "most_confused": [],
+            "confusion_matrix": [[1]],
+            "class_names": ["0"],
         },
-        most_confused=[],
-        confusion_matrix=[[1]],
-        class_names=["0"],
         saved=["runs/a/evaluation-train.json"],
     )
-    text = "\n".join(render(report.evaluation_table(result), 80))
+    text = "\n".join(render(task_named("classification").evaluation_table(result), 80))
     assert (
         "train split (1 image of mnist)" in text and "saved: runs/a/evaluation-train.json" in text
     )

@@ -71,7 +71,9 @@ def test_resume_with_more_epochs_continues_the_same_folder(small_config):
     assert resumed.run.path == result.run.path
     assert [r["epoch"] for r in rows(resumed.run)] == ["1", "2", "3"]
     assert rows(resumed.run)[:2] == saved  # the row left out comes back from the checkpoint
-    assert load_config(result.run.config).train.epochs == 3
+    assert load_config(result.run.effective_config).train.epochs == 3
+    assert load_config(result.run.config).train.epochs == 2  # as the run began: never rewritten
+    assert result.run.status_field("resumes")[0]["config"] == "config.resume-1.yaml"
     assert resumed.test["accuracy"] > 0.8
 
 

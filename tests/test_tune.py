@@ -15,7 +15,8 @@ import yaml
 
 from cnnctl.cli import main
 from cnnctl.config import duration_seconds, load_config
-from cnnctl.tune.space import PathError, set_path
+from cnnctl.config.paths import set_path
+from cnnctl.errors import PathError
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 

@@ -11,7 +11,9 @@ from cnnctl.config.load import (
 from cnnctl.config.schema import (
     BUILTIN_DATASETS,
     LOSSES,
+    NAME_PATTERN,
     SPLITS,
+    TASKS,
     CheckpointConfig,
     Config,
     DataConfig,
@@ -31,7 +33,9 @@ from cnnctl.config.yamlfile import Source, parse_yaml
 __all__ = [
     "BUILTIN_DATASETS",
     "LOSSES",
+    "NAME_PATTERN",
     "SPLITS",
+    "TASKS",
     "CheckpointConfig",
     "Config",
     "DataConfig",

@@ -17,11 +17,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from cnnctl.config.paths import set_path
 from cnnctl.config.schema import (
     Config,
 )
-from cnnctl.config.yamlfile import Path_, Source, dotted, parse_yaml, read_config_file
-from cnnctl.errors import ConfigError
+from cnnctl.config.yamlfile import Path_, Source, parse_yaml, read_config_file
+from cnnctl.errors import ConfigError, PathError
 from cnnctl.suggest import closest, suggest
 
 # --------------------------------------------------------------------------- overrides
@@ -37,40 +38,12 @@ def apply_override(data: dict, text: str, source: Source) -> None:
 
 
 def set_value(data: dict, key: str, value: Any, source: Source, origin: str) -> None:
-    """Put `value` at the dotted `key` of `data`; errors and later messages name `origin`.
-
-    `layers[0]` is taken as `layers.0`: error messages print paths that way, so users copy it.
-    """
-    parts: list[str | int] = []
-    for part in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split("."):
-        if not part:
-            raise ConfigError(
-                f"{origin}: empty name in '{key}'",
-                "for example model.layers.0.filters (or model.layers[0].filters)",
-            )
-        parts.append(int(part) if part.isascii() and part.isdigit() else part)
-    node: Any = data
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = dotted(tuple(parts[: depth + 1]))
-        if isinstance(node, list):
-            if not isinstance(part, int) or part >= len(node):
-                raise ConfigError(
-                    f"{origin}: {where}: no such list item (the list has {len(node)})",
-                    f"use an index from 0 to {len(node) - 1}",
-                )
-        elif isinstance(node, dict):
-            if not last and part not in node:
-                node[part] = {}
-        else:
-            raise ConfigError(
-                f"{origin}: {dotted(tuple(parts[:depth]))} is a single value, not a section"
-            )
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
-    source.overrides[tuple(parts)] = origin
+    """Put `value` at the dotted `key` of `data`; errors and later messages name `origin`."""
+    try:
+        parts = set_path(data, key, value)
+    except PathError as error:
+        raise ConfigError(f"{origin}: {error.message}", error.hint) from None
+    source.overrides[parts] = origin
 
 
 # --------------------------------------------------------------------------- validation
@@ -189,8 +162,7 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
 def _check_monitors(config: Config) -> None:
     """A monitored value must be one that training logs."""
     train = config.train
-    known = ["loss", *train.metrics]
-    known += [f"val_{name}" for name in known]
+    known = train.logged
     for section in ("checkpoint", "early_stopping", "lr_schedule"):
         monitor = getattr(getattr(train, section), "monitor", None)
         if monitor is not None and monitor not in known:

@@ -20,8 +20,13 @@ from pydantic import (
 )
 
 from cnnctl.config.yamlfile import Path_, Source, dotted
+from cnnctl.limits import limit
 
 BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+# A run's, a study's or a trial's name: also a folder name, so no separators and no dot first.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+# What a label is: one module each in cnnctl/tasks/ (the registry there checks it is this list).
+TASKS = ("classification",)
 SPLITS = ("train", "validation", "test")  # the three splits every dataset is read into
 # Classification losses, and whether each wants one-hot labels.
 LOSSES = {
@@ -136,8 +141,11 @@ class ModelConfig(_Strict):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(n <= 0 or n > 16384 for n in value):
             raise ValueError(f"must be [height, width, channels] of positive sizes, got {value}")
-        if value[0] * value[1] * value[2] > 2**26:
-            raise ValueError(f"{value} is too large an image to train on; resize the data first")
+        if value[0] * value[1] * value[2] > limit("activation"):
+            raise ValueError(
+                f"{value} is too large an image to train on; resize the data first "
+                f"(or raise --limit activation={limit('activation')})"
+            )
         return value
 
 
@@ -242,6 +250,12 @@ class TrainConfig(_Strict):
         return self
 
     @property
+    def logged(self) -> list[str]:
+        """The per-epoch values training logs: what a monitor or a tune metric can name."""
+        known = ["loss", *self.metrics]
+        return known + [f"val_{name}" for name in known]
+
+    @property
     def one_hot(self) -> bool:
         """Whether the loss wants one-hot labels (else integer class indices)."""
         return LOSSES[self.loss]
@@ -315,7 +329,8 @@ def duration_seconds(value: str | int) -> float:
 
 
 class Config(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    name: str = Field(pattern=NAME_PATTERN)
+    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]  # old configs: this
     seed: int = Field(default=42, ge=0, lt=2**31)
     data: DataConfig
     model: ModelConfig

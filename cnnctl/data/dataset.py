@@ -1,4 +1,5 @@
-"""Datasets as the trainer sees them: shaped arrays, class names, and the three splits."""
+"""Datasets as the trainer sees them: shaped images, labels as the task reads them, and the
+three splits. What a label is belongs to the task (`cnnctl.tasks`); this module only moves them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ from cnnctl.data.sources import (
     load_npz,
 )
 from cnnctl.errors import ConfigError, DataError
+from cnnctl.tasks import Task, task_named, task_of
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Raw-pixel images (N, H, W, C) with integer labels, split three ways."""
+    """Raw-pixel images (N, H, W, C) with the task's labels, split three ways.
+
+    The images of a split are an array, or `FileImages` (files decoded as they stream).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -115,33 +120,40 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
 
 def dataset_for(config: Config, offline: bool = False) -> Dataset:
     """The config's data, split as it says, checked to fit its model's input."""
-    dataset = load_dataset(config.data, config.model.input_shape, config.seed, offline)
+    dataset = load_dataset(
+        config.data, config.model.input_shape, config.seed, offline, task_of(config)
+    )
     check_fits(dataset, config)
     return dataset
 
 
 def load_dataset(
-    data: DataConfig, input_shape: Sequence[int], seed: int, offline: bool = False
+    data: DataConfig,
+    input_shape: Sequence[int],
+    seed: int,
+    offline: bool = False,
+    task: Task | None = None,
 ) -> Dataset:
-    """Find, read, shape and split a data section.
+    """Find, read, shape and split a data section; `task` reads the labels (default: classes).
 
     Images are read at `input_shape` where resized.
     """
+    task = task or task_named("classification")
     arrays = load_arrays(data, input_shape, offline)
     x_train, y_train = (
         _images(arrays.x_train, arrays.origin),
-        _labels(arrays.y_train, arrays.origin),
+        task.encode_labels(arrays.y_train, arrays.origin),
     )
     files = dict(arrays.files)
-    if arrays.x_test is None:  # one pool of images: hold out a stratified test split
-        x_train, y_train, x_test, y_test, kept, held = stratified_split(
-            x_train, y_train, data.test_fraction, seed
+    if arrays.x_test is None:  # one pool of images: hold out a test split, as the task splits
+        x_train, y_train, x_test, y_test, kept, held = split_off(
+            task, x_train, y_train, data.test_fraction, seed
         )
         _split_files(files, "test", kept, held)
     else:
         x_test, y_test = (
             _images(arrays.x_test, arrays.origin),
-            _labels(arrays.y_test, arrays.origin),
+            task.encode_labels(arrays.y_test, arrays.origin),
         )
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
@@ -152,16 +164,17 @@ def load_dataset(
         x_train, y_train = x_train[: data.limit], y_train[: data.limit]
         files.pop("train", None)
     if arrays.x_val is not None:
-        x_val, y_val = _images(arrays.x_val, arrays.origin), _labels(arrays.y_val, arrays.origin)
+        x_val = _images(arrays.x_val, arrays.origin)
+        y_val = task.encode_labels(arrays.y_val, arrays.origin)
     elif data.validation == "test":
         x_val, y_val = x_test, y_test
         files["validation"] = files.get("test", ())
     else:
-        x_train, y_train, x_val, y_val, kept, held = stratified_split(
-            x_train, y_train, data.validation, seed
+        x_train, y_train, x_val, y_val, kept, held = split_off(
+            task, x_train, y_train, data.validation, seed
         )
         _split_files(files, "validation", kept, held)
-    names = class_names(arrays, max(y_train.max(initial=0), y_test.max(initial=0)) + 1)
+    names = task.output_names(arrays.class_names, (y_train, y_test), arrays.origin)
     return Dataset(
         x_train,
         y_train,
@@ -186,16 +199,6 @@ def _split_files(
         files[held_name], files["train"] = tuple(names[held]), tuple(names[kept])
 
 
-def class_names(arrays: Arrays, seen: int) -> tuple[str, ...]:
-    if arrays.class_names is None:
-        return tuple(str(i) for i in range(seen))
-    if len(arrays.class_names) < seen:
-        raise DataError(
-            f"{arrays.origin}: {len(arrays.class_names)} class names for labels up to {seen - 1}"
-        )
-    return arrays.class_names
-
-
 def num_classes_of(config: Config) -> int | None:
     """The number of classes, when it is known without reading the data."""
     return len(BUILTINS[config.data.dataset].classes) if config.data.dataset else None
@@ -211,25 +214,9 @@ def _images(x: np.ndarray, origin: str) -> np.ndarray:
     return x
 
 
-def _labels(y: np.ndarray, origin: str) -> np.ndarray:
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)  # one-hot labels
-    y = y.reshape(-1)
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise DataError(
-            f"{origin}: labels must be class indices 0, 1, 2, ...; got {y.dtype} {y[:5]}"
-        )
-    return y.astype(np.int64)
-
-
-def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    """Hold out `fraction` of each class, chosen with `seed`: (x, y, x_held, y_held, kept, held)."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(y), dtype=bool)
-    for label in np.unique(y):
-        index = np.flatnonzero(y == label)
-        take = int(round(len(index) * fraction))
-        held[rng.permutation(index)[:take]] = True
+def split_off(task: Task, x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    """Hold out `fraction` as the task chooses: (x, y, x_held, y_held, kept, held) positions."""
+    held = task.held_out(y, fraction, seed)
     if held.all() or not held.any():
         raise DataError(
             f"a fraction of {fraction} of {len(y)} images leaves a split empty",

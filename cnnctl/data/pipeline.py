@@ -9,10 +9,6 @@ import tensorflow as tf
 
 from cnnctl.data.order import shuffled
 
-EVAL_BATCH = (
-    256  # images per step when only scoring: larger than training batches, no gradients to hold
-)
-
 
 def _gather(x: tf.Tensor, y: tf.Tensor, num_classes: int, one_hot: bool):
     def take(index: tf.Tensor):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from cnnctl.data.images import ImageError, load_image
 from cnnctl.data.order import shuffled
 from cnnctl.errors import DataError
-from cnnctl.limits import npy_header, open_regular
+from cnnctl.limits import EVAL_BATCH, npy_header, open_regular
 from cnnctl.startup import worker_of
 
 TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
@@ -267,7 +267,9 @@ def _mapped(path: Path, image_shape: tuple[int, ...]) -> tuple[Any, np.memmap]:
         ) from None
 
 
-def decode_all(x: FileImages, batch: int = 256, sink: Any = None) -> tuple[np.ndarray, list[int]]:
+def decode_all(
+    x: FileImages, batch: int = EVAL_BATCH, sink: Any = None
+) -> tuple[np.ndarray, list[int]]:
     """Every image of `x` in order, and the positions that failed; with `sink`, batches go there."""
     out = np.empty(x.shape, np.uint8) if sink is None else np.empty((0, *x.image_shape), np.uint8)
     failed: list[int] = []

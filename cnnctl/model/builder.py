@@ -17,8 +17,10 @@ import keras
 from cnnctl.allowlist import AUGMENTATIONS, LAYERS, OPTIMIZERS
 from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, first_line
+from cnnctl.limits import limit
 from cnnctl.model.blocks import BLOCK_TYPES, build_block
 from cnnctl.suggest import suggest
+from cnnctl.tasks import task_of
 
 # Arguments every layer takes through `keras.layers.Layer`.
 _COMMON_LAYER_ARGS = ("name", "trainable", "dtype", "activity_regularizer")
@@ -38,9 +40,10 @@ def mixed_policy() -> str | None:
 
 
 def build_model(
-    config: Config, num_classes: int | None = None, offline: bool = False
+    config: Config, outputs: int | None = None, offline: bool = False
 ) -> keras.Sequential:
-    """Build (not compile) the config's network; check its output against `num_classes`.
+    """Build (not compile) the config's network; the task checks its head against `outputs`
+    (classes, labels or targets of the data), where they are known.
 
     `offline`: a Backbone's ImageNet weights must already be in Keras' cache.
     """
@@ -49,13 +52,13 @@ def build_model(
     if policy:
         keras.config.set_dtype_policy(policy)
     try:
-        return _build(config, num_classes, policy is not None, offline)
+        return _build(config, outputs, policy is not None, offline)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
 def _build(
-    config: Config, num_classes: int | None, float32_last: bool, offline: bool
+    config: Config, outputs: int | None, float32_last: bool, offline: bool
 ) -> keras.Sequential:
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
@@ -86,8 +89,8 @@ def _build(
                 f"{first_line(error)}",
                 "check the sizes of this layer and of the layers before it",
             ) from None
-    if num_classes is not None:
-        _check_output(model, config, num_classes)
+    if outputs is not None:
+        task_of(config).check_head(model.output_shape, outputs, config)
     return model
 
 
@@ -121,7 +124,7 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
             raise ConfigError(
                 f"{config.where(('train', 'metrics', index))}: unknown metric "
                 f"'{name}'{suggest(name, known)}",
-                "for classification use accuracy",
+                task_of(config).metric_hint(),
             ) from None
     loss: Any = train.loss
     if train.label_smoothing:  # categorical_crossentropy -> keras.losses.CategoricalCrossentropy
@@ -216,7 +219,6 @@ def _instantiate(
 
 
 MAX_LAYER_PARAMS = 100_000_000  # 400 MB of float32 weights in one layer
-MAX_ACTIVATION = 2**26  # values per image coming out of one layer
 
 
 def _check_size(layer: Any, shape: tuple, config: Config, path: tuple) -> None:
@@ -232,7 +234,7 @@ def _check_size(layer: Any, shape: tuple, config: Config, path: tuple) -> None:
     values = 1
     for n in out[1:] if isinstance(out, tuple) else ():
         values *= n if isinstance(n, int) else 1
-    if values > MAX_ACTIVATION or params > MAX_LAYER_PARAMS:
+    if values > limit("activation") or params > MAX_LAYER_PARAMS:
         what = (
             f"{params:,} weights"
             if params > MAX_LAYER_PARAMS
@@ -303,20 +305,3 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     return isinstance(value, list) and depth < 2 and all(_is_plain(v, depth + 1) for v in value)
-
-
-def _check_output(model: keras.Model, config: Config, num_classes: int) -> None:
-    """The network must end in one score per class; catch it here, not in `fit`."""
-    shape = model.output_shape
-    last = ("model", "layers", len(config.model.layers) - 1)
-    if len(shape) != 2:
-        raise ConfigError(
-            f"{config.where(last)}: the network ends with shape {shape}, not one score per class",
-            f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with {num_classes} units",
-        )
-    if shape[-1] != num_classes:
-        raise ConfigError(
-            f"{config.where(last)}: the last layer gives {shape[-1]} outputs but the data has "
-            f"{num_classes} classes",
-            f"set units: {num_classes} on the last Dense layer",
-        )

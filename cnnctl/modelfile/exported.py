@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CnnctlError, ModelFileError, first_line
-from cnnctl.limits import read_bounded
+from cnnctl.limits import EVAL_BATCH, read_bounded
 
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
@@ -63,7 +63,7 @@ class ExportedModel:
     def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH, verbose: int = 0) -> np.ndarray:
         """Probabilities for every image of `x`, in batches."""
         parts = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[-1]), np.float32)

@@ -169,42 +169,16 @@ def training_summary(result: TrainResult) -> Group:
     return Group(*lines)
 
 
-def evaluation_table(result: EvaluationResult) -> Group:
-    """Overall metrics, then precision/recall/F1 per class, fitting in 80 columns."""
+def evaluation_lines(result: EvaluationResult) -> tuple[Text, Text]:
+    """The lines every evaluation starts and ends with: what was scored with what overall
+    figures, and where the report went. A task's table goes between them."""
     overall = "  ".join(f"{k} {_format(v)}" for k, v in result.metrics.items())
-    table = Table(title_justify="left", show_edge=False)
-    table.add_column("class", overflow="ellipsis", max_width=24, no_wrap=True)
-    for column in ("precision", "recall", "f1", "support"):
-        table.add_column(column, justify="right")
-    for name, row in result.per_class.items():
-        table.add_row(
-            safe(name),
-            f"{row['precision']:.3f}",
-            f"{row['recall']:.3f}",
-            f"{row['f1']:.3f}",
-            str(row["support"]),
-        )
-    table.add_section()
-    for name in ("macro avg", "weighted avg"):
-        row = result.averages[name]
-        table.add_row(
-            name,
-            f"{row['precision']:.3f}",
-            f"{row['recall']:.3f}",
-            f"{row['f1']:.3f}",
-            str(row["support"]),
-        )
     header = Text.assemble(
         (f"{result.split} split", "bold"),
         f" ({plural(result.examples, 'image')} of {safe_text(result.data)})",
         f", with {result.tta} test-time augmentation\n" if result.tta != "none" else "\n",
         (overall, "bold"),
     )
-    confused = ", ".join(
-        f"{safe_text(c['true'])} as {safe_text(c['predicted'])} ({c['count']})"
-        for c in result.most_confused[:3]
-    )
-    footer = Text.assemble(("most confused: ", "dim"), confused or "none")
     saved = (
         Text.assemble(("saved: ", "dim"), safe_text(", ".join(result.saved)))
         if result.saved
@@ -213,7 +187,7 @@ def evaluation_table(result: EvaluationResult) -> Group:
             style="dim",
         )
     )
-    return Group(header, table, footer, saved)
+    return header, saved
 
 
 def predictions_table(

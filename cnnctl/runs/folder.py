@@ -17,7 +17,6 @@ from cnnctl.errors import CnnctlError, RunError
 from cnnctl.limits import inside, read_json
 from cnnctl.suggest import suggest
 
-
 STATE_MEMBER = "cnnctl_state.json"  # the resume state's member inside checkpoints/last.keras
 
 
@@ -42,6 +41,26 @@ class Run:
     run_json = property(lambda self: self.path / "run.json")  # status, pid, start time
     evaluation = property(lambda self: self.path / "evaluation.json")
     confusion = property(lambda self: self.path / "confusion_matrix.png")
+
+    def resume_configs(self) -> list[Path]:
+        """config.resume-1.yaml, -2, ...: the config of each resume that changed values."""
+        found = []
+        for n in range(1, 10_000):
+            path = self.path / f"config.resume-{n}.yaml"
+            if not path.is_file():
+                return found
+            found.append(path)
+        return found
+
+    @property
+    def effective_config(self) -> Path:
+        """The config the run's latest epochs trained with.
+
+        config.yaml is what the run started with and is never rewritten; a resume that
+        changed a value (more epochs) wrote its config beside it.
+        """
+        resumed = self.resume_configs()
+        return resumed[-1] if resumed else self.config
 
     def read_json(self, path: Path) -> Any:
         """A JSON file of the run, read through cnnctl's limits.
@@ -80,6 +99,7 @@ class Run:
             self.confusion,
             self.path / "misclassified.csv",
             self.path / "errors.png",
+            *self.resume_configs(),
         )
 
     def class_names(self) -> list[str]:

@@ -60,17 +60,16 @@ class EvaluationResult:
     split: str
     examples: int
     metrics: dict[str, float]
-    per_class: dict[str, dict[str, float]]
-    averages: dict[str, dict[str, float]]
-    most_confused: list[dict[str, Any]]
-    confusion_matrix: list[list[int]]
-    class_names: list[str]
+    details: dict[str, Any] = field(default_factory=dict)  # the task's report (per class, ...)
+    task: str = "classification"
     tta: str = "none"  # test-time augmentation the scores include
     skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason: left out
     saved: list[str] = field(default_factory=list)  # the files written, empty when nothing was
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """evaluation.json: the common fields with the task's own beside them, at the top."""
+        data = asdict(self)
+        return {**{k: v for k, v in data.items() if k != "details"}, **data["details"]}
 
 
 @dataclass

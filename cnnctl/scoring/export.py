@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
+from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
+from cnnctl.tasks import Task, task_of
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE = ("float16", "int8")
 CHECK_IMAGES = 1000  # real test images compared with Keras
 REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 ranges
 MAX_DIFF = {"savedmodel": 1e-5, "onnx": 1e-5, "tflite": 1e-4}  # probabilities, float exports
-MAX_DROP_POINTS = 1.0  # test accuracy a quantized file may lose, in percentage points
 PREPROCESSING = {
     True: "float32 pixels 0..255 (N, H, W, C); the model scales them (Rescaling 1/255 inside)",
     False: "float32 pixels 0..255 (N, H, W, C), as in training (the model has no Rescaling)",
@@ -110,19 +111,20 @@ def export_model(
         )
     output = Path(output) if output is not None else default_output(source, fmt, quantize)
     model = float32_copy(load_model(source.model, compile=False), keras)
-    x_check, y_check, x_train = _check_images(source.run, offline)
+    x_check, y_check, x_train, task = _check_images(source.run, offline)
     model(x_check[:1], training=False)  # a loaded model has not been called; export needs it built
-    expected = model.predict(x_check, batch_size=256, verbose=0)
+    expected = model.predict(x_check, batch_size=EVAL_BATCH, verbose=0)
     output.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(output) as tmp:
         started = time.perf_counter()
         with _quiet(verbose):
             _write(model, fmt, quantize, tmp, x_train)
         seconds = time.perf_counter() - started
-        check = compare(expected, _run_export(fmt, tmp, x_check), y_check, fmt, quantize)
+        got = _run_export(fmt, tmp, x_check)
+        check = task.parity(expected, got, y_check, None if quantize else MAX_DIFF[fmt])
         if not check["passed"]:
             raise ExportCheckFailed(
-                f"{output}: the exported model disagrees with Keras: {_figures(check)}",
+                f"{output}: the exported model disagrees with Keras: {task.parity_summary(check)}",
                 "nothing was written; run with --verbose to see the converter's messages",
             )
         _replace(tmp, output)
@@ -158,8 +160,9 @@ def _float32_config(value: Any) -> Any:
     return value
 
 
-def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to CHECK_IMAGES real test images with labels; a training sample to calibrate int8."""
+def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, Task]:
+    """Up to CHECK_IMAGES real test images with labels, a training sample to calibrate int8,
+    and the run's task, which judges the parity."""
     from cnnctl.config import load_config
     from cnnctl.data.dataset import dataset_for, decoded
 
@@ -167,7 +170,7 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
         raise RunError(
             f"{run.config}: missing; the check needs the run's data", "export a complete run"
         )
-    config = load_config(run.config)
+    config = load_config(run.effective_config)
     dataset = dataset_for(config, offline)
     x_test, y_test = dataset.split("test")
     order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
@@ -178,6 +181,7 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
         x_check.astype(np.float32),
         np.delete(y_test[:CHECK_IMAGES], failed),
         calibration.astype(np.float32),
+        task_of(config),
     )
 
 
@@ -224,46 +228,13 @@ def _run_export(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
         serve = loaded.signatures["serving_default"]
         name = next(iter(serve.structured_input_signature[1]))
         parts = [
-            next(iter(serve(**{name: tf.constant(x[i : i + 256])}).values())).numpy()
-            for i in range(0, len(x), 256)
+            next(iter(serve(**{name: tf.constant(x[i : i + EVAL_BATCH])}).values())).numpy()
+            for i in range(0, len(x), EVAL_BATCH)
         ]
         return np.concatenate(parts)
     from cnnctl.modelfile.exported import load_exported
 
-    return load_exported(path).predict(x, batch_size=256)
-
-
-def compare(
-    expected: np.ndarray, got: np.ndarray, labels: np.ndarray, fmt: str, quantize: str | None
-) -> dict[str, Any]:
-    """Parity figures; float files must match Keras, quantized ones keep its accuracy."""
-    keras_accuracy = float((expected.argmax(1) == labels).mean())
-    export_accuracy = float((got.argmax(1) == labels).mean())
-    check = {
-        "images": int(len(labels)),
-        "max_abs_diff": float(np.abs(expected - got).max()) if len(got) else 0.0,
-        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
-        "keras_accuracy": round(keras_accuracy, 6),
-        "export_accuracy": round(export_accuracy, 6),
-        "accuracy_drop_points": round(100 * (keras_accuracy - export_accuracy), 3),
-    }
-    if quantize:
-        check["max_drop_points"] = MAX_DROP_POINTS
-        check["passed"] = check["accuracy_drop_points"] <= MAX_DROP_POINTS
-    else:
-        check["max_abs_diff_allowed"] = MAX_DIFF[fmt]
-        check["passed"] = check["max_abs_diff"] <= MAX_DIFF[fmt] and check["top1_agreement"] == 1.0
-    return check
-
-
-def _figures(check: dict[str, Any]) -> str:
-    return (
-        f"max abs diff {check['max_abs_diff']:.2e}, "
-        f"top-1 agreement {100 * check['top1_agreement']:.2f}%, "
-        f"accuracy {100 * check['keras_accuracy']:.2f}% -> "
-        f"{100 * check['export_accuracy']:.2f}% "
-        f"on {check['images']:,} test images"
-    )
+    return load_exported(path).predict(x, batch_size=EVAL_BATCH)
 
 
 def _record(

@@ -1,4 +1,5 @@
-"""Image files -> top-k classes, through the same model file that evaluate scores."""
+"""Image files -> what the model says of each (the task's rows), through the same model file
+that evaluate scores."""
 
 from __future__ import annotations
 
@@ -9,49 +10,42 @@ import numpy as np
 
 from cnnctl.data.images import ImageError, expand_paths, load_image
 from cnnctl.errors import DataError
-from cnnctl.modelfile.exported import is_exported, load_exported
-from cnnctl.modelfile.load import load_model
-from cnnctl.runs.results import Guess, Prediction, Predictions
-from cnnctl.scoring.tta import with_tta
+from cnnctl.limits import EVAL_BATCH
+from cnnctl.runs.results import Predictions
+from cnnctl.scoring.source import ScoringSource
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
 
 
 def predict_images(
+    source: ScoringSource,
     inputs: list[str],
-    model_path: Path,
-    class_names: list[str] | None,
     top_k: int = 3,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     invert: bool = False,
-    legacy_h5: bool = False,
-    tta: str = "none",
 ) -> Predictions:
-    """Classify every image named by `inputs` (files, folders, globs), in batches.
+    """What `source`'s model says of every image named by `inputs` (files, folders, globs).
 
-    `tta: horizontal_flip` averages each image's probabilities with its mirror image's.
+    Each row is the task's (top-k classes for classification); TTA is the source's.
     """
     paths, failures = expand_paths(inputs)
     result = Predictions(failures=failures)
     if not paths:
         return result
-    if is_exported(model_path):  # .onnx / .tflite: onnxruntime or LiteRT, no TensorFlow
-        model = load_exported(model_path)
-    else:
-        model = load_model(model_path, compile=False, legacy_h5=legacy_h5)
+    model = source.load(compile=False)
+    model_path, task = source.model_file, source.task
     _, height, width, channels = model.input_shape
     outputs = model.output_shape[-1]
-    if class_names is not None and len(class_names) != outputs:
+    if source.names is not None and len(source.names) != outputs:
         raise DataError(
-            f"{Path(model_path).parent / 'classes.json'}: {len(class_names)} class names "
+            f"{Path(model_path).parent / 'classes.json'}: {len(source.names)} class names "
             f"for a model with {outputs} outputs",
             "the file does not belong to this model",
         )
-    names = class_names or [str(i) for i in range(outputs)]
-    model = with_tta(model, tta)
+    names = source.names or [str(i) for i in range(outputs)]
 
-    if not is_exported(model_path):  # TensorFlow is loaded: decode in parallel inside tf.data
-        return _predict_streamed(model, model_path, paths, names, top_k, batch_size, invert, result)
+    if not source.exported:  # TensorFlow is loaded: decode in parallel inside tf.data
+        return _predict_streamed(model, source, paths, names, top_k, batch_size, invert, result)
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
@@ -84,7 +78,8 @@ def predict_images(
             if pending is not None:
                 kept, future = pending
                 result.items.extend(
-                    _top(p, row, names, top_k) for p, row in zip(kept, future.result(), strict=True)
+                    task.prediction(p, row, names, top_k)
+                    for p, row in zip(kept, future.result(), strict=True)
                 )
             pending = None if decoded is None else (decoded[1], runner.submit(classify, decoded[0]))
     return result
@@ -92,7 +87,7 @@ def predict_images(
 
 def _predict_streamed(
     model,
-    model_path: Path,
+    source: ScoringSource,
     paths: list[Path],
     names: list[str],
     top_k: int,
@@ -103,6 +98,7 @@ def _predict_streamed(
     """Decode and classify as one stream; files TensorFlow cannot decode are retried with Pillow."""
     from cnnctl.data.stream import decode_batches, files_for
 
+    model_path = source.model_file
     _, height, width, channels = model.input_shape
     files = files_for(paths, (height, width, channels))
     whole = model
@@ -123,7 +119,9 @@ def _predict_streamed(
             result.failures.append((str(paths[i]), str(error)))
             continue
         found[i] = _run(whole, image[None].astype(np.float32), model_path)[0]
-    result.items.extend(_top(paths[i], found[i], names, top_k) for i in sorted(found))
+    result.items.extend(
+        source.task.prediction(paths[i], found[i], names, top_k) for i in sorted(found)
+    )
     return result
 
 
@@ -141,10 +139,3 @@ def _run(model, batch, model_path: Path) -> np.ndarray:
             f"{model_path}: out of memory running this model on {len(batch)} images",
             "lower --batch-size, or check the model's size",
         ) from None
-
-
-def _top(path: Path, probabilities: np.ndarray, names: list[str], k: int) -> Prediction:
-    order = np.argsort(probabilities)[::-1][:k]
-    return Prediction(
-        str(path), [Guess(names[i], int(i), round(float(probabilities[i]), 6)) for i in order]
-    )

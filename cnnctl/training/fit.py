@@ -20,9 +20,10 @@ import keras
 from cnnctl.config import Config, changed_keys, dump_config, load_config
 from cnnctl.data.checks import check_dataset
 from cnnctl.data.dataset import Dataset, dataset_for
-from cnnctl.data.pipeline import EVAL_BATCH, eval_batches, training_batches
+from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.limits import EVAL_BATCH
 from cnnctl.model.builder import build_model, compile_model
 from cnnctl.modelfile.load import load_model
 from cnnctl.runs import (
@@ -37,7 +38,9 @@ from cnnctl.runs import (
     write_text,
 )
 from cnnctl.runs.results import TrainResult
-from cnnctl.scoring.tta import with_tta
+from cnnctl.scoring.evaluate import score_split
+from cnnctl.scoring.source import ScoringSource
+from cnnctl.tasks import task_of
 from cnnctl.training.callbacks import (
     Display,
     EpochRecorder,
@@ -82,9 +85,11 @@ def resume_run(
         raise RunError(
             f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first"
         )
-    saved = load_config(run.config)
+    saved = load_config(run.effective_config)
     changing = overrides or config_file or values
-    wanted = load_config(config_file or run.config, overrides, values) if changing else saved
+    wanted = (
+        load_config(config_file or run.effective_config, overrides, values) if changing else saved
+    )
     _check_same(saved, wanted, run)
     _need_tensorboard(wanted)
     state = read_state(run.last) if run.last.is_file() else None
@@ -115,7 +120,7 @@ def resume_run(
     restore_rng(model, state.rng)
     if not chief:
         return _fit(run, model, wanted, dataset, state, None, write=False)
-    write_text(run.config, dump_config(wanted))
+    _record_resume(run, saved, wanted, state.epoch)
     # a kill between the checkpoint and metrics.csv left a row out; the checkpoint holds it
     write_text(run.metrics_csv, rows_to_csv(state.rows[: state.epoch]))
     set_status(run, "running", epochs=wanted.train.epochs)
@@ -157,6 +162,19 @@ def _from_scratch(
     return result
 
 
+def _record_resume(run: Run, saved: Config, wanted: Config, epoch: int) -> None:
+    """A resume that changes values writes config.resume-N.yaml and a line in run.json;
+    config.yaml stays as the run began, so each stretch of epochs has its config."""
+    if dump_config(saved) == dump_config(wanted):
+        return
+    path = run.path / f"config.resume-{len(run.resume_configs()) + 1}.yaml"
+    write_text(path, dump_config(wanted))
+    resumes = run.status_field("resumes")
+    resumes = resumes if isinstance(resumes, list) else []
+    entry = {"config": path.name, "from_epoch": epoch, "time": time.time()}
+    set_status(run, "running", resumes=[*resumes, entry])
+
+
 def _check_same(saved: Config, wanted: Config, run: Run) -> None:
     """A resumed run keeps its config; only raising `train.epochs` is allowed."""
     if wanted.train.epochs < saved.train.epochs:
@@ -193,7 +211,7 @@ def _fit(
         batch_size=train.batch_size,
         seed=config.seed,
         num_classes=num_classes,
-        one_hot=train.one_hot,
+        one_hot=task_of(config).one_hot(train),
         first_epoch=state.epoch,
         epochs=train.epochs,
     )
@@ -202,7 +220,7 @@ def _fit(
         dataset.y_val,
         batch_size=max(train.batch_size, EVAL_BATCH),
         num_classes=num_classes,
-        one_hot=train.one_hot,
+        one_hot=task_of(config).one_hot(train),
     )
     prepare_multi_worker(model, validation)
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
@@ -295,17 +313,21 @@ def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:
 def _test(
     run: Run, config: Config, dataset: Dataset, callbacks: Sequence[keras.callbacks.Callback] = ()
 ) -> dict[str, float]:
-    """Evaluate the best model (the file predict will use) on the test split, once, at the end."""
-    best = with_tta(load_model(run.model), config.model.tta)
-    test = eval_batches(
+    """Score the best model (the file predict will use) on the test split, once, at the end,
+    as `cnnctl evaluate` scores it."""
+    task = task_of(config)
+    best = ScoringSource(run.model, run, config, task, list(dataset.class_names), config.model.tta)
+    scored = score_split(
+        best.load(),
+        task,
         dataset.x_test,
         dataset.y_test,
+        one_hot=task.one_hot(config.train),
         batch_size=max(config.train.batch_size, EVAL_BATCH),
-        num_classes=len(dataset.class_names),
-        one_hot=config.train.one_hot,
+        callbacks=callbacks,
+        outputs=False,
     )
-    values = best.evaluate(test, verbose=0, return_dict=True, callbacks=list(callbacks))
-    return {key: round(float(value), 6) for key, value in values.items()}
+    return {key: round(float(value), 6) for key, value in scored.metrics.items()}
 
 
 def _need_tensorboard(config: Config) -> None:

@@ -14,67 +14,13 @@ import math
 from typing import Any
 
 from cnnctl.config import Config, ParamSpec, TuneConfig, validate_config
-from cnnctl.config.yamlfile import Source, dotted
-from cnnctl.errors import ConfigError
+from cnnctl.config.paths import set_path
+from cnnctl.config.yamlfile import Source
+from cnnctl.errors import ConfigError, PathError
 from cnnctl.suggest import suggest
 
 _INNER = "trial config"  # the file name of a trial's Source: stripped where a place is known
 MAX_GRID = 100_000
-
-
-class PathError(ValueError):
-    """A parameter path that leads nowhere in the config."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _parts(key: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for part in key.split("."):
-        if not part:
-            raise PathError(
-                f"empty name in '{key}'", "write paths as --set does: model.layers.0.filters"
-            )
-        parts.append(int(part) if part.isascii() and part.isdigit() else part)
-    return parts
-
-
-def set_path(data: dict, key: str, value: Any) -> None:
-    """Set `value` at the dotted `key` of plain config data, in place.
-
-    A bare object name on the way (`optimizer: adam`) becomes `{type: adam}` so that
-    `train.optimizer.learning_rate` works; new keys are left for validation to judge.
-    """
-    parts = _parts(key)
-    node: Any = data
-    for depth, part in enumerate(parts):
-        here = dotted(tuple(parts[: depth + 1]))
-        if isinstance(node, list):
-            if not isinstance(part, int) or part >= len(node):
-                raise PathError(
-                    f"{here}: no such list item (the list has {len(node)})",
-                    f"use an index from 0 to {len(node) - 1}" if node else "the list is empty",
-                )
-        elif not isinstance(node, dict):
-            raise PathError(
-                f"{dotted(tuple(parts[:depth]))} is a single value, not a section",
-                "a path ends at the value it sets",
-            )
-        elif isinstance(part, int):
-            raise PathError(
-                f"{dotted(tuple(parts[:depth]))} is a section, not a list",
-                f"keys here: {', '.join(map(str, node))}",
-            )
-        if depth == len(parts) - 1:
-            node[part] = value
-            return
-        child = node[part] if isinstance(node, list) else node.get(part)
-        if child is None or (isinstance(child, str) and isinstance(parts[depth + 1], str)):
-            child = {"type": child} if isinstance(child, str) else {}
-            node[part] = child
-        node = child
 
 
 def base_data(config: Config) -> dict:
@@ -202,8 +148,7 @@ def _tune(config: Config) -> TuneConfig:
 
 
 def _check_metric(config: Config, tune: TuneConfig) -> None:
-    known = ["loss", *config.train.metrics]
-    known += [f"val_{name}" for name in known]
+    known = config.train.logged
     if tune.metric not in known:
         raise ConfigError(
             f"{config.where(('tune', 'metric'))}: '{tune.metric}' is not "

@@ -33,14 +33,14 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from cnnctl.config import Config, TuneConfig, changed_paths, duration_seconds
+from cnnctl.config import NAME_PATTERN, Config, TuneConfig, changed_paths, duration_seconds
 from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingFailed, first_line
 from cnnctl.runs import pid_alive
 from cnnctl.tune.report import TuneResult, Watcher, save_plots
 from cnnctl.tune.space import base_data, check_space, grid
 
 HOST = socket.gethostname()
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STUDY_NAME = re.compile(NAME_PATTERN)  # a folder under --runs-dir, named as runs are
 HEARTBEAT_SECONDS = 30  # RDB storage: a trial not heard of for 3x this long is marked failed
 POLL_SECONDS = 0.5
 

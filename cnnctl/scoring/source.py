@@ -1,0 +1,111 @@
+"""What a scoring command scores with, decided once: the model file and its kind, the run it
+belongs to, the run's config and task, the names of the outputs, and test-time augmentation.
+
+`evaluate`, `predict`, `export` (and `serve`, `explain`) take a `ScoringSource`; none of them
+asks again which file, which run or which classes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnctl.config import Config, load_config
+from cnnctl.errors import ModelFileError, RunError
+from cnnctl.modelfile.exported import exported_class_names, is_exported
+from cnnctl.runs import Run, find_run, run_of_model
+from cnnctl.tasks import Task, task_of
+
+
+@dataclass(frozen=True)
+class ScoringSource:
+    """A model file to score with, and everything about it that its run folder says."""
+
+    model_file: Path
+    run: Run | None  # the run folder it belongs to, when it is in one
+    config: Config | None  # that run's config
+    task: Task
+    names: list[str] | None  # one per output; None where nothing records them
+    tta: str = "none"
+    legacy_h5: bool = False
+
+    @property
+    def exported(self) -> bool:
+        """.onnx / .tflite: run in their own runtime, without TensorFlow."""
+        return is_exported(self.model_file)
+
+    def load(self, compile: bool = True) -> Any:
+        """The model, ready to call: Keras or the exported file's runtime, with TTA applied."""
+        from cnnctl.scoring.tta import with_tta
+
+        if self.exported:
+            from cnnctl.modelfile.exported import load_exported
+
+            model = load_exported(self.model_file)
+        else:
+            from cnnctl.modelfile.load import load_model
+
+            model = load_model(self.model_file, compile=compile, legacy_h5=self.legacy_h5)
+        return with_tta(model, self.tta, self.task)
+
+
+def resolve_source(
+    run_ref: str | None,
+    model_file: Path | None,
+    runs_dir: Path,
+    tta: str | None = None,
+    legacy_h5: bool = False,
+) -> ScoringSource:
+    """The run named `run_ref` (default: the latest with a model), or a model file `model_file`.
+
+    A file inside a run folder (or its export/ folder) takes that run's config and class
+    names; a bare exported file takes the class names recorded beside it.
+    """
+    if model_file is None:
+        run = find_run(run_ref, runs_dir, with_model=True)
+        model_file = run.model
+        if not model_file.is_file():
+            raise RunError(
+                f"{model_file}: the run has no model yet",
+                f"resume it: cnnctl train --resume {run.path}",
+            )
+    else:
+        model_file = Path(model_file)
+        run = run_of_model(model_file)
+        if not os.path.lexists(model_file):  # what else is there, the loader names
+            raise ModelFileError(
+                f"{model_file}: no such model file",
+                "give the path of a .keras, .onnx or .tflite file, or a run name (see cnnctl runs)",
+            )
+    config = load_config(run.effective_config) if run is not None else None
+    return ScoringSource(
+        model_file=model_file,
+        run=run,
+        config=config,
+        task=task_of(config),
+        names=_names(run, model_file),
+        tta=tta or (config.model.tta if config is not None else "none"),
+        legacy_h5=legacy_h5,
+    )
+
+
+def run_source(run: Run) -> ScoringSource:
+    """The run's own model.keras, as training's end-of-run test scores it."""
+    if not run.model.is_file():
+        raise RunError(
+            f"{run.model}: the run has no model yet", f"resume it: cnnctl train --resume {run.path}"
+        )
+    config = load_config(run.effective_config)
+    return ScoringSource(
+        run.model, run, config, task_of(config), _names(run, run.model), config.model.tta
+    )
+
+
+def _names(run: Run | None, model_file: Path) -> list[str] | None:
+    """classes.json of the run (or beside a bare model), else an exported file's record."""
+    folder = run or Run(model_file.parent)
+    if folder.classes.is_file():
+        return folder.class_names()
+    return exported_class_names(model_file) if is_exported(model_file) else None

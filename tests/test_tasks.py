@@ -1,0 +1,85 @@
+"""The Task seam: every registered task keeps the contract the rest of cnnctl relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnctl.config import TASKS, load_config
+from cnnctl.errors import ConfigError, DataError
+from cnnctl.runs.results import Prediction
+from cnnctl.tasks import REGISTRY, Report, Task, task_named, task_of
+
+from conftest import REPO
+
+
+@pytest.fixture(params=sorted(REGISTRY), ids=sorted(REGISTRY))
+def task(request) -> Task:
+    return task_named(request.param)
+
+
+def test_the_registry_is_the_configs_list_of_tasks():
+    assert set(REGISTRY) == set(TASKS)
+    assert all(issubclass(cls, Task) and cls.name == name for name, cls in REGISTRY.items())
+
+
+def test_a_config_without_task_is_classification(write):
+    config = load_config(REPO / "configs" / "mnist.yaml")
+    assert config.task == "classification" and task_of(config).name == "classification"
+    assert task_of(None).name == "classification"  # a bare model file
+
+
+def _labels(task: Task, n: int, seed: int = 0) -> np.ndarray:
+    """Labels of `n` examples in the form the task's sources give them."""
+    return np.random.default_rng(seed).integers(0, 3, n)
+
+
+def test_held_out_is_a_seeded_fraction(task):
+    y = task.encode_labels(_labels(task, 300), "x")
+    a, b, c = task.held_out(y, 0.2, 1), task.held_out(y, 0.2, 1), task.held_out(y, 0.2, 2)
+    assert a.dtype == bool and a.shape == (300,)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert abs(a.mean() - 0.2) < 0.05
+
+
+def test_bad_labels_are_a_data_error_naming_the_source(task):
+    with pytest.raises(DataError, match="^labels.csv: "):
+        task.encode_labels(np.array([0.5, -1.0]), "labels.csv")
+
+
+def test_output_names_come_from_the_source_or_the_labels(task):
+    y = task.encode_labels(_labels(task, 50), "x")
+    assert task.output_names(("a", "b", "c"), (y,), "x") == ("a", "b", "c")
+    assert len(task.output_names(None, (y,), "x")) == 3
+
+
+def test_scores_reports_rows_and_parity_from_outputs_alone(task, tmp_path):
+    rng = np.random.default_rng(0)
+    y = task.encode_labels(_labels(task, 40), "x")
+    outputs = rng.dirichlet(np.ones(3), size=40).astype(np.float32)
+    names = ["a", "b", "c"]
+    metrics = task.score(outputs, y)
+    assert "loss" in metrics and all(np.isfinite(v) for v in metrics.values())
+    images = rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8)
+    report = task.report(outputs, y, names, None, images)
+    assert isinstance(report, Report) and report.fields
+    for stem, draw in report.figures.items():
+        draw(tmp_path / f"{stem}.png")
+        assert (tmp_path / f"{stem}.png").stat().st_size > 0
+    row = task.prediction("a.png", outputs[0], names, 2)
+    assert isinstance(row, Prediction) and row.path == "a.png"
+    same = task.parity(outputs, outputs.copy(), y, tolerance=1e-5)
+    off = task.parity(outputs, outputs[::-1].copy(), y, tolerance=1e-5)
+    assert same["passed"] and not off["passed"] and task.parity_summary(off)
+
+
+def test_tta_merge_of_two_equal_views_is_that_view(task):
+    outputs = np.random.default_rng(1).random((4, 3)).astype(np.float32)
+    assert np.allclose(task.merge_tta(outputs, outputs), outputs)
+
+
+def test_a_head_of_the_wrong_size_is_named_at_the_last_layer(task, write):
+    config = load_config(REPO / "configs" / "mnist.yaml")
+    with pytest.raises(ConfigError, match=r"mnist.yaml:\d+:\d+: model.layers\[5\]"):
+        task.check_head((None, 10), 3, config)
+    task.check_head((None, 10), 10, config)  # the right size passes
