@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths
+from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths, size_refusal
 from cnnctl.errors import DataError
 from cnnctl.limits import limit, open_regular
 
@@ -169,7 +169,9 @@ def _checked(
     """Keep the files whose header reads; note each one's decoder."""
     from cnnctl.data.cache import remembered_probes
 
-    probes = remembered_probes(paths, origin, probe, settings=f"pixels<={limit('pixels')}")
+    probes = remembered_probes(
+        paths, origin, probe, settings=f"pixels<={limit('pixels')},bytes<={limit('image_bytes')}"
+    )
     keep = [i for i, p in enumerate(probes) if isinstance(p, bool)]
     skipped = tuple(
         (paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool)
@@ -211,6 +213,7 @@ def probe(path: str) -> bool | str:
         return f"image is larger than {limit('pixels'):,} pixels"
     if width == 0 or height == 0:
         return "image has zero size"
-    if width * height > limit("pixels"):
-        return f"image is larger than {limit('pixels'):,} pixels (raise it with --limit pixels=N)"
+    refusal = size_refusal(width, height, mode)
+    if refusal:
+        return refusal.removeprefix("refused: ")
     return mode not in TF_FORMATS.get(fmt or "", set())
