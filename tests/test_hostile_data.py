@@ -14,8 +14,10 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import hostile_models as hm
@@ -182,3 +184,70 @@ def test_one_images_decoded_bytes_are_bounded(runner, tmp_path):
         ],
     )
     assert "decodes to 400,000,000 bytes" in result.output, result.output
+
+
+def _path_csv(folder: Path, rows: str) -> Path:
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "x.png")
+    (folder / "images.csv").write_text("path,label\n" + rows)
+    return folder / "images.csv"
+
+
+def test_a_csv_cell_over_the_field_limit_is_one_line(tmp_path):
+    from cnnctl.data.index import index_csv
+    from cnnctl.errors import DataError
+
+    csv_file = _path_csv(tmp_path, "x.png,a\n" + "x" * (200_000) + ",b\n")
+    with pytest.raises(DataError, match=r"images.csv:3: not a CSV of paths and labels \(field"):
+        index_csv(csv_file, "label")
+
+
+def test_a_million_rows_of_one_file_are_probed_once_and_rows_bounded(tmp_path, monkeypatch):
+    import time
+
+    from cnnctl.data import index
+    from cnnctl.errors import DataError
+
+    csv_file = _path_csv(tmp_path, "x.png,a\nx.png,b\n" * 500_000)
+    seen = []
+    monkeypatch.setattr(index, "probe", lambda path: seen.append(path) or False)
+    start = time.monotonic()
+    found = index.index_csv(csv_file, "label")
+    assert len(found.paths) == 1_000_000 and len(seen) == 1
+    assert time.monotonic() - start < 30  # 52 s in datasets check before
+    monkeypatch.setenv("CNNCTL_LIMITS", "csv_rows=1000")
+    with pytest.raises(DataError, match=r"too many rows \(1,001 > limit 1,000\)"):
+        index.index_csv(csv_file, "label")
+
+
+def test_names_with_escape_sequences_reach_no_terminal_raw(runner, tmp_path):
+    """The skip warning train prints, and class names in predict --format csv."""
+    import keras
+
+    from cnnctl.cli import main
+    from cnnctl.data.checks import check_dataset
+    from cnnctl.escape import csv_cell
+
+    assert csv_cell("\x1b]0;pwned\x07") == "\\x1b]0;pwned\\x07"
+    assert csv_cell("=1+1") == "'=1+1"
+    images = np.arange(2, dtype=np.uint8).reshape(2, 1, 1, 1)
+    dataset = SimpleNamespace(
+        class_names=["a", "b"],
+        skipped=(("bad\x1b[31m.png", "damaged\x1b]0;x\x07"),),
+        warnings=[],
+        origin="o",
+        split=lambda split: (images, np.array([0, 1])),
+        x_val=images,
+        x_test=images,
+    )
+    text = " ".join(check_dataset(dataset).warnings)
+    assert "\x1b" not in text and "bad\\x1b[31m.png" in text
+    layers = [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    keras.Sequential(layers).save(folder / "model.keras")
+    (folder / "classes.json").write_text(json.dumps(["\x1b]0;pwned\x07", "b"]))
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    args = ["predict", str(tmp_path / "x.png"), "--model", str(folder / "model.keras")]
+    result = runner.invoke(main, [*args, "--top-k", "2", "--format", "csv"])
+    assert result.exit_code == 0 and "\\x1b]0;pwned\\x07" in result.stdout
+    assert "\x1b" not in result.output
