@@ -158,10 +158,11 @@ def main(
 
     Global options (--debug, --verbose, --offline, --runs-dir) go before or after the command.
     """
-    if limits:  # the same as CNNCTL_LIMITS; read by every file reader (cnnctl/limits.py)
-        from cnnctl.limits import ENV, check_limit_names
+    from cnnctl.limits import ENV, check_limit_names
+    from cnnctl.startup import private_tmp
 
-        os.environ[ENV] = check_limit_names(limits)
+    private_tmp()  # before TensorFlow or onnxruntime is imported: their files go with it
+    os.environ[ENV] = check_limit_names(limits)  # --limit and CNNCTL_LIMITS: one parser
 
 
 set_option = click.option(

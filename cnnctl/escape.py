@@ -28,7 +28,9 @@ def safe(value: Any, style: str = "") -> Text:
 
 
 def csv_cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet shows as text: formulas get a leading `'` (OWASP); numbers pass."""
+    """A CSV cell a spreadsheet shows as text: formulas get a leading `'` (OWASP), control
+    characters are escaped (CSV goes to terminals too: an OSC sequence retitles one); numbers
+    pass."""
     if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
-        return "'" + value
-    return value
+        value = "'" + value
+    return safe_text(value) if isinstance(value, str) else value

@@ -11,12 +11,14 @@ cnnctl use gigabytes, fill the disk or hang. Each limit can be raised with
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
 from typing import IO, Any
 
 from cnnctl.errors import CnnctlError
+from cnnctl.escape import safe_text
 
 # name -> (default, what it bounds). Defaults sit far above what cnnctl's users train
 # (MNIST is 47 MB, CIFAR-100 150 MB, a ResNet-50 25M parameters).
@@ -29,6 +31,9 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "pixels": (64_000_000, "pixels of one image, checked before decoding"),
     "files": (1_000_000, "files found under one folder or glob"),
     "h5_seconds": (20, "seconds to read an HDF5 weights file in a child process (+10 s per GiB)"),
+    "image_bytes": (256 * 2**20, "bytes of one decoded image, or of one input of a model"),
+    "journal_bytes": (256 * 2**20, "bytes of a tune study's journal.log"),
+    "csv_rows": (10_000_000, "rows of one CSV file"),
 }
 ENV = "CNNCTL_LIMITS"
 # Images per step when only scoring (evaluate, predict, export checks, the end-of-run test):
@@ -40,31 +45,80 @@ class LimitExceeded(CnnctlError):
     """A file asks for more than a limit allows (exit code 2)."""
 
 
+# Every value must lie within these bounds (1 up to a petabyte, or a week of seconds): a value
+# past them is a typo or an attack on the limit itself (`1e400` would overflow int()).
+MAXIMA = {"h5_seconds": 7 * 86_400}
+MAXIMUM = 2**50
+
+
+def parse_limits(text: str, source: str) -> dict[str, int]:
+    """`NAME=VALUE,...` (from `--limit` or $CNNCTL_LIMITS) -> {name: value}; one set of rules.
+
+    Unknown names, missing or non-numeric values and values outside 1..MAXIMUM are refused with
+    the item and where it came from; a later item overrides an earlier one.
+    """
+    values: dict[str, int] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        where = (
+            f"--limit {safe_text(item[:80])}"
+            if source == "--limit"
+            else f"{ENV}: {safe_text(item[:80])}"
+        )
+        if key not in DEFAULTS:
+            raise CnnctlError(
+                f"{where}: unknown limit{_near(key)}",
+                f"limits: {', '.join(DEFAULTS)}; e.g. --limit pixels=200000000",
+            )
+        value = _number(raw.strip())
+        top = MAXIMA.get(key, MAXIMUM)
+        if value is None or not 1 <= value <= top:
+            raise CnnctlError(
+                f"{where}: the value of a limit is a whole number from 1 to {top:,}",
+                f"for example --limit {key}={DEFAULTS[key][0] * 2}",
+            )
+        values[key] = value
+    return values
+
+
+def _number(raw: str) -> int | None:
+    """A limit's value: digits, or a finite float such as 2e8; None for anything else."""
+    if len(raw) > 40:  # no limit needs more; int() of 5,000 digits would be refused anyway
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        number = float(raw)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+def _near(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def limit(name: str) -> int:
     """The limit `name`, as set in $CNNCTL_LIMITS (by `--limit`) or its default."""
-    for item in os.environ.get(ENV, "").split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == name:
-            try:
-                return int(float(value))
-            except ValueError:
-                raise CnnctlError(
-                    f"{ENV}: {item!r}: the value of a limit is a number",
-                    f"for example --limit {name}={DEFAULTS[name][0] * 2}",
-                ) from None
-    return DEFAULTS[name][0]
+    return parse_limits(os.environ.get(ENV, ""), ENV).get(name, DEFAULTS[name][0])
 
 
 def check_limit_names(items: tuple[str, ...]) -> str:
-    """`--limit NAME=VALUE` values -> the $CNNCTL_LIMITS text; unknown names are refused."""
+    """`--limit NAME=VALUE` values (and $CNNCTL_LIMITS) -> the $CNNCTL_LIMITS text, checked."""
+    parse_limits(os.environ.get(ENV, ""), ENV)
     for item in items:
-        key, _, value = item.partition("=")
-        if key not in DEFAULTS or not value:
-            raise CnnctlError(
-                f"--limit {item}: unknown limit or no value",
-                f"limits: {', '.join(DEFAULTS)}; e.g. --limit pixels=200000000",
-            )
-    return ",".join([*items, os.environ.get(ENV, "")]).strip(",")
+        if "," in item:
+            raise CnnctlError(f"--limit {safe_text(item[:80])}: one NAME=VALUE per --limit")
+        parse_limits(item, "--limit")
+    return ",".join([os.environ.get(ENV, ""), *items]).strip(",")
 
 
 def refuse_over(

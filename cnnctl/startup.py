@@ -1,20 +1,61 @@
-"""What a cnnctl process starts with: TensorFlow imported quietly (its C++ start-up lines
-ignore TF_CPP_MIN_LOG_LEVEL since 2.20) and only with a Keras that has no known
-model-loading vulnerabilities; the cluster it belongs to (TF_CONFIG), read by training
-and data alike."""
+"""What a cnnctl process starts with: a private temporary folder, removed at exit; TensorFlow
+imported quietly (its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL since 2.20) and only with
+a Keras that has no known model-loading vulnerabilities; the cluster it belongs to (TF_CONFIG),
+read by training and data alike."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
 import warnings
 from typing import Any
 
 # Keras releases before this one load some hostile model files despite safe_mode
 # (CVE-2025-1550, CVE-2025-9905, CVE-2026-0897, CVE-2026-1462, path traversal in 3.13).
 KERAS_FLOOR = (3, 14, 0)
+
+
+OWNER = "CNNCTL_TMP_OWNER"  # the pid whose private folder $TMPDIR is
+
+
+def private_tmp() -> str:
+    """Give this process a temporary folder of its own, removed when it exits; its path.
+
+    TensorFlow's AutoGraph writes modules to the temporary folder and onnxruntime a `.ses` file
+    when imported; neither removes them. $TMPDIR and `tempfile.tempdir` point into a fresh folder
+    (made before either is imported), which goes at exit, on SIGTERM and on Ctrl-C. Calling it
+    again in the same process changes nothing.
+    """
+    if os.environ.get(OWNER) == str(os.getpid()) and os.path.isdir(os.environ.get("TMPDIR", "")):
+        return os.environ["TMPDIR"]
+    tempfile.tempdir = None  # the parent folder: $TMPDIR as given, not a cached answer
+    folder = tempfile.mkdtemp(prefix=f"cnnctl-{os.getpid()}-")
+    os.environ["TMPDIR"], os.environ[OWNER] = folder, str(os.getpid())
+    tempfile.tempdir = folder
+    atexit.register(_remove, folder, os.getpid())
+    if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _terminated)
+        except ValueError:  # not the main thread: atexit still removes it on a normal exit
+            pass
+    return folder
+
+
+def _remove(folder: str, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child leaves its parent's folder alone
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: stop the way Ctrl-C does (exit code 130), so that atexit runs."""
+    signal.signal(signum, signal.SIG_DFL)
+    raise KeyboardInterrupt
 
 
 def load_tensorflow(verbose: bool = False) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     from cnnctl.data.index import FileIndex
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.escape import safe_text
 from cnnctl.limits import npy_header, open_regular, read_json
 
 VERSION = 1  # bump when the decoding changes
@@ -54,7 +56,10 @@ def cached_images(
             aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
             with contextlib.suppress(OSError):
                 os.rename(folder, aside)
-                shutil.rmtree(aside, ignore_errors=True)
+                if os.path.islink(aside) or not os.path.isdir(aside):
+                    os.unlink(aside)  # a planted symlink (or file) goes; never what it points to
+                else:
+                    shutil.rmtree(aside, ignore_errors=True)
         _build(index, image_shape, folder)
         built = True
         meta = _whole(folder, len(index.paths), image_shape)
@@ -94,7 +99,7 @@ def _whole(folder: Path, files: int, image_shape: tuple[int, int, int]) -> dict[
         or not all(k.isdigit() and int(k) < files and isinstance(v, str) for k, v in failed.items())
     ):
         return None
-    return {int(k): v for k, v in failed.items()}
+    return {int(k): safe_text(v[:300]) for k, v in failed.items()}  # it may have been planted
 
 
 def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) -> None:
@@ -109,8 +114,9 @@ def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) ->
             f"{root}: {need / 1e9:.1f} GB needed for the decode cache, {free / 1e9:.1f} GB free",
             "set CNNCTL_CACHE_DIR to a larger disk, or data.cache: none to stream the files",
         )
-    tmp = root / f".{folder.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
+    # mkdtemp: a fresh name that nobody can have planted a symlink at (the cache may be shared)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # readable by the others who share the cache, as before
     try:
         files = FileImages(index.paths, index.pillow, image_shape)
         with open(tmp / "images.npy", "wb") as stream:  # written as it decodes: memory stays flat
@@ -197,13 +203,23 @@ def _write_memo(
     files = {paths[row]: [*stamps[row].tolist(), results[row]] for row in regular}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        # mkstemp (O_EXCL, in the cache folder): a symlink planted at a predictable name would
+        # be followed by open(..., "w") and overwrite what it points to
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
         try:
-            with open(tmp, "w") as stream:  # streamed: no second copy of the whole text
+            os.fchmod(fd, 0o666 & ~_umask())
+            with open(fd, "w") as stream:  # streamed: no second copy of the whole text
                 json.dump({"version": PROBES_VERSION, "settings": settings, "files": files}, stream)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_memo(path: Path, settings: str) -> dict:

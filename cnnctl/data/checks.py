@@ -13,6 +13,7 @@ import numpy as np
 from cnnctl.config import SPLITS
 from cnnctl.data.dataset import Dataset
 from cnnctl.errors import DataError
+from cnnctl.escape import safe_text
 
 
 @dataclass
@@ -54,11 +55,11 @@ def check_dataset(dataset: Dataset) -> Checks:
             checks.warnings.append(f"{shared} images of {a} are also in {b} (leakage)")
     missing = [dataset.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
     if missing:
-        checks.warnings.append(f"no training images of class {', '.join(missing[:5])}")
+        checks.warnings.append(safe_text(f"no training images of class {', '.join(missing[:5])}"))
     if dataset.skipped:
         path, reason = dataset.skipped[0]
-        checks.warnings.append(
-            f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})"
+        checks.warnings.append(  # escaped here: train prints these lines as they are
+            safe_text(f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})")
         )
     return checks
 

@@ -30,6 +30,32 @@ class ImageError(Exception):
     """One input that cannot be used; the others still are."""
 
 
+# Bytes per pixel of a decoded image in each Pillow mode (4 for the unusual ones).
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3}
+MODE_BYTES |= {"LAB": 3, "HSV": 3, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def size_refusal(width: int, height: int, mode: str = "RGBA") -> str | None:
+    """Why an image of this header may not be decoded (None: it may), from the header alone.
+
+    Its pixels are bounded by `pixels`, and the bytes it decodes to by `image_bytes`, the
+    memory budget of one image (a 64-megapixel RGBA image is 256 MiB).
+    """
+    pixels = width * height
+    if pixels > limit("pixels"):
+        return (
+            f"refused: {width}x{height} is more than {limit('pixels'):,} pixels "
+            f"(raise with cnnctl --limit pixels={pixels})"
+        )
+    decoded = pixels * MODE_BYTES.get(mode, 4)
+    if decoded > limit("image_bytes"):
+        return (
+            f"refused: {width}x{height} {mode} decodes to {decoded:,} bytes, more than "
+            f"{limit('image_bytes'):,} (raise with cnnctl --limit image_bytes={decoded})"
+        )
+    return None
+
+
 def expand_paths(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders (recursively, image files only) and globs -> image paths, plus failures."""
     found: list[Path] = []
@@ -132,11 +158,9 @@ def load_image(
     try:
         with stream, Image.open(stream) as image:
             # The header gives the size in every format, mode and bit depth: check before decoding.
-            if image.width * image.height > pixels:
-                raise ImageError(
-                    f"refused: {image.width}x{image.height} is more than {pixels:,} pixels "
-                    f"(raise with cnnctl --limit pixels={image.width * image.height})"
-                )
+            refusal = size_refusal(image.width, image.height, image.mode)
+            if refusal:
+                raise ImageError(refusal)
             image.load()
             if image.width == 0 or image.height == 0:
                 raise ImageError("image has zero size")

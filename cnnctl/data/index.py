@@ -17,19 +17,19 @@ import csv
 import io
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths
-from cnnctl.errors import DataError
-from cnnctl.limits import limit, open_regular
+from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths, size_refusal
+from cnnctl.errors import DataError, first_line
+from cnnctl.limits import limit, open_regular, refuse_over
 
 # Split folder names people use -> our split names (config.SPLITS).
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
 PATH_COLUMNS = ("path", "file", "filename", "image")
-MAX_CSV_ROWS = 10_000_000
 TF_FORMATS = {
     "JPEG": {"L", "RGB"},
     "PNG": {"L", "LA", "RGB", "RGBA"},
@@ -118,9 +118,7 @@ def index_csv(path: Path, label_column: str) -> FileIndex:
                 "set data.label_column to the column that holds the class",
             )
         table = []
-        for number, row in enumerate(rows, start=2):
-            if number > MAX_CSV_ROWS:
-                raise DataError(f"{path}: more than {MAX_CSV_ROWS:,} rows")
+        for number, row in _rows(path, rows):
             file, label = (row.get(column) or "").strip(), (row.get(label_column) or "").strip()
             if not file or not label:
                 raise DataError(
@@ -140,6 +138,20 @@ def index_csv(path: Path, label_column: str) -> FileIndex:
     number = {name: i for i, name in enumerate(names)}
     paths, labels, splits = zip(*((f, number[lab], s) for f, lab, s in table), strict=True)
     return _checked(list(paths), list(labels), list(splits), tuple(names), str(path))
+
+
+def _rows(path: Path, rows: csv.DictReader) -> Iterator[tuple[int, dict]]:
+    """(line, row) of a CSV: rows bounded by `csv_rows`, a cell too long one clear line."""
+    number = 1
+    try:
+        for number, row in enumerate(rows, start=2):
+            refuse_over("csv_rows", number - 1, str(path), "too many rows", DataError)
+            yield number, row
+    except csv.Error as error:  # "field larger than field limit (131072)", a NUL byte, ...
+        raise DataError(
+            f"{path}:{number + 1}: not a CSV of paths and labels ({first_line(error, 120)})",
+            f"a cell holds a file path or a label, at most {csv.field_size_limit():,} characters",
+        ) from None
 
 
 def _class_names(root: Path, allow_empty: bool = False) -> list[str]:
@@ -169,7 +181,12 @@ def _checked(
     """Keep the files whose header reads; note each one's decoder."""
     from cnnctl.data.cache import remembered_probes
 
-    probes = remembered_probes(paths, origin, probe, settings=f"pixels<={limit('pixels')}")
+    unique = list(dict.fromkeys(paths))  # a CSV may list one file a million times: probe once
+    answers = remembered_probes(
+        unique, origin, probe, settings=f"pixels<={limit('pixels')},bytes<={limit('image_bytes')}"
+    )
+    found = dict(zip(unique, answers, strict=True))
+    probes = [found[p] for p in paths] if len(unique) < len(paths) else answers
     keep = [i for i, p in enumerate(probes) if isinstance(p, bool)]
     skipped = tuple(
         (paths[i], probes[i]) for i in range(len(paths)) if not isinstance(probes[i], bool)
@@ -211,6 +228,7 @@ def probe(path: str) -> bool | str:
         return f"image is larger than {limit('pixels'):,} pixels"
     if width == 0 or height == 0:
         return "image has zero size"
-    if width * height > limit("pixels"):
-        return f"image is larger than {limit('pixels'):,} pixels (raise it with --limit pixels=N)"
+    refusal = size_refusal(width, height, mode)
+    if refusal:
+        return refusal.removeprefix("refused: ")
     return mode not in TF_FORMATS.get(fmt or "", set())

@@ -20,7 +20,7 @@ import tensorflow as tf
 from cnnctl.data.images import ImageError, load_image
 from cnnctl.data.order import shuffled
 from cnnctl.errors import DataError
-from cnnctl.limits import EVAL_BATCH, npy_header, open_regular
+from cnnctl.limits import EVAL_BATCH, limit, npy_header, open_regular
 from cnnctl.startup import worker_of
 
 TF_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
@@ -97,8 +97,8 @@ class FileImages:
                 self.pillow
             )
 
-    def mapped(self) -> tuple[Any, np.memmap]:
-        """The open decode cache and all its images, memory-mapped once."""
+    def mapped(self) -> tuple[Any, int]:
+        """The open decode cache (opened once, shared by every part) and where its pixels start."""
         if not self._mapping:
             self._mapping["stream"], self._mapping["images"] = _mapped(self.store, self.image_shape)
         return self._mapping["stream"], self._mapping["images"]
@@ -134,9 +134,19 @@ def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
     def with_pillow(path: bytes) -> np.ndarray:
         return load_image(Path(os.fsdecode(path)), height, width, channels)
 
+    most = min(limit("pixels"), limit("image_bytes") // 4)  # TensorFlow may decode RGBA first
+
     def with_tf(path: tf.Tensor) -> tf.Tensor:
-        # channels=3: grey is repeated, alpha dropped; the same pixels as Pillow's convert("RGB")
-        x = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        data = tf.io.read_file(path)
+        # The size is checked on the bytes decoded here, whatever a header check said before
+        # (its memo is a hint for speed, and a file can change): over the limits, the image
+        # fails like a damaged one, is left out and reported (with Pillow's reason).
+        small = tf.debugging.assert_less_equal(
+            _declared_pixels(data), tf.constant(most, tf.int64), message="image too large"
+        )
+        with tf.control_dependencies([small]):  # in a tf.data map, no order without this
+            # channels=3: grey repeated, alpha dropped; the same pixels as Pillow's convert("RGB")
+            x = tf.io.decode_image(data, channels=3, expand_animations=False)
         if channels == 1:
             x = tf.image.rgb_to_grayscale(x)  # exact on grey images (repeated channels)
         same = tf.reduce_all(tf.shape(x)[:2] == [height, width])
@@ -162,6 +172,34 @@ def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
         return tf.ensure_shape(image, image_shape)
 
     return decode
+
+
+def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Width x height from the header of an encoded PNG, GIF, BMP or JPEG (int64)."""
+    head = tf.io.decode_raw(tf.strings.substr(data + b"\0" * 32, 0, 32), tf.uint8)
+    b = tf.cast(head, tf.int64)
+
+    def big(i: int, n: int) -> tf.Tensor:
+        return sum(b[i + k] * 256 ** (n - 1 - k) for k in range(n))
+
+    def little(i: int, n: int) -> tf.Tensor:
+        return sum(b[i + k] * 256**k for k in range(n))
+
+    def signed(value: tf.Tensor) -> tf.Tensor:  # a BMP's height is negative when top-down
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    return tf.case(
+        [
+            (tf.equal(b[0], 0x89), lambda: big(16, 4) * big(20, 4)),  # PNG: IHDR
+            (tf.equal(b[0], ord("G")), lambda: little(6, 2) * little(8, 2)),  # GIF
+            (tf.equal(b[0], ord("B")), lambda: little(18, 4) * signed(little(22, 4))),  # BMP
+            (
+                tf.equal(b[0], 0xFF),
+                lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+            ),
+        ],
+        default=lambda: tf.constant(0, tf.int64),  # decode_image refuses anything else
+    )
 
 
 def _row_decoder(x: FileImages):
@@ -218,24 +256,30 @@ def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.d
 
 
 def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
-    """The same batches copied out of a decode cache, memory-mapped: no decoding.
+    """The same batches copied out of a decode cache: no decoding.
 
-    A batch is one numpy gather from the mapped file. Reading it row by row (a seek and
-    a read each, in Python) made training about 15% slower than from memory.
+    The cache may be shared, so it can be cut short while this process reads it: a memory
+    map would then die of SIGBUS (a size check before the read races with the cut), so each
+    row is read with `os.pread` into the batch. A row that is no longer there stays blank,
+    with weight 0, and is reported like a failed decode.
     """
-    stream, pixels = x.mapped()
+    stream, offset = x.mapped()
     row_bytes = int(np.prod(x.image_shape))
 
     def read(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = x.rows[batch]
-        # A row past the end of a file cut short while in use would kill the process on
-        # reading: it stays blank, with weight 0, and is reported like a failed decode.
-        there = pixels.offset + (rows + 1) * row_bytes <= os.fstat(stream.fileno()).st_size
-        if there.all():
-            return pixels[rows], there.astype(np.float32)
         images = np.zeros((len(rows), *x.image_shape), np.uint8)
-        images[there] = pixels[rows[there]]
-        return images, there.astype(np.float32)
+        flat = images.reshape(len(rows), row_bytes)
+        there = np.zeros(len(rows), np.float32)
+        for i, row in enumerate(rows.tolist()):
+            try:
+                data = os.pread(stream.fileno(), row_bytes, offset + row * row_bytes)
+            except OSError:
+                continue
+            if len(data) == row_bytes:
+                flat[i] = np.frombuffer(data, np.uint8)
+                there[i] = 1.0
+        return images, there
 
     def load(rows_batch, labels_batch):
         images, weights = tf.numpy_function(
@@ -251,14 +295,14 @@ def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) ->
     )
 
 
-def _mapped(path: Path, image_shape: tuple[int, ...]) -> tuple[Any, np.memmap]:
-    """The open decode cache and its images, mapped read-only (the header checked again)."""
+def _mapped(path: Path, image_shape: tuple[int, ...]) -> tuple[Any, int]:
+    """The open decode cache and where its pixels start (the header checked again)."""
     stream = open_regular(path, DataError)
     try:
         (files, *shape), dtype = npy_header(stream)
         if dtype != np.uint8 or tuple(shape) != tuple(image_shape):
             raise ValueError(f"{shape} {dtype}")
-        return stream, np.memmap(stream, np.uint8, "r", stream.tell(), (files, *image_shape))
+        return stream, stream.tell()
     except ValueError:  # a bad header, or a file shorter than it says
         stream.close()
         raise DataError(

@@ -3,13 +3,15 @@
 Nothing here imports TensorFlow: `cnnctl predict --model model.onnx` starts in a fraction of a
 second. Files may come from anywhere, so each one is vetted before a runtime sees it: a regular
 file of bounded size, a well-formed graph, standard operators only (an ONNX custom-op domain or
-a TFLite custom op would run code from outside the file), no external data.
+a TFLite custom op would run code from outside the file), no tensor read from another file
+(initializers, `Constant` attributes, sparse tensors, subgraphs), no control flow (a `Loop` can
+run forever; a classifier export holds none), declared input and output sizes within the
+`image_bytes` budget. The runtimes' own log lines are kept off the terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,13 +20,16 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CnnctlError, ModelFileError, first_line
-from cnnctl.limits import EVAL_BATCH, read_bounded
+from cnnctl.escape import safe_text
+from cnnctl.limits import EVAL_BATCH, limit, read_bounded, read_json
 
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
 ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 PIP_EXTRA = 'pip install "cnnctl[export]"'
 STANDARD = "cnnctl runs ONNX models of standard operators only"
+CONTROL_FLOW = {"Loop", "If", "Scan"}  # tf2onnx writes none for a CNN; a Loop may never end
+SELF_CONTAINED = "cnnctl runs self-contained ONNX files only"
 
 
 def is_exported(path: Path | str | None) -> bool:
@@ -113,6 +118,7 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
     if not proto.graph.node:
         raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)")
     _vet_onnx(path, proto)
+    ort.set_default_logger_severity(3)  # its coloured C++ lines would cut cnnctl's one line
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
@@ -132,7 +138,15 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
         )
     name = inputs[0].name
     classes = outputs[0].shape[-1] if outputs[0].shape else None
-    run = lambda batch: session.run(None, {name: batch})[0]  # noqa: E731
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {name: batch})[0]
+        except Exception as error:  # onnxruntime's own exception types vary by version
+            raise ModelFileError(
+                f"{path}: onnxruntime cannot run it ({first_line(error)})"
+            ) from None
+
     shape = tuple(inputs[0].shape[1:])
     if not isinstance(classes, int):
         classes = (
@@ -144,7 +158,8 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
 
 
 def _vet_onnx(path: Path, proto: Any) -> None:
-    """Standard operators only, no local functions, no tensors read from other files."""
+    """Standard operators only, no local functions, no control flow, every tensor inside the
+    file, declared inputs and outputs within the budget."""
     if proto.functions:
         raise ModelFileError(f"{path}: refused: it defines its own functions ({STANDARD})")
     for opset in proto.opset_import:
@@ -152,24 +167,63 @@ def _vet_onnx(path: Path, proto: Any) -> None:
             raise ModelFileError(
                 f"{path}: refused: it uses the custom operator domain '{opset.domain}' ({STANDARD})"
             )
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        _check_declared(
+            path, value.name, [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+        )
     graphs = [proto.graph]
     while graphs:
         graph = graphs.pop()
-        for tensor in list(graph.initializer) + list(graph.sparse_initializer):
-            if getattr(tensor, "data_location", 0) == 1 or getattr(tensor, "external_data", None):
-                raise ModelFileError(
-                    f"{path}: refused: it reads tensors from other files "
-                    "(cnnctl runs self-contained ONNX files only)"
-                )
+        tensors = [*graph.initializer]
+        for sparse in graph.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
         for node in graph.node:
             if node.domain not in ONNX_DOMAINS:
                 raise ModelFileError(
                     f"{path}: refused: operator {node.op_type} from the custom "
                     f"domain '{node.domain}' ({STANDARD})"
                 )
-            for attribute in node.attribute:  # If, Loop and Scan carry subgraphs
+            if node.op_type in CONTROL_FLOW:
+                raise ModelFileError(
+                    f"{path}: refused: operator {node.op_type} (control flow, which an image "
+                    "classifier export never holds and which may never end)",
+                    "pass a model exported with cnnctl export",
+                )
+            for attribute in node.attribute:  # tensors of Constant and others; subgraphs
+                tensors += [attribute.t] if attribute.HasField("t") else []
+                tensors += list(attribute.tensors)
+                for sparse in [
+                    *([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                    *attribute.sparse_tensors,
+                ]:
+                    tensors += [sparse.values, sparse.indices]
                 graphs.extend([attribute.g] if attribute.HasField("g") else [])
                 graphs.extend(attribute.graphs)
+        for tensor in tensors:
+            if tensor.data_location == 1 or len(tensor.external_data):  # 1: EXTERNAL
+                raise ModelFileError(
+                    f"{path}: refused: tensor '{safe_text(tensor.name[:80])}' is read from "
+                    f"another file ({SELF_CONTAINED})",
+                    "pass a model exported with cnnctl export",
+                )
+
+
+def _check_declared(path: Path, name: str, shape: list[int]) -> None:
+    """Refuse an input or output whose declared size for one image is over `image_bytes`.
+
+    The runtime would allocate it, and `predict` resize each image up to it.
+    """
+    values = 1
+    for n in shape[1:]:  # the first is the batch
+        values *= max(int(n), 1)
+    allowed = limit("image_bytes")
+    if values * 4 > allowed:
+        raise ModelFileError(
+            f"{path}: refused: '{safe_text(str(name)[:80])}' declares shape {list(shape)}: "
+            f"{values * 4:,} bytes per image (> limit {allowed:,})",
+            f"if you trust this file, raise the limit: cnnctl --limit image_bytes={values * 4} ...",
+        )
 
 
 def _load_tflite(path: Path, data: bytes) -> ExportedModel:
@@ -182,11 +236,15 @@ def _load_tflite(path: Path, data: bytes) -> ExportedModel:
             interpreter = interpreter_module.Interpreter(
                 model_content=data, num_threads=os.cpu_count() or 1
             )
+            inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+            for detail in [*inputs, *outputs]:  # before any tensor is allocated
+                _check_declared(path, detail["name"], [int(n) for n in detail["shape"]])
             interpreter.allocate_tensors()
+    except ModelFileError:
+        raise
     except Exception as error:  # LiteRT raises ValueError and RuntimeError for bad files
         why = first_line(error, 120)
         raise ModelFileError(f"{path}: damaged or unusable TFLite model ({why})") from None
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4:
         raise ModelFileError(
             f"{path}: not a one-input image classifier", "pass a model exported with cnnctl export"
@@ -195,13 +253,21 @@ def _load_tflite(path: Path, data: bytes) -> ExportedModel:
     state = {"batch": None}
 
     def run(batch: np.ndarray) -> np.ndarray:
-        if state["batch"] != len(batch):  # LiteRT runs one batch size at a time; resize on change
-            interpreter.resize_tensor_input(source["index"], [len(batch), *source["shape"][1:]])
-            interpreter.allocate_tensors()
-            state["batch"] = len(batch)
-        interpreter.set_tensor(source["index"], _quantize(batch, source))
-        interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(target["index"]), target).copy()
+        try:  # a custom op allocates fine and fails only here; LiteRT logs to fd 2 as it fails
+            with quiet_stderr():
+                if state["batch"] != len(batch):  # one batch size at a time; resize on change
+                    interpreter.resize_tensor_input(
+                        source["index"], [len(batch), *source["shape"][1:]]
+                    )
+                    interpreter.allocate_tensors()
+                    state["batch"] = len(batch)
+                interpreter.set_tensor(source["index"], _quantize(batch, source))
+                interpreter.invoke()
+                return _dequantize(interpreter.get_tensor(target["index"]), target).copy()
+        except Exception as error:  # RuntimeError, ValueError: an op LiteRT cannot run
+            raise ModelFileError(
+                f"{path}: LiteRT cannot run it ({first_line(error, 120)})"
+            ) from None
 
     shape = tuple(int(n) for n in source["shape"][1:])
     return ExportedModel(path, run, shape, int(target["shape"][-1]))
@@ -239,14 +305,14 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def exported_class_names(path: Path) -> list[str] | None:
-    """Class names recorded for an exported file in the export.json beside it, if any."""
+    """Class names recorded for an exported file in the export.json beside it, if any.
+
+    export.json is read like every other input: a regular file, at most `json_bytes`.
+    """
     with_names = Path(path).parent / "export.json"
-    try:
-        if with_names.stat().st_size > 16 * 2**20:
-            return None
-        records = json.loads(with_names.read_text())
-    except (OSError, ValueError):
+    if not os.path.lexists(with_names):
         return None
+    records = read_json(with_names, ModelFileError)
     for record in records.get("exports", []) if isinstance(records, dict) else []:
         if not isinstance(record, dict) or record.get("file") != Path(path).name:
             continue

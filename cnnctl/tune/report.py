@@ -18,7 +18,7 @@ from rich.text import Text
 from cnnctl.config import Config, TuneConfig, dump_config
 from cnnctl.errors import first_line
 from cnnctl.runs import atomic_write, rows_to_csv, write_text
-from cnnctl.tune.space import decode, trial_config
+from cnnctl.tune.space import decode, fits, trial_config
 
 
 @dataclass
@@ -75,7 +75,15 @@ class Watcher:
             self._write_best(trials)
 
     def _best(self, trials: list[Any]) -> Any:
-        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+        specs = self.tune.parameters
+        complete = [
+            t
+            for t in trials
+            if t.state.name == "COMPLETE"
+            and isinstance(t.value, (int, float))
+            and set(t.params) == set(specs)
+            and all(fits(specs[key], raw) for key, raw in t.params.items())
+        ]  # a trial whose values lie outside the search space never becomes best.yaml
         pick = max if self.tune.direction == "maximize" else min
         return pick(complete, key=lambda t: t.value) if complete else None
 

@@ -63,6 +63,20 @@ def decode(spec: ParamSpec, raw: Any) -> Any:
     return raw
 
 
+def fits(spec: ParamSpec, raw: Any) -> bool:
+    """Whether a value read back from a study's storage lies in the search space.
+
+    A journal is a file like any other: a hand-edited or planted one may hold `filters: 999999`.
+    """
+    if spec.type == "choice":
+        return any(_encode(value) == raw for value in spec.values or [])
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        return False
+    if spec.type == "int" and (not isinstance(raw, int) or (raw - spec.low) % (spec.step or 1)):
+        return False
+    return spec.low <= raw <= spec.high
+
+
 def suggest_value(trial: Any, key: str, spec: ParamSpec) -> Any:
     """Ask an Optuna trial for this parameter's value."""
     if spec.type == "choice":

@@ -35,6 +35,7 @@ from rich.text import Text
 
 from cnnctl.config import NAME_PATTERN, Config, TuneConfig, changed_paths, duration_seconds
 from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingFailed, first_line
+from cnnctl.limits import open_regular, parse_json, refuse_over
 from cnnctl.runs import pid_alive
 from cnnctl.tune.report import TuneResult, Watcher, save_plots
 from cnnctl.tune.space import base_data, check_space, grid
@@ -97,6 +98,7 @@ def open_storage(url: str | None, folder: Path) -> Any:
                 raise CnnctlError(
                     f"{journal}: not a regular file", "move it away; it should hold the study"
                 )
+            vet_journal(journal)
         return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     try:
         return optuna.storages.RDBStorage(
@@ -108,6 +110,33 @@ def open_storage(url: str | None, folder: Path) -> Any:
             "give an RDB URL such as postgresql://user:password@host/db "
             "(its driver installed: psycopg2, pymysql)",
         ) from None
+
+
+def vet_journal(journal: Path) -> None:
+    """Read a study's journal once, defensively, before Optuna does (it reads it whole).
+
+    Its size is checked against `journal_bytes` first; then every line must be a JSON object
+    of Optuna's (no garbage, no line cut short, no 5,000-digit number, no deep nesting).
+    """
+    hint = "move it away (or use --name NEW) to start the study afresh"
+    with open_regular(journal, CnnctlError) as stream:
+        size = os.fstat(stream.fileno()).st_size
+        refuse_over("journal_bytes", size, str(journal), "the tune journal is too large")
+        for number, line in enumerate(stream, start=1):
+            if not line.endswith(b"\n"):
+                raise CnnctlError(
+                    f"{journal}:{number}: damaged tune journal (a line cut short)", hint
+                )
+            where = f"{journal}:{number}"
+            try:
+                entry = parse_json(line, where, CnnctlError)
+            except CnnctlError as error:
+                why = error.message[len(where) + 2 :]
+                raise CnnctlError(f"{where}: damaged tune journal ({why})", hint) from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("op_code"), int):
+                raise CnnctlError(
+                    f"{journal}:{number}: damaged tune journal (not an Optuna record)", hint
+                )
 
 
 def _hide_password(url: str) -> str:
