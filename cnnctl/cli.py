@@ -219,45 +219,54 @@ def train(
     as_json: bool,
 ) -> None:
     """Train the network described by CONFIG into a new run folder."""
-    from cnnctl.config import load_config
-    from cnnctl.runs import find_run
-
     values = {
         key: (option, value)
         for key, option, value in (("train.epochs", "--epochs", epochs), ("name", "--name", name))
         if value is not None
     }
-    console = _console(quiet=as_json)
-    offline, runs_dir = bool(_setting("offline")), _setting("runs_dir")
+    if resume is None and config is None:
+        raise click.UsageError("give a CONFIG file to train, or --resume RUN")
     with _stdout_for_json(as_json):
+        from cnnctl import report
+
+        display = report.TrainingDisplay(_console(quiet=as_json))
         if resume is not None:
-            run = find_run(None if resume == LATEST else resume, runs_dir)
-            _note(f"resuming {run.path}")
-            _tensorflow()
-            from cnnctl import report
-            from cnnctl.training.fit import resume_run
-
-            result = resume_run(
-                run, report.TrainingDisplay(console), overrides, config, values, offline
+            result = _resume(
+                None if resume == LATEST else resume, display, overrides, config, values
             )
-            if result.restarted:
-                _note(
-                    f"{run.path} had no finished epoch: trained it from the start, in the same "
-                    "folder"
-                )
-        elif config is None:
-            raise click.UsageError("give a CONFIG file to train, or --resume RUN")
         else:
-            cfg = load_config(config, overrides, values)
-            _tensorflow()
-            from cnnctl import report
-            from cnnctl.training.fit import train_run
+            from cnnctl.config import load_config
 
-            result = train_run(cfg, runs_dir, report.TrainingDisplay(console), offline)
+            result = _train_new(load_config(config, overrides, values), display)
     if not result.written:
         _note(f"worker done after {result.epochs_done} epochs; the chief writes the run folder")
         return
     _render(report.training_summary(result), result.summary(), as_json)
+
+
+def _train_new(config, display):
+    _tensorflow()
+    from cnnctl.training.fit import train_run
+
+    return train_run(config, _setting("runs_dir"), display, bool(_setting("offline")))
+
+
+def _resume(ref: str | None, display, overrides, config: Path | None, values: dict):
+    """Resume a run: every refusal (finished, still running, a changed config) before
+    TensorFlow starts."""
+    from cnnctl.runs import find_run
+    from cnnctl.training.plan import check_resume
+
+    run = find_run(ref, _setting("runs_dir"))
+    check_resume(run, overrides, config, values)
+    _note(f"resuming {run.path}")
+    _tensorflow()
+    from cnnctl.training.fit import resume_run
+
+    result = resume_run(run, display, overrides, config, values, bool(_setting("offline")))
+    if result.restarted:
+        _note(f"{run.path} had no finished epoch: trained it from the start, in the same folder")
+    return result
 
 
 @main.command()
@@ -296,36 +305,14 @@ def tune(
 
     cfg = load_config(config, overrides)
     _tensorflow()
-    from cnnctl.tune.report import summary_table
+    from cnnctl.tune.report import study_summary
     from cnnctl.tune.study import TuneOptions, run_study
 
-    options = TuneOptions(
-        config,
-        overrides,
-        study,
-        trials,
-        workers,
-        storage,
-        _setting("runs_dir"),
-        bool(_setting("verbose")),
-        bool(_setting("offline")),
-    )
+    settings = [_setting(key) for key in ("runs_dir", "verbose", "offline")]
+    options = TuneOptions(config, overrides, study, trials, workers, storage, *settings)
     with _stdout_for_json(as_json):
         result = run_study(cfg, options, _console(quiet=as_json))
-    if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
-        return
-    console = _console()
-    console.print(summary_table(result))
-    for note in result.notes:
-        console.print(note, style="dim", soft_wrap=True, markup=False)
-    if result.best:
-        console.print(
-            f"best: trial {result.best['trial']}; train it with: "
-            f"cnnctl train {result.folder / 'best.yaml'}",
-            soft_wrap=True,
-            markup=False,
-        )
+    _render(study_summary(result), result.summary(), as_json)
 
 
 @main.command()
@@ -565,12 +552,14 @@ def runs(folder: Path | None, as_json: bool) -> None:
     and results."""
     from cnnctl import report
     from cnnctl.errors import RunError
-    from cnnctl.runs import describe, list_runs
+    from cnnctl.runs import FIRST_CONFIG, describe, list_runs
 
-    folder = folder or _setting("runs_dir")
-    if not folder.is_dir():
+    if folder is not None and not folder.is_dir():
         raise RunError(f"{folder}: no such folder", "give the folder that holds your run folders")
+    folder = folder or _setting("runs_dir")
     found = [describe(run) for run in list_runs(folder)]
+    if not found:
+        _note(f"no runs in {folder}/ yet; start one with: cnnctl train {FIRST_CONFIG}")
     console = _console()
     _render(
         report.runs_table(found, _width(console)), [r.to_json() for r in found], as_json, console
@@ -606,7 +595,8 @@ def info(as_json: bool) -> None:
         ],
         "auto strategy": auto_strategy_name(),
         "TF_CONFIG": cluster(),
-        "mixed precision": mixed_policy() or "not supported here (float32)",
+        "precision": "float32 (the default); precision: mixed would use "
+        + (mixed_policy() or "float32 too (no bfloat16 or float16 support here)"),
         "data dir": os.environ.get("CNNCTL_DATA_DIR") or "(CNNCTL_DATA_DIR not set)",
         "data lookup": {name: [str(p) for p in builtin_candidates(name)] for name in BUILTINS},
         "offline": bool(_setting("offline")),

@@ -359,3 +359,25 @@ def test_validate_numbers_layers_as_the_config_does(runner, write):
     rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
     assert any(row[1].strip() == "+" and "normalize" in row[2] for row in rows)
     assert any(row[1].strip() == "0" and "(Conv2D)" in row[2] for row in rows)
+
+
+def test_resuming_a_finished_run_is_refused_before_tensorflow_starts(run_copy):
+    """One message, with how to add epochs, and no 3.7 s of TensorFlow start-up before it."""
+    run = next(p for p in run_copy.iterdir() if (p / "config.yaml").is_file())
+    code = (
+        "import sys; from cnnctl.cli import main\n"
+        f"try: main(['--runs-dir', {str(run_copy)!r}, 'train', '--resume', {run.name!r}])\n"
+        "except SystemExit as e: code = e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'imported TF'\nsys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "already finished" in done.stderr and "--epochs" in done.stderr
+    assert not done.stderr.startswith("resuming")  # said once, as the refusal
+
+
+def test_runs_before_any_training_is_an_empty_list_and_how_to_start(runner, tmp_path):
+    result = runner.invoke(main, ["--runs-dir", str(tmp_path / "none"), "runs", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    assert "cnnctl train configs/fashion_mnist.yaml" in result.stderr

@@ -55,7 +55,7 @@ def test_no_runs_yet(tmp_path):
     assert info.value.exit_code == 2
     assert (
         "no runs in" in info.value.format_message()
-        and "cnnctl train configs/mnist.yaml" in info.value.format_message()
+        and "cnnctl train configs/fashion_mnist.yaml" in info.value.format_message()  # offline
     )
 
 

@@ -3,6 +3,7 @@
 returns (`results`). Its public names are importable from here."""
 
 from cnnctl.runs.folder import (
+    FIRST_CONFIG,
     STATE_MEMBER,
     Run,
     clean_leftovers,
@@ -16,6 +17,7 @@ from cnnctl.runs.status import pid_alive, running_pid, set_status
 from cnnctl.runs.summary import RunSummary, checkpoint_is_whole, describe
 
 __all__ = [
+    "FIRST_CONFIG",
     "STATE_MEMBER",
     "Run",
     "RunSummary",

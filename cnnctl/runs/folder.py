@@ -17,6 +17,8 @@ from cnnctl.errors import CnnctlError, RunError
 from cnnctl.limits import inside, read_json
 from cnnctl.suggest import suggest
 
+# The quick start's config: it trains offline (Fashion-MNIST from Debian), unlike mnist.yaml.
+FIRST_CONFIG = "configs/fashion_mnist.yaml"
 STATE_MEMBER = "cnnctl_state.json"  # the resume state's member inside checkpoints/last.keras
 
 
@@ -185,7 +187,7 @@ def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
         if not runs:
             what = "with a model " if with_model and list_runs(root) else ""
             raise RunError(
-                f"no runs {what}in {root}/ yet", "train one first: cnnctl train configs/mnist.yaml"
+                f"no runs {what}in {root}/ yet", f"train one first: cnnctl train {FIRST_CONFIG}"
             )
         runs[-1].check_inside()
         return runs[-1]
@@ -197,7 +199,7 @@ def find_run(ref: str | None, root: Path, with_model: bool = False) -> Run:
     shown = ", ".join(names[-5:]) + (", …" if len(names) > 5 else "")
     raise RunError(
         f"{ref}: no such run{suggest(ref, names)}",
-        f"runs in {root}/: {shown}" if names else "train one first with cnnctl train",
+        f"runs in {root}/: {shown}" if names else f"train one first: cnnctl train {FIRST_CONFIG}",
     )
 
 

@@ -7,7 +7,6 @@ What happens after each epoch lives in `callbacks`, the checkpoint format in
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import shutil
 import time
@@ -17,12 +16,12 @@ from typing import Any
 
 import keras
 
-from cnnctl.config import Config, changed_keys, dump_config, load_config
+from cnnctl.config import Config, dump_config
 from cnnctl.data.checks import check_dataset
 from cnnctl.data.dataset import Dataset, dataset_for
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
-from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
+from cnnctl.errors import Interrupted, RunError, TrainingFailed
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.model.builder import build_model, compile_model
 from cnnctl.modelfile.load import load_model
@@ -32,7 +31,6 @@ from cnnctl.runs import (
     clean_leftovers,
     create_run,
     rows_to_csv,
-    running_pid,
     set_status,
     write_json,
     write_text,
@@ -52,6 +50,7 @@ from cnnctl.training.checkpoint import ResumeState, read_state, restore_rng
 from cnnctl.training.cluster import shared_stop, worker_lost
 from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.training.finetune import FineTune
+from cnnctl.training.plan import check_resume, need_tensorboard
 
 
 def train_run(
@@ -65,7 +64,7 @@ def train_run(
 
     `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
     """
-    _need_tensorboard(config)
+    need_tensorboard(config)
     strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
     return _from_scratch(None, runs_root, config, strategy, display, offline, callbacks)
 
@@ -80,18 +79,7 @@ def resume_run(
 ) -> TrainResult:
     """Continue `run` in its own folder from its last finished epoch (or from the start)."""
     chief = is_chief()
-    pid = running_pid(run) if chief else None
-    if pid is not None:
-        raise RunError(
-            f"{run.path}: is still being trained (pid {pid})", "wait for it, or stop it first"
-        )
-    saved = load_config(run.effective_config)
-    changing = overrides or config_file or values
-    wanted = (
-        load_config(config_file or run.effective_config, overrides, values) if changing else saved
-    )
-    _check_same(saved, wanted, run)
-    _need_tensorboard(wanted)
+    saved, wanted = check_resume(run, overrides, config_file, values)
     state = read_state(run.last) if run.last.is_file() else None
     if state is None and run.metrics_csv.is_file():
         raise RunError(
@@ -173,20 +161,6 @@ def _record_resume(run: Run, saved: Config, wanted: Config, epoch: int) -> None:
     resumes = resumes if isinstance(resumes, list) else []
     entry = {"config": path.name, "from_epoch": epoch, "time": time.time()}
     set_status(run, "running", resumes=[*resumes, entry])
-
-
-def _check_same(saved: Config, wanted: Config, run: Run) -> None:
-    """A resumed run keeps its config; only raising `train.epochs` is allowed."""
-    if wanted.train.epochs < saved.train.epochs:
-        raise ConfigError(
-            f"--resume {run.name}: train.epochs can only be raised (was {saved.train.epochs})"
-        )
-    changed = changed_keys(saved, wanted, ignore=("train.epochs",))
-    if changed:
-        raise ConfigError(
-            f"--resume {run.name}: the config differs from the run's in {', '.join(changed[:3])}",
-            "only train.epochs may be raised on resume; start a new run for other changes",
-        )
 
 
 def _fit(
@@ -328,11 +302,3 @@ def _test(
         outputs=False,
     )
     return {key: round(float(value), 6) for key, value in scored.metrics.items()}
-
-
-def _need_tensorboard(config: Config) -> None:
-    if config.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(
-            f"{config.where(('train', 'tensorboard'))}: needs the tensorboard package",
-            "pip install tensorboard (or cnnctl[tensorboard]), or set tensorboard: false",
-        )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -274,3 +274,17 @@ def summary_table(result: TuneResult, top: int = 10) -> Table:
     if len(result.rows) > top:
         table.caption = f"{len(result.rows) - top} more in {result.folder / 'trials.csv'}"
     return table
+
+
+def study_summary(result: TuneResult) -> Group:
+    """The trials table, the study's notes, and how to train the best trial's config."""
+    parts: list[Any] = [summary_table(result)]
+    parts += [Text(note, style="dim") for note in result.notes]
+    if result.best:
+        parts.append(
+            Text(
+                f"best: trial {result.best['trial']}; train it with: "
+                f"cnnctl train {result.folder / 'best.yaml'}"
+            )
+        )
+    return Group(*parts)
