@@ -14,7 +14,8 @@ from cnnctl.config import load_config
 from cnnctl.errors import CnnctlError, RunError, TrainingFailed, explain
 from cnnctl.runs import Run, describe
 from cnnctl.startup import check_keras_version
-from cnnctl.training.fit import read_state, resume_run, train_run
+from cnnctl.training.fit import resume_run, train_run
+from cnnctl.training.state import read_state
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, monkeypatch):

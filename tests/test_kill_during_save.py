@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from cnnctl.training.fit import read_state
+from cnnctl.training.state import read_state
 
 CNNCTL = [sys.executable, "-m", "cnnctl.cli"]
 # A network whose checkpoints (about 40 MB with optimizer state) take longer to write than its

@@ -14,7 +14,8 @@ import pytest
 from cnnctl.config import load_config
 from cnnctl.errors import ConfigError, Interrupted, RunError, TrainingFailed
 from cnnctl.runs import Run, describe
-from cnnctl.training.fit import read_state, resume_run, train_run
+from cnnctl.training.fit import resume_run, train_run
+from cnnctl.training.state import read_state
 
 
 def rows(run) -> list[dict[str, str]]:

@@ -203,8 +203,8 @@ def _vet_onnx(path: Path, proto: Any) -> None:
         for tensor in tensors:
             if tensor.data_location == 1 or len(tensor.external_data):  # 1: EXTERNAL
                 raise ModelFileError(
-                    f"{path}: refused: tensor '{safe_text(tensor.name[:80])}' is read from "
-                    f"another file ({SELF_CONTAINED})",
+                    f"{path}: refused: it reads tensors from other files (tensor "
+                    f"'{safe_text(tensor.name[:80])}'; {SELF_CONTAINED})",
                     "pass a model exported with cnnctl export",
                 )
 

@@ -21,8 +21,9 @@ import keras
 from cnnctl import report
 from cnnctl.config import Config, mode_of
 from cnnctl.runs import Run, atomic_write, rows_to_csv, write_text
-from cnnctl.training.checkpoint import ResumeState, rng_state, save_with_state
+from cnnctl.training.checkpoint import rng_state, save_with_state
 from cnnctl.training.schedule import early_stop_step, improved, plateau_step, scheduled_lr
+from cnnctl.training.state import ResumeState
 
 
 class Display(Protocol):

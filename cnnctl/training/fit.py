@@ -21,7 +21,7 @@ from cnnctl.data.checks import check_dataset
 from cnnctl.data.dataset import Dataset, dataset_for
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
-from cnnctl.errors import Interrupted, RunError, TrainingFailed
+from cnnctl.errors import Interrupted, TrainingFailed
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.model.builder import build_model, compile_model
 from cnnctl.modelfile.load import load_model
@@ -46,11 +46,12 @@ from cnnctl.training.callbacks import (
     StopRequested,
     stop_on_signals,
 )
-from cnnctl.training.checkpoint import ResumeState, read_state, restore_rng
+from cnnctl.training.checkpoint import restore_rng
 from cnnctl.training.cluster import shared_stop, worker_lost
 from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.training.finetune import FineTune
 from cnnctl.training.plan import check_resume, need_tensorboard
+from cnnctl.training.state import ResumeState
 
 
 def train_run(
@@ -79,20 +80,7 @@ def resume_run(
 ) -> TrainResult:
     """Continue `run` in its own folder from its last finished epoch (or from the start)."""
     chief = is_chief()
-    saved, wanted = check_resume(run, overrides, config_file, values)
-    state = read_state(run.last) if run.last.is_file() else None
-    if state is None and run.metrics_csv.is_file():
-        raise RunError(
-            f"{run.last}: missing, though {run.metrics_csv.name} records finished epochs",
-            f"the run is damaged; train it again: cnnctl train {run.config}",
-        )
-    if state is not None and run.status_field("status") == "finished":
-        done = state.epoch
-        if wanted.train.epochs <= saved.train.epochs:
-            raise RunError(
-                f"{run.path}: already finished ({done} of {saved.train.epochs} epochs)",
-                f"to train longer: cnnctl train --resume {run.path} --epochs {done + 5}",
-            )
+    saved, wanted, state = check_resume(run, overrides, config_file, values)
     strategy = strategy_for(wanted)
     if chief:
         clean_leftovers(run)

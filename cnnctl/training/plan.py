@@ -13,6 +13,7 @@ from cnnctl.config import Config, changed_keys, load_config
 from cnnctl.errors import ConfigError, RunError
 from cnnctl.runs import Run, running_pid
 from cnnctl.training.distribute import is_chief
+from cnnctl.training.state import ResumeState, read_state
 
 
 def check_resume(
@@ -20,8 +21,9 @@ def check_resume(
     overrides: tuple[str, ...] = (),
     config_file: Path | None = None,
     values: dict[str, Any] | None = None,
-) -> tuple[Config, Config]:
-    """The config `run` trained with and the one a resume asks for, once both are allowed.
+) -> tuple[Config, Config, ResumeState | None]:
+    """The config `run` trained with, the one a resume asks for, and the checkpoint's resume
+    state (None before a first epoch ended), once the resume is allowed.
 
     Refused: a run another process is training, a change other than more epochs, a
     finished run asked for no more epochs, a missing tensorboard package.
@@ -36,15 +38,20 @@ def check_resume(
     if overrides or config_file or values:
         wanted = load_config(config_file or run.effective_config, overrides, values)
     _check_same(saved, wanted, run)
-    if run.status_field("status") == "finished" and wanted.train.epochs <= saved.train.epochs:
-        done = run.status_field("epochs_done")
-        done = done if type(done) is int else saved.train.epochs
-        raise RunError(
-            f"{run.path}: already finished ({done} of {saved.train.epochs} epochs)",
-            f"to train longer: cnnctl train --resume {run.path} --epochs {done + 5}",
-        )
     need_tensorboard(wanted)
-    return saved, wanted
+    state = read_state(run.last) if run.last.is_file() else None
+    if state is None and run.metrics_csv.is_file():
+        raise RunError(
+            f"{run.last}: missing, though {run.metrics_csv.name} records finished epochs",
+            f"the run is damaged; train it again: cnnctl train {run.config}",
+        )
+    finished = state is not None and run.status_field("status") == "finished"
+    if finished and wanted.train.epochs <= saved.train.epochs:
+        raise RunError(
+            f"{run.path}: already finished ({state.epoch} of {saved.train.epochs} epochs)",
+            f"to train longer: cnnctl train --resume {run.path} --epochs {state.epoch + 5}",
+        )
+    return saved, wanted, state
 
 
 def _check_same(saved: Config, wanted: Config, run: Run) -> None:
