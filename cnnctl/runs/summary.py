@@ -1,0 +1,125 @@
+"""One line of `cnnctl runs`: read from a run folder without TensorFlow, whatever state it is in."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import CnnctlError, RunError
+from cnnctl.limits import read_bounded
+from cnnctl.runs.folder import STATE_MEMBER, Run
+from cnnctl.runs.status import running_pid
+
+
+@dataclass
+class RunSummary:
+    """One line of `cnnctl runs`: what the run trained, how far it got, how good its model is."""
+
+    name: str
+    path: str
+    status: str
+    dataset: str | None = None
+    epochs: int | None = None
+    epochs_done: int = 0
+    monitor: str | None = None  # the value that chose model.keras
+    best_value: float | None = None  # that value at the saved epoch
+    best_epoch: int | None = None
+    stopped_early: int | None = None
+    test_accuracy: float | None = None
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(run: Run) -> RunSummary:
+    """One line of `cnnctl runs`.
+
+    What the run trained, how far it got, how good its saved model is.
+    """
+    from cnnctl.config import load_config, mode_of
+
+    summary = RunSummary(name=run.name, path=str(run.path), status="unknown")
+    problems = []
+    try:
+        run.check_inside(run.config)
+        config = load_config(run.config)  # the hardened reader: no alias bombs, bounded size
+        summary.dataset = config.data.dataset or config.data.path
+        summary.epochs = config.train.epochs
+        summary.monitor = config.train.checkpoint.monitor
+        mode = mode_of(summary.monitor, config.train.checkpoint.mode)
+    except CnnctlError:
+        problems.append("unreadable config.yaml")
+        mode = "min"
+    rows = []
+    with contextlib.suppress(CnnctlError, ValueError, csv.Error):
+        run.check_inside(run.metrics_csv)
+        rows = list(csv.DictReader(io.StringIO(read_bounded(run.metrics_csv, RunError).decode())))
+    summary.epochs_done = len(rows)
+    finished = _read_dict(run, run.metrics_json)
+    if isinstance(
+        finished.get("best_value"), (int, float)
+    ):  # what chose model.keras, as training saw it
+        summary.monitor = str(finished.get("monitor") or summary.monitor)
+        summary.best_value, summary.best_epoch = (
+            float(finished["best_value"]),
+            finished.get("best_epoch"),
+        )
+        summary.stopped_early = finished.get("stopped_early")
+        test = finished.get("test")
+        if isinstance(test, dict) and isinstance(test.get("accuracy"), (int, float)):
+            summary.test_accuracy = float(test["accuracy"])
+    elif summary.monitor:
+        _best_so_far(summary, rows, mode)
+    status = run.status_field("status")
+    if run.run_json.exists() and not isinstance(status, str):
+        problems.append("unreadable run.json")
+    summary.status = status if isinstance(status, str) else "unknown"
+    if summary.status == "running" and running_pid(run) is None:
+        summary.status = "interrupted"  # killed without a chance to say so
+    missing = [p.name for p in (run.model, run.last, run.classes) if not p.is_file()]
+    if missing and rows:
+        problems.append(f"missing {', '.join(missing)}")
+    elif rows and not checkpoint_is_whole(run.last):
+        problems.append("checkpoints/last.keras is truncated or not a cnnctl checkpoint")
+    if problems:
+        summary.status, summary.problem = "damaged", "; ".join(problems)
+    return summary
+
+
+def checkpoint_is_whole(path: Path) -> bool:
+    """A cheap check, no TensorFlow: a regular file, a zip to its end, with the resume state inside.
+
+    A truncated zip loses its central directory (at the end), so `is_zipfile` fails on it.
+    """
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            archive.getinfo(STATE_MEMBER)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    return True
+
+
+def _read_dict(run: Run, path: Path) -> dict[str, Any]:
+    with contextlib.suppress(CnnctlError):
+        data = run.read_json(path)
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def _best_so_far(summary: RunSummary, rows: list[dict[str, str]], mode: str) -> None:
+    """The monitored value of the best epoch so far, as the checkpoint callback chose it."""
+    values = []
+    for row in rows:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            values.append((float(row[summary.monitor]), int(row["epoch"])))
+    if values:
+        pick = max if mode == "max" else min
+        summary.best_value, summary.best_epoch = pick(values, key=lambda v: v[0])
