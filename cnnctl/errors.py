@@ -77,10 +77,16 @@ class InternalError(CnnctlError):
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, or its type's name.
 
-    Libraries' messages run long.
+    Libraries' messages run long; a longer line is cut between words, and says so with "…".
     """
     lines = str(error).strip().splitlines()
-    return lines[0][:limit] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    line = lines[0]
+    if len(line) <= limit:
+        return line
+    space = line.rfind(" ", limit // 2, limit - 1)
+    return line[: space if space > 0 else limit - 1].rstrip(" ,;:([{") + "…"
 
 
 def explain(error: BaseException) -> CnnctlError:

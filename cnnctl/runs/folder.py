@@ -17,7 +17,6 @@ from cnnctl.errors import CnnctlError, RunError
 from cnnctl.limits import inside, read_json
 from cnnctl.suggest import suggest
 
-
 STATE_MEMBER = "cnnctl_state.json"  # the resume state's member inside checkpoints/last.keras
 
 
