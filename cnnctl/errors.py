@@ -17,13 +17,30 @@ class CnnctlError(click.ClickException):
 
     exit_code = 2
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, excerpt: tuple[int, str, int] | None = None
+    ) -> None:
         super().__init__(message)
         self.hint = hint
+        self.excerpt = excerpt  # (line number, the line's text, column from 0): shown with a caret
 
     def format_message(self) -> str:
-        message = _one_line(self.message)
-        return f"{message}\n  hint: {_one_line(self.hint)}" if self.hint else message
+        lines = [_one_line(self.message), *_caret(self.excerpt)]
+        lines += [f"  hint: {_one_line(self.hint)}"] if self.hint else []
+        return "\n".join(lines)
+
+
+def _caret(excerpt: tuple[int, str, int] | None) -> list[str]:
+    """The user's line and a caret under the spot, as compilers show it (two lines, or none)."""
+    if excerpt is None:
+        return []
+    number, text, column = excerpt
+    gutter = " " * len(str(number))
+    shown = _one_line(text.rstrip("\n"))
+    return [
+        f"  {number} | {shown}",
+        f"  {gutter} | {' ' * len(_one_line(text[:column]))}^",
+    ]
 
 
 def _one_line(text: str) -> str:
@@ -82,10 +99,16 @@ class InternalError(CnnctlError):
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, or its type's name.
 
-    Libraries' messages run long.
+    Libraries' messages run long; a longer line is cut between words, and says so with "…".
     """
     lines = str(error).strip().splitlines()
-    return lines[0][:limit] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    line = lines[0]
+    if len(line) <= limit:
+        return line
+    space = line.rfind(" ", limit // 2, limit - 1)
+    return line[: space if space > 0 else limit - 1].rstrip(" ,;:([{") + "…"
 
 
 def explain(error: BaseException) -> CnnctlError:

@@ -88,7 +88,10 @@ def test_optimizer_mapping_and_metrics(write):
             "    - {type: Dense, units: 10, kernel_initializer: {class_name: X}}\n",
             "must be a plain value",
         ),
-        ("    - {type: Conv2D, filters: -4, kernel_size: 3}\n", "model.layers[0]: Conv2D:"),
+        (
+            "    - {type: Conv2D, filters: -4, kernel_size: 3}\n",
+            "x.yaml:6:31: model.layers[0].filters: Conv2D: Invalid value for argument `filters`",
+        ),
         (
             "    - {type: Conv2D, filters: 4, kernel_size: 40}\n",
             "Conv2D cannot take an input of shape (None, 28, 28, 1)",
@@ -121,6 +124,40 @@ def test_optimizer_mapping_and_metrics(write):
 )
 def test_bad_layers_are_caught_before_training(write, layers, expected):
     assert expected in build_error(write, layers)
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("filters: 32x", "x.yaml:8:16: model.layers[0].filters: expected an integer, got '32x'"),
+        ("filters: 3.5", "x.yaml:8:16: model.layers[0].filters: expected an integer, got 3.5"),
+        (
+            "strides: two",
+            "x.yaml:8:16: model.layers[0].strides: expected an integer or a list of integers, "
+            "got 'two'",
+        ),
+        ("use_bias: 1", "x.yaml:8:17: model.layers[0].use_bias: expected true or false, got 1"),
+        ("filters: -4", "x.yaml:8:16: model.layers[0].filters: Conv2D: Invalid value"),
+    ],
+    ids=["text-for-integer", "float-for-integer", "text-for-sizes", "int-for-bool", "keras-names"],
+)
+def test_wrong_kind_of_argument_names_its_own_line(write, argument, expected):
+    layers = f"    - type: Conv2D\n      kernel_size: 3\n      {argument}\n"
+    layers += "" if argument.startswith("filters") else "      filters: 4\n"
+    message = build_error(write, layers)
+    assert message.startswith(expected), message
+    assert "not supported between" not in message
+
+
+def test_argument_kinds_leave_right_values_alone(write):
+    model = build(
+        write,
+        "    - {type: Conv2D, filters: 4, kernel_size: [3, 3], strides: 1, use_bias: false}\n"
+        "    - {type: BatchNormalization, momentum: 0.9, scale: false, axis: -1}\n"
+        "    - Flatten\n    - {type: Dropout, rate: 0}\n    - {type: Dense, units: 10}\n",
+        train="train:\n  optimizer: {type: Adam, learning_rate: 1e-3, amsgrad: true}\n",
+    )
+    assert model.layers[1].filters == 4 and model.layers[2].momentum == 0.9
 
 
 def test_lambda_hint_says_why(write):

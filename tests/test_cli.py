@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,8 @@ def test_user_mistakes_are_short_errors_with_exit_2(
     assert result.exit_code == 2, result.output
     assert expected in result.stderr
     assert "Traceback" not in result.output
-    assert 1 <= len(result.stderr.strip().splitlines()) <= 2
+    quoted = re.compile(r"\s+\d* \| ")  # an invalid YAML line and its caret come with the error
+    assert 1 <= len([x for x in result.stderr.strip().splitlines() if not quoted.match(x)]) <= 2
     assert not Path("runs").exists() or not any(Path("runs").iterdir())  # nothing half-made
 
 

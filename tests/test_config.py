@@ -268,3 +268,139 @@ def test_set_and_tune_take_the_same_paths(path, value, read):
     by_set = load_config(mnist, (f"{path}={value}",))
     by_tune = trial_config(load_config(mnist), {path: value}, "trial-000")
     assert read(by_set) == read(by_tune) == value
+
+
+CONFIG = """\
+data:
+  dataset: mnist
+  limit: 500
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - type: Conv2D
+      filters: 8
+      kernel_size: 3
+    - Flatten
+    - {type: Dense, units: 10, activation: softmax}
+train:
+  epochs: 1
+  batch_size: 32
+"""
+
+
+def broken(line: int, text: str) -> str:
+    """CONFIG with its line `line` (from 1) replaced by `text`."""
+    lines = CONFIG.splitlines()
+    lines[line - 1] = text
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "hint"),
+    [
+        (
+            broken(3, "    limit: 500"),
+            "x.yaml:3:5: invalid YAML: line 3 is indented more than `dataset:` on line 2, "
+            "which already has a value",
+            "indent it 2 spaces, like `dataset:` on line 2",
+        ),
+        (
+            broken(14, "    batch_size: 32"),
+            "x.yaml:14:5: invalid YAML: line 14 is indented more than `epochs:` on line 13",
+            "indent it 2 spaces",
+        ),
+        (
+            broken(3, " limit: 500"),
+            "x.yaml:3:2: invalid YAML: line 3 is indented 1 space, between `dataset:` on line 2 "
+            "(2) and `data:` on line 1 (0): it lines up with no line above it",
+            "indent it 2 spaces (like line 2) or 0 spaces (like line 1)",
+        ),
+        (
+            broken(9, "     kernel_size: 3"),
+            "x.yaml:9:6: invalid YAML: line 9 is indented 5 spaces, between `filters:` on line 8 "
+            "(6) and the `-` on line 7 (4)",
+            "indent it 6 spaces (like line 8) or 4 spaces (like line 7)",
+        ),
+        (
+            broken(9, "    kernel_size: 3"),
+            "x.yaml:9:5: invalid YAML: line 9 lines up with the `-` of the list item on line 7, "
+            "not with its keys",
+            "indent it 6 spaces to belong to that item, or start a new item with `- `",
+        ),
+        (
+            broken(10, "   - Flatten"),
+            "x.yaml:10:4: invalid YAML: line 10 is indented 3 spaces, between the `-` on line 7 "
+            "(4) and `layers:` on line 6 (2)",
+            "indent it 4 spaces (like line 7) or 2 spaces (like line 6)",
+        ),
+        (
+            broken(9, "        kernel_size: 3"),
+            "x.yaml:9:9: invalid YAML: line 9 is indented more than `filters:` on line 8",
+            "indent it 6 spaces, like `filters:` on line 8",
+        ),
+        (
+            broken(12, " train:"),
+            "x.yaml:12:2: invalid YAML: line 12 is indented 1 space, between",
+            "or 0 spaces",
+        ),
+        (
+            broken(2, "\tdataset: mnist"),
+            "x.yaml:2:1: invalid YAML: line 2 is indented with a tab; YAML indents with spaces",
+            "replace the tab with spaces",
+        ),
+        (
+            broken(2, "  dataset mnist"),
+            "x.yaml:2:3: invalid YAML: line 2 has no colon: 'dataset mnist' is not `key: value`",
+            "write a colon and a space after the key",
+        ),
+        (
+            broken(5, "  input_shape: [28, 28, 1"),
+            "x.yaml:5:16: invalid YAML: the `[` on line 5 is not closed",
+            "close it with `]`",
+        ),
+        (
+            broken(10, "      - Flatten"),
+            "x.yaml:10:7: invalid YAML: line 10's `-` lines up with `kernel_size:` on line 9, "
+            "not with the list items above it",
+            "indent it 4 spaces, like the `-` on line 7",
+        ),
+        (
+            broken(1, "  data:"),
+            "x.yaml:1:3: invalid YAML: line 1 is indented 2 spaces, more than the lines after it",
+            "start the top-level keys at the beginning of their lines",
+        ),
+        (
+            broken(5, "  input_shape: [28, 28, 1]]"),
+            "x.yaml:5:27: invalid YAML: line 5 goes on after its value: `]` where the line "
+            "should end",
+            "remove it, or put the whole value in quotes",
+        ),
+    ],
+    ids=[
+        "key-deeper-than-a-value",
+        "last-key-deeper",
+        "key-between-levels",
+        "item-key-between-levels",
+        "item-key-at-the-dash",
+        "item-between-levels",
+        "item-key-deeper",
+        "section-indented",
+        "tab",
+        "missing-colon",
+        "unclosed-bracket",
+        "item-at-a-key",
+        "first-line-indented",
+        "junk-after-value",
+    ],
+)
+def test_yaml_mistakes_in_words_at_their_line_with_a_caret(write, text, expected, hint):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write("x.yaml", text))
+    lines = caught.value.format_message().splitlines()
+    assert lines[0].startswith(expected), lines[0]
+    number, column = (int(n) for n in expected.split(":")[1:3])
+    source = text.splitlines()[number - 1].replace("\t", "\\t")
+    assert lines[1] == f"  {number} | {source}"
+    assert lines[2] == f"  {' ' * len(str(number))} | {' ' * (column - 1)}^"
+    assert lines[3].startswith("  hint: ") and hint in lines[3]
+    assert "<block" not in lines[0] and "expected" not in lines[0]

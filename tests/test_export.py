@@ -368,3 +368,93 @@ def test_export_of_a_lone_model_file_needs_its_run(exported, runner, tmp_path):
 def test_export_names_a_missing_model_file(runner):
     result = runner.invoke(main, ["export", "--model", "nope.keras", "--format", "onnx"])
     assert result.exit_code == 2 and "nope.keras: no such model file" in result.stderr
+
+
+AUGMENTED = """\
+name: flip
+data:
+  dataset: mnist
+  limit: 600
+  augment:
+    - {type: RandomFlip, mode: horizontal}
+    - {type: RandomRotation, factor: 0.05}
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}
+    - {type: MaxPooling2D, pool_size: 2}
+    - Flatten
+    - {type: Dense, units: 10, activation: softmax}
+train:
+  epochs: 1
+  batch_size: 64
+"""
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory, data_dir) -> Path:
+    """A small run trained with RandomFlip and RandomRotation inside its model: the run folder."""
+    root = tmp_path_factory.mktemp("augmented")
+    (root / "flip.yaml").write_text(AUGMENTED)
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(root)
+        env.setenv("CNNCTL_OFFLINE", "1")
+        env.setenv("CNNCTL_DATA_DIR", str(data_dir))
+        result = CliRunner().invoke(main, ["train", "flip.yaml", "--runs-dir", str(root / "runs")])
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "flip"
+
+
+def test_onnx_export_of_an_augmented_model_runs_in_onnxruntime(augmented, runner):
+    import onnxruntime as ort
+
+    result = runner.invoke(main, ["export", str(augmented), "--format", "onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["check"]["passed"] and record["check"]["max_abs_diff"] <= 1e-5
+    session = ort.InferenceSession(str(augmented / "export" / "model.onnx"))
+    assert not any("random" in node.name for node in _onnx_nodes(augmented / "export"))
+    image = np.zeros((3, 28, 28, 1), np.float32)
+    (probabilities,) = session.run(["probabilities"], {"image": image})
+    assert probabilities.shape == (3, 10)
+
+
+def _onnx_nodes(folder: Path) -> list:
+    import onnx
+
+    return list(onnx.load(str(folder / "model.onnx")).graph.node)
+
+
+def test_onnx_tensors_are_named_image_and_probabilities(records, exported):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported / "export" / "model.onnx"))
+    (image,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (image.name, image.shape) == ("image", ["batch", 28, 28, 1])
+    assert (out.name, out.shape) == ("probabilities", ["batch", 10])
+
+
+def test_export_left_with_random_ops_fails_in_words_exit_1(augmented, runner, monkeypatch):
+    from cnnctl.scoring import export
+
+    monkeypatch.setattr(export, "inference_model", lambda model, keras: model)  # as before the fix
+    target = augmented / "export" / "raw.onnx"
+    result = runner.invoke(
+        main, ["export", str(augmented), "--format", "onnx", "--output", str(target)]
+    )
+    assert result.exit_code == 1, result.output
+    first = result.output.strip().splitlines()[0]
+    assert first == (
+        f"Error: {target}: the ONNX converter left TensorFlow operations that ONNX does not "
+        "have: ImageProjectiveTransformV3, StatelessRandomUniformV2"
+    )
+    assert "hint: nothing was written" in result.output and ".tmp" not in result.output
+    assert not target.exists()
+
+
+def test_first_line_cuts_between_words():
+    from cnnctl.errors import first_line
+
+    text = "INVALID_GRAPH : Load model failed: " + "word " * 60
+    line = first_line(ValueError(text), 80)
+    assert len(line) <= 80 and line.endswith("word…") and "wor…" not in line

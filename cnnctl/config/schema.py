@@ -232,6 +232,9 @@ class TrainConfig(_Strict):
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     distribute_timeout: float = Field(default=300, ge=1, le=86_400)  # s: a lost worker stops all
     fine_tune: FineTuneConfig | None = None
+    # BatchNormalization statistics recomputed over training batches before each validation;
+    # auto: for short runs (under 500 steps in all) of models that have BatchNormalization.
+    precise_bn: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from cnnctl.config.indentation import in_words
 from cnnctl.errors import ConfigError
 from cnnctl.limits import open_regular
 
@@ -138,16 +139,7 @@ def parse_yaml(text: str, source: Source) -> Any:
         loader = _Loader(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = (
-            f"{source.file}:{mark.line + 1}:{mark.column + 1}"
-            if mark and source.has_lines
-            else source.file
-        )
-        raise ConfigError(
-            f"{where}: invalid YAML: {error.problem or error.context}",
-            "check the indentation and quoting on this line and the one above",
-        ) from error
+        raise _yaml_error(text, error, source) from error
     except yaml.YAMLError as error:  # e.g. a control character the YAML reader refuses
         raise ConfigError(
             f"{source.file}: invalid YAML: {str(error).splitlines()[-1].strip()}",
@@ -164,6 +156,29 @@ def parse_yaml(text: str, source: Source) -> Any:
     if root is None:
         return None
     return _construct(root, loader, source, (), [MAX_NODES])
+
+
+def _yaml_error(text: str, error: yaml.MarkedYAMLError, source: Source) -> ConfigError:
+    """PyYAML's complaint in words, at the line that is wrong, with a caret under the spot."""
+    mark = error.problem_mark or error.context_mark
+    if not mark or not source.has_lines:
+        return ConfigError(
+            f"{source.file}: invalid YAML: {error.problem or error.context}",
+            "check the indentation and quoting",
+        )
+    lines = text.splitlines() or [""]
+    context = error.context_mark.line + 1 if error.context_mark else None
+    found = in_words(lines, error.problem or "", mark.line + 1, mark.column, context)
+    line, column, message, hint = found or (
+        mark.line + 1,
+        mark.column,
+        str(error.problem or error.context),
+        "check the indentation and quoting on this line and the one above",
+    )
+    excerpt = (line, lines[line - 1], column) if line <= len(lines) else None
+    return ConfigError(
+        f"{source.file}:{line}:{column + 1}: invalid YAML: {message}", hint, excerpt=excerpt
+    )
 
 
 def read_config_file(path: Path) -> tuple[Any, Source]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,7 +295,12 @@ def _backbone(
     model = _application(app_name, app, (height, width), pooling, weights, config, path)
     if local is not None:
         try:
-            model.load_weights(local)
+            with warnings.catch_warnings():
+                # Keras loads what matches and warns about the rest ("Skipping nested container
+                # ... will retain their freshly-initialized weights"): a file of another model
+                # is refused whole, never half-loaded.
+                warnings.filterwarnings("error", message="Skipping (nested container|variable)")
+                model.load_weights(local)
         except Exception as error:  # Keras and h5py raise many kinds for a file of another model
             raise DataError(
                 f"{config.where((*path, 'weights'))}: {local} does not hold weights of "

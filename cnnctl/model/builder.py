@@ -206,16 +206,93 @@ def _instantiate(
                 f"(number, text, true/false or a list of them), got {type(value).__name__}",
                 "nested objects are not built from configs; use a name such as 'he_normal'",
             )
+        _check_kind(cls, key, value, config.where((*path, key)))
     args = {key: tuple(v) if isinstance(v, list) else v for key, v in spec.args.items()} | (
         extra or {}
     )
     try:
         return cls(**args)
     except Exception as error:  # Keras validates arguments with many exception types
+        named = [key for key in spec.args if f"`{key}`" in str(error) or f"{key}=" in str(error)]
+        where = config.where((*path, named[0])) if named else config.where(path)
         raise ConfigError(
-            f"{config.where(path)}: {spec.type}: {first_line(error)}",
+            f"{where}: {spec.type}: {first_line(error)}",
             f"check the arguments of {spec.type} against the Keras documentation",
         ) from None
+
+
+# The kind of value an argument takes where its default does not tell (it has none, or None,
+# or a tuple); the others take the kind of their default (int, float, bool).
+_KINDS = {
+    "filters": "integer",
+    "units": "integer",
+    "height": "integer",
+    "width": "integer",
+    "kernel_size": "integers",
+    "strides": "integers",
+    "pool_size": "integers",
+    "dilation_rate": "integers",
+    "rate": "number",
+    "stddev": "number",
+    "scale": "number",
+}
+_KIND_WORDS = {
+    "integer": ("an integer", "32"),
+    "integers": ("an integer or a list of integers", "3 or [3, 3]"),
+    "number": ("a number", "0.5"),
+    "boolean": ("true or false", "true"),
+}
+
+
+def _check_kind(cls: type, key: str, value: Any, where: str) -> None:
+    """Refuse a value of the wrong kind (`filters: 32x`) at its own line, before Keras sees it.
+
+    Keras would fail later inside its code (`'<=' not supported between 'str' and 'int'`),
+    and the message would point at the layer, not at the value.
+    """
+    kind = _kind_of(_defaults_of(cls).get(key)) or _KINDS.get(key)  # BatchNorm's scale: a bool
+    if kind is None or value is None:
+        return
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    fits = {
+        "integer": whole(value),
+        "integers": whole(value) or (isinstance(value, list) and all(map(whole, value))),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+    }[kind]
+    if not fits:
+        words, example = _KIND_WORDS[kind]
+        raise ConfigError(
+            f"{where}: expected {words}, got {value!r}", f"for example {key}: {example}"
+        )
+
+
+def _kind_of(default: Any) -> str | None:
+    """An int default also allows a list (`axis: [1, 2]`); a float default any number."""
+    if isinstance(default, bool):
+        return "boolean"
+    if isinstance(default, int):
+        return "integers"
+    if isinstance(default, float):
+        return "number"
+    return None
+
+
+def _defaults_of(cls: type) -> dict[str, Any]:
+    """Each constructor argument's default, the most derived class's first."""
+    defaults: dict[str, Any] = {}
+    for klass in inspect.getmro(cls):
+        if "__init__" not in vars(klass):
+            continue
+        for param in inspect.signature(klass.__init__).parameters.values():
+            if param.default is not param.empty:
+                defaults.setdefault(param.name, param.default)
+        if klass in (keras.layers.Layer, keras.optimizers.Optimizer):
+            break
+    return defaults
 
 
 MAX_LAYER_PARAMS = 100_000_000  # 400 MB of float32 weights in one layer

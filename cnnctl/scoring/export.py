@@ -29,6 +29,18 @@ QUANTIZE = ("float16", "int8")
 CHECK_IMAGES = 1000  # real test images compared with Keras
 REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 ranges
 MAX_DIFF = {"savedmodel": 1e-5, "onnx": 1e-5, "tflite": 1e-4}  # probabilities, float exports
+ONNX_NAMES = ("image", "probabilities")  # the graph's input and output, batch dimension "batch"
+# Augmentation layers that pass images through unchanged at inference (RandomCrop does not: it
+# crops the centre). Left out of the exported graph, where their random ops have no ONNX form.
+INFERENCE_IDENTITY = (
+    "RandomFlip",
+    "RandomRotation",
+    "RandomTranslation",
+    "RandomZoom",
+    "RandomContrast",
+    "RandomBrightness",
+    "GaussianNoise",
+)
 PREPROCESSING = {
     True: "float32 pixels 0..255 (N, H, W, C); the model scales them (Rescaling 1/255 inside)",
     False: "float32 pixels 0..255 (N, H, W, C), as in training (the model has no Rescaling)",
@@ -113,14 +125,22 @@ def export_model(
     model = float32_copy(load_model(source.model, compile=False), keras)
     x_check, y_check, x_train, task = _check_images(source.run, offline)
     model(x_check[:1], training=False)  # a loaded model has not been called; export needs it built
-    expected = model.predict(x_check, batch_size=EVAL_BATCH, verbose=0)
+    expected = model.predict(x_check, batch_size=EVAL_BATCH, verbose=0)  # the whole model
     output.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(output) as tmp:
         started = time.perf_counter()
         with _quiet(verbose):
-            _write(model, fmt, quantize, tmp, x_train)
+            _write(inference_model(model, keras), fmt, quantize, tmp, x_train)
+        if fmt == "onnx":
+            name_onnx(tmp, output)
         seconds = time.perf_counter() - started
-        got = _run_export(fmt, tmp, x_check)
+        try:
+            got = _run_export(fmt, tmp, x_check)
+        except ModelFileError as error:  # the runtime refused the file: our failure, not the user's
+            raise ExportCheckFailed(
+                error.message.replace(str(tmp), str(output)),
+                "nothing was written; run with --verbose to see the converter's messages",
+            ) from None
         check = task.parity(expected, got, y_check, None if quantize else MAX_DIFF[fmt])
         if not check["passed"]:
             raise ExportCheckFailed(
@@ -140,6 +160,25 @@ def float32_copy(model: Any, keras: Any) -> Any:
     config = _float32_config(model.get_config())
     twin = model.__class__.from_config(config)
     twin.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
+    return twin
+
+
+def inference_model(model: Any, keras: Any) -> Any:
+    """The model as it runs at inference: a Sequential without its augmentation layers.
+
+    They are identity outside training, yet their traced graph keeps the random ops (tf2onnx
+    leaves StatelessRandomUniformV2 untranslated and onnxruntime refuses the file). The twin
+    shares the layers, so the weights are the model's own.
+    """
+    if not isinstance(model, keras.Sequential):
+        return model
+    kept = [layer for layer in model.layers if type(layer).__name__ not in INFERENCE_IDENTITY]
+    if len(kept) == len(model.layers):
+        return model
+    twin = keras.Sequential([keras.Input(model.input_shape[1:]), *kept], name=model.name)
+    twin(
+        np.zeros((1, *model.input_shape[1:]), np.float32), training=False
+    )  # export needs it called
     return twin
 
 
@@ -194,6 +233,38 @@ def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.n
     else:
         options = _litert_options(quantize, x_train)
         model.export(str(path), format="litert", verbose=False, **options)
+
+
+def name_onnx(path: Path, output: Path) -> None:
+    """Name the graph's input `image`, its output `probabilities`, their first dimension `batch`.
+
+    tf2onnx names them after the traced function (`keras_tensor`, `output_0`) and the batch
+    dimension `unk__36`; a file loaded elsewhere should say what goes in and comes out.
+    Refuses a graph with operators ONNX does not define (converter left-overs), by name.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    foreign = sorted({n.op_type for n in graph.node if not onnx.defs.has(n.op_type, n.domain)})
+    if foreign:
+        raise ExportCheckFailed(
+            f"{output}: the ONNX converter left TensorFlow operations that ONNX does not "
+            f"have: {', '.join(foreign)}",
+            "nothing was written; export --format tflite or savedmodel, or run with --verbose",
+        )
+    renames = {graph.input[0].name: ONNX_NAMES[0], graph.output[0].name: ONNX_NAMES[1]}
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = renames.get(value.name, value.name)
+    for value in (graph.input[0], graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def _litert_options(quantize: str | None, x_train: np.ndarray) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from cnnctl.training.cluster import shared_stop, worker_lost
 from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
 from cnnctl.training.finetune import FineTune
 from cnnctl.training.plan import check_resume, need_tensorboard
+from cnnctl.training.precise_bn import precise_bn_callbacks
 from cnnctl.training.state import ResumeState
 
 
@@ -192,6 +193,7 @@ def _fit(
         callbacks = [recorder, *agreeing, ProgressUpdater(bar, stop, train.epochs, steps), *extra]
         reporters = skip_reporter(dataset, run, display, write)  # streamed files failing to decode
         callbacks += reporters
+        callbacks += precise_bn_callbacks(config, model, dataset, steps, display)  # before val
         if (
             train.fine_tune is not None
         ):  # after the recorder: it may replace the optimizer the recorder set
