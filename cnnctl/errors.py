@@ -85,9 +85,15 @@ class WorkerLost(TrainingFailed):
 
 
 class Interrupted(CnnctlError):
-    """The user stopped the work with Ctrl-C or SIGTERM (exit code 130)."""
+    """The user stopped the work with Ctrl-C or SIGTERM (exit code 130).
+
+    Asked for, so not shown as an error: `stopped; ...` and how to go on.
+    """
 
     exit_code = 130
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True, file=file)
 
 
 class InternalError(CnnctlError):

@@ -78,6 +78,7 @@ def test_interrupt_saves_and_prints_a_working_resume_command(small_config, sig):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "Traceback" not in err
+    assert "\nstopped; " in "\n" + err and "Error: stopped" not in err  # asked for: not an error
     command = re.search(r"resume with: (cnnctl train --resume \S+)", err).group(1)
     done_epochs = epochs_in(run)
     assert 1 <= len(done_epochs) < 5

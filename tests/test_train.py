@@ -149,3 +149,24 @@ def test_tensorboard_needs_its_package(small_config, monkeypatch):
     ):
         train_run(load_config(small_config, ["train.tensorboard=true"]), Path("runs"), None)
     assert not Path("runs").exists()
+
+
+def test_class_weight_weighs_the_loss_and_names_unknown_classes(small_config):
+    plain = train_run(load_config(small_config, ("train.epochs=1",)), Path("runs"), None)
+    weighted = train_run(
+        load_config(small_config, ("train.epochs=1", "train.class_weight={'3': 10.0}")),
+        Path("runs"),
+        None,
+    )
+    balanced = train_run(
+        load_config(small_config, ("train.epochs=1", "train.class_weight=balanced")),
+        Path("runs"),
+        None,
+    )
+    assert weighted.rows[0]["loss"] > 1.5 * plain.rows[0]["loss"]  # class 3 counts ten times
+    assert balanced.test["accuracy"] > 0.8
+    with pytest.raises(ConfigError, match=r"train.class_weight.threee: no class named 'threee'"):
+        train_run(
+            load_config(small_config, ("train.class_weight={'threee': 2}",)), Path("runs"), None
+        )
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["small", "small-2", "small-3"]

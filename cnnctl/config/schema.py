@@ -216,6 +216,9 @@ class TrainConfig(_Strict):
     optimizer: ObjectSpec = ObjectSpec(type="adam")
     loss: Literal[tuple(LOSSES)] = "categorical_crossentropy"  # type: ignore[valid-type]
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # targets 1-x and x/classes
+    # Weight of each class in the loss: {name: weight} (others 1.0) or `balanced`
+    # (n / (classes * count), as scikit-learn computes it), for imbalanced data.
+    class_weight: Literal["balanced"] | dict[str, float] | None = None
     metrics: list[str] = ["accuracy"]
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig | None = None

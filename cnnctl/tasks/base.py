@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from cnnctl.errors import ConfigError
 from cnnctl.runs.results import EvaluationResult, Prediction
 
 if TYPE_CHECKING:
@@ -75,6 +76,19 @@ class Task(ABC):
     @abstractmethod
     def one_hot(self, train: TrainConfig) -> bool:
         """Whether labels go to the loss as one-hot vectors (else as they are stored)."""
+
+    def class_weights(self, config: Config, y: np.ndarray, names: Sequence[str]) -> Any:
+        """Keras' `class_weight` for `fit` from train.class_weight, or None.
+
+        Tasks without classes refuse the setting.
+        """
+        if config.train.class_weight is None:
+            return None
+        raise ConfigError(
+            f"{config.where(('train', 'class_weight'))}: class weights apply to classes, "
+            f"not to task: {self.name}",
+            "remove train.class_weight",
+        )
 
     @abstractmethod
     def metric_hint(self) -> str:

@@ -15,6 +15,7 @@ from cnnctl import report as figures
 from cnnctl.errors import ConfigError, DataError
 from cnnctl.escape import safe, safe_text
 from cnnctl.runs.results import EvaluationResult, Guess, Prediction
+from cnnctl.suggest import suggest
 from cnnctl.tasks.base import Report, Task
 
 if TYPE_CHECKING:
@@ -74,6 +75,33 @@ class Classification(Task):
 
     def one_hot(self, train: TrainConfig) -> bool:
         return train.one_hot
+
+    def class_weights(
+        self, config: Config, y: np.ndarray, names: Sequence[str]
+    ) -> dict[int, float] | None:
+        """{class index: weight}: `balanced` from the training labels' counts, or the names given
+        (checked against the data's classes; the others weigh 1)."""
+        wanted = config.train.class_weight
+        if wanted is None:
+            return None
+        if wanted == "balanced":
+            counts = np.bincount(y, minlength=len(names))
+            return {
+                i: float(len(y) / (len(names) * count)) if count else 1.0
+                for i, count in enumerate(counts)
+            }
+        weights = {i: 1.0 for i in range(len(names))}
+        for name, weight in wanted.items():
+            where = config.where(("train", "class_weight", name), at_key=True)
+            if name not in names:
+                raise ConfigError(
+                    f"{where}: no class named '{name}' in the data{suggest(name, list(names))}",
+                    f"classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}",
+                )
+            if not weight > 0 or not np.isfinite(weight):
+                raise ConfigError(f"{where}: a class weight must be above 0, got {weight}")
+            weights[list(names).index(name)] = float(weight)
+        return weights
 
     def metric_hint(self) -> str:
         return "for classification use accuracy"

@@ -119,6 +119,7 @@ def _from_scratch(
     """
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config, offline)
+    task_of(config).class_weights(config, dataset.y_train, dataset.class_names)  # before the folder
     for line in check_dataset(dataset).warnings:
         if display is not None:
             display.warn(line)
@@ -204,6 +205,9 @@ def _fit(
             if state.epoch < train.epochs and not state.stopped_early:
                 model.fit(
                     batches,
+                    class_weight=task_of(config).class_weights(
+                        config, dataset.y_train, dataset.class_names
+                    ),
                     steps_per_epoch=steps,
                     epochs=train.epochs,
                     initial_epoch=state.epoch,
