@@ -135,6 +135,8 @@ def test_predict_through_export_equals_keras_without_tensorflow(exported, keras_
     expected = keras_model.predict(images, verbose=0).argmax(1)
     assert [i["top"][0]["index"] for i in items] == expected.tolist()
     assert len(items) == 40
+    # The onnx package (0.5 s: ml_dtypes' tables) is not needed to vet and run a file.
+    assert not re.search(r"\|\s+(onnx|ml_dtypes)(\.|$)", done.stderr, re.M), "imported onnx"
 
 
 def test_evaluate_exported_on_arrays_without_tensorflow(exported, data_dir):
