@@ -59,6 +59,9 @@ def offline_scratch(tmp_path, monkeypatch, data_dir):
     Caches (decoded images, remembered header checks) stay in the test's folder too.
     """
     monkeypatch.chdir(tmp_path)
+    # An in-process `cnnctl --limit ...` sets CNNCTL_LIMITS for the process (its children read
+    # it); undone after each test, so no later test inherits a raised limit.
+    monkeypatch.delenv("CNNCTL_LIMITS", raising=False)
     monkeypatch.setenv("CNNCTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CNNCTL_OFFLINE", "1")
     monkeypatch.setenv("CNNCTL_DATA_DIR", str(data_dir))

@@ -445,7 +445,7 @@ def test_export_left_with_random_ops_fails_in_words_exit_1(augmented, runner, mo
         main, ["export", str(augmented), "--format", "onnx", "--output", str(target)]
     )
     assert result.exit_code == 1, result.output
-    first = result.output.strip().splitlines()[0]
+    first = next(line for line in result.output.splitlines() if line.startswith("Error:"))
     assert first == (
         f"Error: {target}: the ONNX converter left TensorFlow operations that ONNX does not "
         "have: ImageProjectiveTransformV3, StatelessRandomUniformV2"

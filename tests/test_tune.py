@@ -98,7 +98,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
             "model.layers.3.rate: {type: uniform, low: 0.1, high: 1.5}",
             f"{PARAMETER_LINE}:58",
             "tune.parameters.model.layers.3.rate.high: 1.5 makes the config invalid: "
-            "model.layers[3]: Dropout",
+            "model.layers[3].rate: ",
         ),
         (
             "model.layers.0.filterz: {type: int, low: 2, high: 8}",
