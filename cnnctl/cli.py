@@ -312,7 +312,7 @@ def tune(
     options = TuneOptions(config, overrides, study, trials, workers, storage, *settings)
     with _stdout_for_json(as_json):
         result = run_study(cfg, options, _console(quiet=as_json))
-    _render(study_summary(result), result.summary(), as_json)
+    _render(study_summary(result, _width(_console())), result.summary(), as_json)
 
 
 @main.command()

@@ -5,6 +5,7 @@
 
 from cnnctl.report.figures import curves_figure, save_confusion, save_curves, save_error_grid
 from cnnctl.report.tables import (
+    Column,
     TrainingDisplay,
     check_warnings,
     checks_table,
@@ -12,6 +13,7 @@ from cnnctl.report.tables import (
     epoch_line,
     evaluation_lines,
     facts_table,
+    fitted_table,
     layers_table,
     plural,
     predictions_csv,
@@ -22,6 +24,7 @@ from cnnctl.report.tables import (
 )
 
 __all__ = [
+    "Column",
     "TrainingDisplay",
     "check_warnings",
     "checks_table",
@@ -30,6 +33,7 @@ __all__ = [
     "epoch_line",
     "evaluation_lines",
     "facts_table",
+    "fitted_table",
     "layers_table",
     "plural",
     "predictions_csv",

@@ -53,13 +53,15 @@ class TrainingDisplay:
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     header: str
     justify: str = "left"
     drop: int = 0  # 0: always shown; else dropped first when the table does not fit (highest first)
 
 
-def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: int | None) -> Table:
+def fitted_table(
+    columns: Sequence[Column], rows: Sequence[Sequence[Any]], width: int | None
+) -> Table:
     """A table of `rows` that fits `width`.
 
     The least important columns go first; no cell ever wraps.
@@ -247,12 +249,12 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
         "failed": "red",
     }
     columns = [
-        _Column("run"),
-        _Column("data", drop=4),
-        _Column("epochs", "right", drop=1),
-        _Column("best (monitored)", "right", drop=3),
-        _Column("test acc", "right", drop=2),
-        _Column("status"),
+        Column("run"),
+        Column("data", drop=4),
+        Column("epochs", "right", drop=1),
+        Column("best (monitored)", "right", drop=3),
+        Column("test acc", "right", drop=2),
+        Column("status"),
     ]
     rows = []
     for run in runs:
@@ -273,7 +275,7 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
                 safe(status, style=styles.get(run.status, "")),
             ]
         )
-    return _fitted(columns, rows, width)
+    return fitted_table(columns, rows, width)
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:

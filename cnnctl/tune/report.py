@@ -17,6 +17,7 @@ from rich.text import Text
 
 from cnnctl.config import Config, TuneConfig, dump_config
 from cnnctl.errors import first_line
+from cnnctl.report import Column, fitted_table
 from cnnctl.runs import atomic_write, rows_to_csv, write_text
 from cnnctl.tune.space import decode, fits, trial_config
 
@@ -62,6 +63,10 @@ class Watcher:
             console,
         )
         self.tune: TuneConfig = config.tune
+        self.names = dict(
+            zip(config.tune.parameters, _short(list(config.tune.parameters)), strict=True)
+        )
+        self.width = console.width if console.is_terminal else None  # a pipe: whole lines
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def poll(self) -> None:
@@ -69,7 +74,8 @@ class Watcher:
         new = [t for t in trials if t.state.is_finished() and t.number not in self.seen]
         for trial in new:
             self.seen.add(trial.number)
-            self.console.print(self._line(trial, trials), soft_wrap=True)
+            for line in self.lines(trial, trials):
+                self.console.print(line, soft_wrap=True)
         if new:
             write_text(self.folder / "trials.csv", rows_to_csv(self.rows(trials)) or "trial\n")
             self._write_best(trials)
@@ -87,23 +93,35 @@ class Watcher:
         pick = max if self.tune.direction == "maximize" else min
         return pick(complete, key=lambda t: t.value) if complete else None
 
-    def _line(self, trial: Any, trials: list[Any]) -> Text:
+    def lines(self, trial: Any, trials: list[Any]) -> list[Text]:
+        """A finished trial: one line; at a terminal, fitted to its width.
+
+        In a pipe the line is whole. At a terminal, the seconds and then the best-so-far go
+        first, the parameters are cut at the edge, and a note goes on a line of its own.
+        """
         state = _state(trial)
-        line = Text(f"trial {trial.number:>3}  ")
-        line.append(
+        head = Text(f"trial {trial.number:>3}  ")
+        head.append(
             f"{state:<8}", style={"complete": "green", "pruned": "yellow"}.get(state, "red")
         )
         value = _value(trial)
-        line.append(f"  {self.tune.metric} {_fmt(value)}" if value != "" else "")
+        head.append(f"  {self.tune.metric} {_metric(value)}" if value != "" else "")
         best = self._best(trials)
-        if best is not None:
-            line.append(f"  best {_fmt(best.value)} (trial {best.number})")
-        line.append(f"  {_seconds(trial)} s  " if _seconds(trial) != "" else "  ")
-        line.append(" ".join(f"{k}={_fmt(v)}" for k, v in self._params(trial).items()))
+        best_text = f"  best {_metric(best.value)} (trial {best.number})" if best else ""
+        seconds = f"  {_seconds(trial):.1f} s" if _seconds(trial) != "" else ""
+        params = "  " + " ".join(
+            f"{self.names[k]}={_param(v)}" for k, v in self._params(trial).items()
+        )
         note = _note(trial, self.folder)
-        if note:
-            line.append(f"  ({note})", style="dim")
-        return line
+        whole = Text.assemble(head, best_text, seconds, params.rstrip())
+        if self.width is None:
+            return [whole.append(f"  ({note})", style="dim") if note else whole]
+        for parts in ((best_text, seconds), (best_text, ""), ("", "")):
+            line = Text.assemble(head, *parts, params.rstrip())
+            if line.cell_len <= self.width:
+                break
+        line.truncate(self.width, overflow="ellipsis")
+        return [line, Text(f"      {note}", style="dim")] if note else [line]
 
     def _params(self, trial: Any) -> dict[str, Any]:
         specs = self.tune.parameters
@@ -197,18 +215,30 @@ def _note(trial: Any, folder: Path) -> str:
     return ""
 
 
-def _fmt(value: Any) -> str:
+def _metric(value: Any) -> str:
+    """A metric's value as every cnnctl table shows it: four decimals (`0.8100`)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _param(value: Any) -> str:
+    """A parameter's value: floats to 4 significant digits (a learning rate is `0.0001234`)."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _short(keys: list[str]) -> list[str]:
-    """The shortest unique tail of each dotted key: `learning_rate`, `0.filters`, `2.filters`."""
+    """A short unique name for each dotted key that still says what it is.
+
+    The shortest unique tail, but a list item keeps its list's name and index:
+    `learning_rate`, `batch_size`, `layers.0.filters`, `layers.3.rate`.
+    """
     names = []
     for key in keys:
         parts = key.split(".")
-        for n in range(1, len(parts) + 1):
+        indexes = [i for i, part in enumerate(parts) if part.isdigit()]
+        least = len(parts) - max(indexes[0] - 1, 0) if indexes else 1
+        for n in range(least, len(parts) + 1):
             tail = ".".join(parts[-n:])
             if sum(k == tail or k.endswith("." + tail) for k in keys) == 1:
                 break
@@ -251,8 +281,11 @@ def save_plots(study: Any, folder: Path) -> list[str]:
     return notes
 
 
-def summary_table(result: TuneResult, top: int = 10) -> Table:
-    """The best trials, best first."""
+def summary_table(result: TuneResult, top: int = 10, width: int | None = None) -> Table:
+    """The best trials, best first; at a terminal, fitted to its width.
+
+    Seconds and state go first, then parameters from the last; nothing is cut in a pipe.
+    """
     keys = (
         [
             k
@@ -262,23 +295,42 @@ def summary_table(result: TuneResult, top: int = 10) -> Table:
         if result.rows
         else []
     )
-    table = Table(
-        title=f"study {result.study}: {result.metric} ({result.direction})", title_justify="left"
-    )
-    for column in ("trial", "state", result.metric, "seconds", *_short(keys)):
-        table.add_column(column, justify="right" if column != "state" else "left")
+    columns = [
+        Column("trial", "right"),
+        Column("state", drop=len(keys) + 1),
+        Column(result.metric, "right"),
+        Column("seconds", "right", drop=len(keys) + 2),
+        *(Column(name, "right", drop=i + 1) for i, name in enumerate(_short(keys))),
+    ]
     scored = [r for r in result.rows if r["value"] != ""]
     scored.sort(key=lambda r: r["value"], reverse=result.direction == "maximize")
-    for row in (scored + [r for r in result.rows if r["value"] == ""])[:top]:
-        table.add_row(*(Text(_fmt(row[k])) for k in ("trial", "state", "value", "seconds", *keys)))
+    rows = [
+        [
+            str(row["trial"]),
+            row["state"],
+            _metric(row["value"]),
+            f"{row['seconds']:.1f}" if row["seconds"] != "" else "",
+            *(_param(row[k]) for k in keys),
+        ]
+        for row in (scored + [r for r in result.rows if r["value"] == ""])[:top]
+    ]
+    table = fitted_table(columns, [[Text(cell) for cell in row] for row in rows], width)
+    table.title = f"study {result.study}: {result.metric} ({result.direction})"
+    table.title_justify = "left"
+    notes = []
     if len(result.rows) > top:
-        table.caption = f"{len(result.rows) - top} more in {result.folder / 'trials.csv'}"
+        notes.append(f"{len(result.rows) - top} more trials")
+    if len(table.columns) < len(columns):
+        notes.append(f"{len(columns) - len(table.columns)} columns left out at this width")
+    if notes:
+        table.caption = f"{'; '.join(notes)}: all in {result.folder / 'trials.csv'}"
+        table.caption_justify = "left"
     return table
 
 
-def study_summary(result: TuneResult) -> Group:
+def study_summary(result: TuneResult, width: int | None = None) -> Group:
     """The trials table, the study's notes, and how to train the best trial's config."""
-    parts: list[Any] = [summary_table(result)]
+    parts: list[Any] = [summary_table(result, width=width)]
     parts += [Text(note, style="dim") for note in result.notes]
     if result.best:
         parts.append(
