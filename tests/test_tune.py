@@ -509,3 +509,46 @@ def test_the_final_table_fits_with_whole_headers_and_one_number_format(write, wi
         assert name in header or (width and "columns left out at this width" in text), text
     assert "0.8100" in text and "0.7667" in text and "0.7000" in text
     assert " 0.81 " not in text
+
+
+def test_best_yaml_is_the_file_as_written_with_the_best_values_and_names_the_set_values(write):
+    from rich.console import Console
+
+    from cnnctl.tune.report import Watcher, study_summary
+
+    config_file = write("tune.yaml", TUNED + f"    {RATE}\n")
+    overrides = ("data.limit=300", "train.epochs=2", "tune.trials=3")
+    config = load_config(config_file, overrides)
+    folder = Path("runs/tiny-tune")
+    watcher = Watcher(
+        fake_study(folder), config, "tiny-tune", folder, Console(), config_file, overrides
+    )
+    result = watcher.result(3)
+
+    text = (folder / "best.yaml").read_text()
+    best = yaml.safe_load(text)
+    assert best["data"] == {"dataset": "mnist", "limit": 1000}  # no label_column, test_fraction
+    assert best["train"] == {
+        "epochs": 1,
+        "batch_size": 64,
+        "optimizer": {"type": "adam", "learning_rate": 0.00012345678},
+    }
+    assert [best["model"]["layers"][i] for i in (0, 3)] == [
+        {"type": "Conv2D", "filters": 2, "kernel_size": [3, 3], "activation": "relu"},
+        {"type": "Dropout", "rate": 0.25},
+    ]
+    assert "tune" not in best and best["name"] == "tiny-tune-best"
+    assert text.startswith("# The best trial of study tiny-tune: trial 0, val_accuracy 0.8100.\n")
+    assert (
+        "# The search also ran with these --set values, left out of this file:\n"
+        "#   data.limit=300 train.epochs=2\n"
+        "# To train as the trials did: cnnctl train runs/tiny-tune/best.yaml "
+        "--set data.limit=300 --set train.epochs=2\n"
+        "# Train it with: cnnctl train runs/tiny-tune/best.yaml\n"
+    ) in text
+    assert "tune.trials" not in text
+    assert load_config(folder / "best.yaml").train.epochs == 1
+    assert result.summary()["left_out_of_best_config"] == ["data.limit=300", "train.epochs=2"]
+    out = Console(file=__import__("io").StringIO(), width=200, color_system=None)
+    out.print(study_summary(result))
+    assert "(without the search's --set data.limit=300 train.epochs=2" in out.file.getvalue()

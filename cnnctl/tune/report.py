@@ -5,7 +5,9 @@ A line per finished trial, trials.csv, best.yaml, plots, a table.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnctl.config import Config, TuneConfig, dump_config
-from cnnctl.errors import first_line
+from cnnctl.config.yamlfile import read_config_file
+from cnnctl.errors import CnnctlError, first_line
 from cnnctl.report import Column, fitted_table
 from cnnctl.runs import atomic_write, rows_to_csv, write_text
-from cnnctl.tune.space import decode, fits, trial_config
+from cnnctl.tune.space import decode, fits, own_config, trial_config
 
 
 @dataclass
@@ -34,6 +37,7 @@ class TuneResult:
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # --set values best.yaml leaves out
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,7 @@ class TuneResult:
             "trials": self.target,
             "best": self.best,
             "best_config": str(self.folder / "best.yaml") if self.best else None,
+            "left_out_of_best_config": self.left_out,
             "rows": self.rows,
             "notes": self.notes,
         }
@@ -53,7 +58,14 @@ class Watcher:
     """Prints one line per finished trial and keeps trials.csv and best.yaml up to date."""
 
     def __init__(
-        self, study: Any, config: Config, name: str, folder: Path, console: Console
+        self,
+        study: Any,
+        config: Config,
+        name: str,
+        folder: Path,
+        console: Console,
+        config_file: Path | None = None,
+        overrides: tuple[str, ...] = (),
     ) -> None:
         self.study, self.config, self.name, self.folder, self.console = (
             study,
@@ -68,6 +80,18 @@ class Watcher:
         )
         self.width = console.width if console.is_terminal else None  # a pipe: whole lines
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        # best.yaml is the config file as written plus the best values; the --set values the
+        # search ran with (a smaller data.limit, fewer epochs) are named apart, not baked in.
+        self.own: dict | None = None
+        with contextlib.suppress(CnnctlError):
+            data = read_config_file(config_file)[0] if config_file else None
+            self.own = data if isinstance(data, dict) else None
+        self.left_out = [
+            text
+            for text in overrides
+            if not text.startswith("tune.")
+            and text.partition("=")[0].strip() not in self.tune.parameters
+        ]
 
     def poll(self) -> None:
         trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -153,15 +177,36 @@ class Watcher:
 
     def _write_best(self, trials: list[Any]) -> None:
         best = self._best(trials)
-        if best is None:
-            return
-        config = trial_config(self.config, self._params(best), f"{self.name}-best")
+        if best is not None:
+            write_text(self.folder / "best.yaml", self.best_yaml(best))
+
+    def best_yaml(self, best: Any) -> str:
+        """The config to train: the file's own (no defaults, no --set) with the best values."""
+        params, name = self._params(best), f"{self.name}-best"
         path = self.folder / "best.yaml"
-        header = (
-            f"# The best trial of study {self.name}: trial {best.number}, "
-            f"{self.tune.metric} = {best.value:.6g}\n# Train it with: cnnctl train {path}\n"
-        )
-        write_text(path, header + dump_config(config))
+        lines = [
+            f"The best trial of study {self.name}: trial {best.number}, "
+            f"{self.tune.metric} {_metric(best.value)}.",
+            "Its values:",
+            *(f"  {key}: {_param(value)}" for key, value in params.items()),
+        ]
+        body = None
+        if self.own is not None:
+            with contextlib.suppress(CnnctlError):
+                body = own_config(self.own, params, name)
+        if body is None:  # the file is not valid without its --set values: keep them
+            body = dump_config(trial_config(self.config, params, name))
+            if self.left_out:
+                lines.append(f"It includes the search's --set {' '.join(self.left_out)}.")
+        elif self.left_out:
+            sets = [word for text in self.left_out for word in ("--set", text)]
+            lines += [
+                "The search also ran with these --set values, left out of this file:",
+                f"  {' '.join(self.left_out)}",
+                f"To train as the trials did: {shlex.join(['cnnctl', 'train', str(path), *sets])}",
+            ]
+        lines.append(f"Train it with: cnnctl train {path}")
+        return "".join(f"# {line}\n" for line in lines) + body
 
     def result(self, target: int) -> TuneResult:
         trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -172,9 +217,11 @@ class Watcher:
         best_row = next(
             (row for row in rows if best is not None and row["trial"] == best.number), None
         )
-        return TuneResult(
+        result = TuneResult(
             self.name, self.folder, self.tune.metric, self.tune.direction, target, rows, best_row
         )
+        result.left_out = self.left_out if best is not None and self.own is not None else []
+        return result
 
 
 def _state(trial: Any) -> str:
@@ -339,4 +386,12 @@ def study_summary(result: TuneResult, width: int | None = None) -> Group:
                 f"cnnctl train {result.folder / 'best.yaml'}"
             )
         )
+        if result.left_out:
+            parts.append(
+                Text(
+                    f"  (without the search's --set {' '.join(result.left_out)}: "
+                    "its first lines say how to add them)",
+                    style="dim",
+                )
+            )
     return Group(*parts)
