@@ -552,3 +552,40 @@ def test_best_yaml_is_the_file_as_written_with_the_best_values_and_names_the_set
     out = Console(file=__import__("io").StringIO(), width=200, color_system=None)
     out.print(study_summary(result))
     assert "(without the search's --set data.limit=300 train.epochs=2" in out.file.getvalue()
+
+
+def test_the_history_plot_names_the_metric_and_ticks_whole_trials():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cnnctl.tune.report import history_axes
+
+    axes = history_axes(fake_study(Path("runs/tiny-tune")), "val_accuracy")
+    axes.figure.canvas.draw()
+    low, high = axes.get_xlim()
+    ticks = [t for t in axes.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert "val_accuracy" in labels and "Objective Value" not in labels
+
+
+def test_importances_leave_out_parameters_that_never_varied():
+    from cnnctl.tune.report import save_plots, varying_parameters
+
+    folder = Path("runs/tiny-tune")
+    same_filters = {n: ({**values, "filters": 4}, v) for n, (values, v) in SEARCHED.items()}
+    assert varying_parameters(fake_study(folder, same_filters)) == [
+        "model.layers.3.rate",
+        "train.optimizer.learning_rate",
+    ]
+    one = {
+        n: ({"filters": 4, "rate": 0.2, "learning_rate": values["learning_rate"]}, v)
+        for n, (values, v) in SEARCHED.items()
+    }
+    other = Path("runs/one-varies")
+    notes = save_plots(fake_study(other, one), other, "val_accuracy")
+    assert notes == [
+        "importances.png: not drawn; it needs 2 or more parameters that took different values "
+        "(varied: train.optimizer.learning_rate)"
+    ]
+    assert (other / "history.png").is_file() and not (other / "importances.png").exists()

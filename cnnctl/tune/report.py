@@ -293,35 +293,66 @@ def _short(keys: list[str]) -> list[str]:
     return names
 
 
-def save_plots(study: Any, folder: Path) -> list[str]:
-    """Optuna's optimization history and parameter importances as PNG.
+def varying_parameters(study: Any) -> list[str]:
+    """The parameters that took more than one value over the completed trials."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    names = sorted({key for trial in complete for key in trial.params})
+    return [
+        key
+        for key in names
+        if len({json.dumps(t.params.get(key), sort_keys=True) for t in complete}) > 1
+    ]
 
-    Returns notes for what was skipped.
-    """
+
+def history_axes(study: Any, metric: str) -> Any:
+    """Optuna's optimization history, its values named by the metric, a tick per whole trial."""
+    from matplotlib.ticker import MaxNLocator
+    from optuna.visualization import matplotlib as plots
+
+    axes = plots.plot_optimization_history(study, target_name=metric)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return axes
+
+
+def importances_axes(study: Any, metric: str) -> Any:
+    """Optuna's parameter importances, of the parameters that varied only."""
+    from optuna.visualization import matplotlib as plots
+
+    return plots.plot_param_importances(study, params=varying_parameters(study), target_name=metric)
+
+
+def save_plots(study: Any, folder: Path, metric: str) -> list[str]:
+    """history.png and importances.png; returns notes for what was not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    varied = varying_parameters(study)
     notes = []
     for file, draw, least in (
-        ("history.png", plots.plot_optimization_history, 1),
-        ("importances.png", plots.plot_param_importances, 2),
+        ("history.png", history_axes, 1),
+        ("importances.png", importances_axes, 2),
     ):
         if len(complete) < least:
             notes.append(f"{file}: not drawn; it needs {least} or more completed trials")
             continue
+        if file == "importances.png" and len(varied) < 2:  # one parameter ranks first alone
+            notes.append(
+                f"{file}: not drawn; it needs 2 or more parameters that took different values "
+                f"(varied: {', '.join(varied) or 'none'})"
+            )
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                figure = draw(study).figure
+                figure = draw(study, metric).figure
                 atomic_write(
                     folder / file,
                     lambda tmp, f=figure: f.savefig(tmp, dpi=100, bbox_inches="tight"),
                 )
-        except Exception as error:  # e.g. importances of parameters that never varied
+        except Exception as error:  # whatever Optuna or matplotlib refuse: a note, not a failure
             notes.append(f"{file}: not drawn ({first_line(error)})")
         finally:
             plt.close("all")

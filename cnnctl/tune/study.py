@@ -306,7 +306,7 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     fail_dead_trials(study, storage)
     watcher.poll()
     result = watcher.result(target)
-    result.notes += save_plots(study, folder)
+    result.notes += save_plots(study, folder, tune.metric)
     done = counts(study)[0]
     if interrupted:
         raise Interrupted(
