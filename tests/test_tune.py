@@ -589,3 +589,38 @@ def test_importances_leave_out_parameters_that_never_varied():
         "(varied: train.optimizer.learning_rate)"
     ]
     assert (other / "history.png").is_file() and not (other / "importances.png").exists()
+
+
+def test_runs_lists_a_study_as_one_row_with_its_best_value(runner, write):
+    from rich.console import Console
+
+    from cnnctl.tune.report import Watcher
+
+    config_file = write("tune.yaml", TUNED + f"    {RATE}\n")
+    folder = Path("runs/tiny-tune")
+    study = fake_study(folder)
+    Watcher(study, load_config(config_file), "tiny-tune", folder, Console()).result(3)
+    (folder / "trial-000").mkdir()
+    (folder / "trial-000" / "config.yaml").write_text("name: trial-000\n")
+
+    listed = runner.invoke(main, ["runs"])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "tiny-tune" in line)
+    assert [cell.strip() for cell in row.split("│")] == [
+        "tiny-tune",
+        "3",
+        "val_accuracy 0.8100 (trial 0)",
+        "runs/tiny-tune",
+    ]
+    assert "a study's trials: cnnctl runs runs/tiny-tune" in listed.stdout
+    assert "no runs in" not in listed.output
+    (entry,) = [e for e in __import__("json").loads(runner.invoke(main, ["runs", "--json"]).stdout)]
+    assert entry == {
+        "name": "tiny-tune",
+        "path": "runs/tiny-tune",
+        "trials_done": 3,
+        "metric": "val_accuracy",
+        "best_value": 0.81,
+        "best_trial": 0,
+        "kind": "study",
+    }

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnctl.escape import csv_cell, safe, safe_text
-from cnnctl.runs import RunSummary
+from cnnctl.runs import RunSummary, StudySummary
 from cnnctl.runs.results import EvaluationResult, Prediction, TrainResult
 
 
@@ -276,6 +276,39 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
             ]
         )
     return fitted_table(columns, rows, width)
+
+
+def studies_table(studies: Sequence[StudySummary], width: int | None = None) -> Table:
+    """`cnnctl runs`: one row per `cnnctl tune` study, and how to see its trials."""
+    columns = [
+        Column("study"),
+        Column("trials done", "right"),
+        Column("best", "right"),
+        Column("folder", drop=1),
+    ]
+    rows = [
+        [
+            safe(study.name),
+            str(study.trials_done),
+            f"{safe_text(study.metric or '')} {study.best_value:.4f} (trial {study.best_trial})"
+            if study.best_value is not None
+            else "-",
+            safe(study.path),
+        ]
+        for study in studies
+    ]
+    table = fitted_table(columns, rows, width)
+    table.caption = f"a study's trials: cnnctl runs {safe_text(studies[0].path) if studies else ''}"
+    table.caption_justify = "left"
+    return table
+
+
+def runs_listing(
+    runs: Sequence[RunSummary], studies: Sequence[StudySummary], width: int | None = None
+) -> Group:
+    """`cnnctl runs`: the runs table, then the tune studies (each one row) when there are any."""
+    parts: list[Any] = [runs_table(runs, width)] if runs or not studies else []
+    return Group(*parts, *([studies_table(studies, width)] if studies else []))
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:

@@ -21,7 +21,7 @@ from cnnctl.config import Config, TuneConfig, dump_config
 from cnnctl.config.yamlfile import read_config_file
 from cnnctl.errors import CnnctlError, first_line
 from cnnctl.report import Column, fitted_table
-from cnnctl.runs import atomic_write, rows_to_csv, write_text
+from cnnctl.runs import atomic_write, rows_to_csv, write_json, write_text
 from cnnctl.tune.space import decode, fits, own_config, trial_config
 
 
@@ -179,6 +179,10 @@ class Watcher:
         best = self._best(trials)
         if best is not None:
             write_text(self.folder / "best.yaml", self.best_yaml(best))
+        # What `cnnctl runs` shows of the study, without reading Optuna's journal.
+        summary = {"study": self.name, "metric": self.tune.metric, "direction": self.tune.direction}
+        summary["best"] = {"trial": best.number, "value": best.value} if best else None
+        write_json(self.folder / "study.json", summary)
 
     def best_yaml(self, best: Any) -> str:
         """The config to train: the file's own (no defaults, no --set) with the best values."""
