@@ -312,7 +312,7 @@ def tune(
     options = TuneOptions(config, overrides, study, trials, workers, storage, *settings)
     with _stdout_for_json(as_json):
         result = run_study(cfg, options, _console(quiet=as_json))
-    _render(study_summary(result), result.summary(), as_json)
+    _render(study_summary(result, _width(_console())), result.summary(), as_json)
 
 
 @main.command()
@@ -552,18 +552,18 @@ def runs(folder: Path | None, as_json: bool) -> None:
     and results."""
     from cnnctl import report
     from cnnctl.errors import RunError
-    from cnnctl.runs import FIRST_CONFIG, describe, list_runs
+    from cnnctl.runs import FIRST_CONFIG, describe, describe_study, list_runs, list_studies
 
     if folder is not None and not folder.is_dir():
         raise RunError(f"{folder}: no such folder", "give the folder that holds your run folders")
     folder = folder or _setting("runs_dir")
     found = [describe(run) for run in list_runs(folder)]
-    if not found:
+    studies = [describe_study(path) for path in list_studies(folder)]
+    if not found and not studies:
         _note(f"no runs in {folder}/ yet; start one with: cnnctl train {FIRST_CONFIG}")
     console = _console()
-    _render(
-        report.runs_table(found, _width(console)), [r.to_json() for r in found], as_json, console
-    )
+    listing = report.runs_listing(found, studies, _width(console))
+    _render(listing, [r.to_json() for r in [*found, *studies]], as_json, console)
 
 
 @main.command()

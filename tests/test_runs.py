@@ -134,3 +134,19 @@ def test_runs_reads_no_keras():
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_a_study_folder_without_study_json_counts_its_trials(tmp_path):
+    from cnnctl.runs import describe_study, list_studies
+
+    study = tmp_path / "old-tune"
+    (study / "trial-000").mkdir(parents=True)
+    (study / "trial-000" / "config.yaml").write_text("name: trial-000\n")
+    (study / "trials.csv").write_text(
+        "trial,state,value\n0,complete,0.5\n1,failed,\n2,pruned,0.1\n"
+    )
+    run = create_run(tmp_path, "plain")
+    write_text(run.config, "name: plain\n")
+    assert list_studies(tmp_path) == [study]  # not the run, not the study's own trials
+    summary = describe_study(study)
+    assert (summary.trials_done, summary.best_value, summary.kind) == (2, None, "study")

@@ -413,3 +413,214 @@ def test_the_median_pruner_stops_a_hopeless_trial(write):
     assert yaml.safe_load((run / "run.json").read_text())["status"] == "pruned"
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) < 3
     assert (run / "model.keras").is_file()  # a pruned trial is still a whole run folder
+
+
+# --------------------------------------------------------------------------- what tune shows
+
+RATE = "model.layers.3.rate: {type: uniform, low: 0.1, high: 0.5}"
+SEARCHED = {  # three trials as a study records them: the values Optuna handed out, and the score
+    0: ({"learning_rate": 0.00012345678, "filters": 2, "rate": 0.25}, 0.81),
+    1: ({"learning_rate": 0.0054321, "filters": 4, "rate": 0.123456}, 0.766666),
+    2: ({"learning_rate": 0.001, "filters": 4, "rate": 0.4}, 0.7),
+}
+
+
+def fake_study(folder: Path, searched: dict = SEARCHED, metric_of=lambda v: v):
+    """A journal study holding finished trials without training anything (values as given)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from cnnctl.tune.study import load_optuna, open_storage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study = load_optuna().create_study(
+        study_name=folder.name, storage=open_storage(None, folder), direction="maximize"
+    )
+    paths = {
+        "learning_rate": ("train.optimizer.learning_rate", FloatDistribution(1e-4, 1e-2, log=True)),
+        "filters": ("model.layers.0.filters", CategoricalDistribution([2, 4])),
+        "rate": ("model.layers.3.rate", FloatDistribution(0.1, 0.5)),
+    }
+    for number, (values, value) in searched.items():
+        study.add_trial(
+            create_trial(
+                params={paths[k][0]: v for k, v in values.items()},
+                distributions={paths[k][0]: paths[k][1] for k in values},
+                value=metric_of(value),
+                user_attrs={"run": f"trial-{number:03d}"},
+            )
+        )
+    return study
+
+
+def watch(write, folder: Path, width: int | None = 80, *searched):
+    import io
+
+    from rich.console import Console
+
+    from cnnctl.tune.report import Watcher
+
+    config = load_config(write("tune.yaml", TUNED + f"    {RATE}\n"))
+    study = fake_study(folder, *searched)
+    out = io.StringIO()
+    console = Console(
+        file=out, width=width or 100_000, force_terminal=width is not None, color_system=None
+    )
+    return Watcher(study, config, folder.name, folder, console), study, out
+
+
+def test_trial_lines_fit_the_terminal_and_name_parameters_by_path(write):
+    watcher, study, _ = watch(write, Path("runs/tiny-tune"))
+    trials = study.get_trials()
+    lines = [str(line) for trial in trials for line in watcher.lines(trial, trials)]
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[1].startswith("trial   1  complete  val_accuracy 0.7667  learning_rate=0.005432 ")
+    watcher.width = 130
+    (line,) = watcher.lines(trials[1], trials)
+    assert str(line).startswith("trial   1  complete  val_accuracy 0.7667  best 0.8100 (trial 0)")
+    assert str(line).endswith("learning_rate=0.005432 layers.0.filters=4 layers.3.rate=0.1235")
+
+
+def test_trial_lines_in_a_pipe_are_whole(write):
+    watcher, study, _ = watch(write, Path("runs/tiny-tune"), None)
+    trials = study.get_trials()
+    (line,) = watcher.lines(trials[0], trials)
+    assert str(line).endswith("learning_rate=0.0001235 layers.0.filters=2 layers.3.rate=0.25")
+
+
+@pytest.mark.parametrize("width", [80, 100, None], ids=["80", "100", "pipe"])
+def test_the_final_table_fits_with_whole_headers_and_one_number_format(write, width):
+    import io
+
+    from rich.console import Console
+
+    from cnnctl.tune.report import study_summary
+
+    watcher, _, _ = watch(write, Path("runs/tiny-tune"))
+    out = io.StringIO()
+    Console(file=out, width=width or 100_000, color_system=None).print(
+        study_summary(watcher.result(3), width)
+    )
+    text = out.getvalue()
+    assert all(len(line.rstrip()) <= (width or 10_000) for line in text.splitlines()), text
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if "val_accuracy" in line and "trial" in line)
+    for name in ("learning_rate", "layers.0.filters", "layers.3.rate"):
+        assert name in header or (width and "columns left out at this width" in text), text
+    assert "0.8100" in text and "0.7667" in text and "0.7000" in text
+    assert " 0.81 " not in text
+
+
+def test_best_yaml_is_the_file_as_written_with_the_best_values_and_names_the_set_values(write):
+    from rich.console import Console
+
+    from cnnctl.tune.report import Watcher, study_summary
+
+    config_file = write("tune.yaml", TUNED + f"    {RATE}\n")
+    overrides = ("data.limit=300", "train.epochs=2", "tune.trials=3")
+    config = load_config(config_file, overrides)
+    folder = Path("runs/tiny-tune")
+    watcher = Watcher(
+        fake_study(folder), config, "tiny-tune", folder, Console(), config_file, overrides
+    )
+    result = watcher.result(3)
+
+    text = (folder / "best.yaml").read_text()
+    best = yaml.safe_load(text)
+    assert best["data"] == {"dataset": "mnist", "limit": 1000}  # no label_column, test_fraction
+    assert best["train"] == {
+        "epochs": 1,
+        "batch_size": 64,
+        "optimizer": {"type": "adam", "learning_rate": 0.00012345678},
+    }
+    assert [best["model"]["layers"][i] for i in (0, 3)] == [
+        {"type": "Conv2D", "filters": 2, "kernel_size": [3, 3], "activation": "relu"},
+        {"type": "Dropout", "rate": 0.25},
+    ]
+    assert "tune" not in best and best["name"] == "tiny-tune-best"
+    assert text.startswith("# The best trial of study tiny-tune: trial 0, val_accuracy 0.8100.\n")
+    assert (
+        "# The search also ran with these --set values, left out of this file:\n"
+        "#   data.limit=300 train.epochs=2\n"
+        "# To train as the trials did: cnnctl train runs/tiny-tune/best.yaml "
+        "--set data.limit=300 --set train.epochs=2\n"
+        "# Train it with: cnnctl train runs/tiny-tune/best.yaml\n"
+    ) in text
+    assert "tune.trials" not in text
+    assert load_config(folder / "best.yaml").train.epochs == 1
+    assert result.summary()["left_out_of_best_config"] == ["data.limit=300", "train.epochs=2"]
+    out = Console(file=__import__("io").StringIO(), width=200, color_system=None)
+    out.print(study_summary(result))
+    assert "(without the search's --set data.limit=300 train.epochs=2" in out.file.getvalue()
+
+
+def test_the_history_plot_names_the_metric_and_ticks_whole_trials():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cnnctl.tune.report import history_axes
+
+    axes = history_axes(fake_study(Path("runs/tiny-tune")), "val_accuracy")
+    axes.figure.canvas.draw()
+    low, high = axes.get_xlim()
+    ticks = [t for t in axes.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert "val_accuracy" in labels and "Objective Value" not in labels
+
+
+def test_importances_leave_out_parameters_that_never_varied():
+    from cnnctl.tune.report import save_plots, varying_parameters
+
+    folder = Path("runs/tiny-tune")
+    same_filters = {n: ({**values, "filters": 4}, v) for n, (values, v) in SEARCHED.items()}
+    assert varying_parameters(fake_study(folder, same_filters)) == [
+        "model.layers.3.rate",
+        "train.optimizer.learning_rate",
+    ]
+    one = {
+        n: ({"filters": 4, "rate": 0.2, "learning_rate": values["learning_rate"]}, v)
+        for n, (values, v) in SEARCHED.items()
+    }
+    other = Path("runs/one-varies")
+    notes = save_plots(fake_study(other, one), other, "val_accuracy")
+    assert notes == [
+        "importances.png: not drawn; it needs 2 or more parameters that took different values "
+        "(varied: train.optimizer.learning_rate)"
+    ]
+    assert (other / "history.png").is_file() and not (other / "importances.png").exists()
+
+
+def test_runs_lists_a_study_as_one_row_with_its_best_value(runner, write):
+    from rich.console import Console
+
+    from cnnctl.tune.report import Watcher
+
+    config_file = write("tune.yaml", TUNED + f"    {RATE}\n")
+    folder = Path("runs/tiny-tune")
+    study = fake_study(folder)
+    Watcher(study, load_config(config_file), "tiny-tune", folder, Console()).result(3)
+    (folder / "trial-000").mkdir()
+    (folder / "trial-000" / "config.yaml").write_text("name: trial-000\n")
+
+    listed = runner.invoke(main, ["runs"])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "tiny-tune" in line)
+    assert [cell.strip() for cell in row.split("│")] == [
+        "tiny-tune",
+        "3",
+        "val_accuracy 0.8100 (trial 0)",
+        "runs/tiny-tune",
+    ]
+    assert "a study's trials: cnnctl runs runs/tiny-tune" in listed.stdout
+    assert "no runs in" not in listed.output
+    (entry,) = [e for e in __import__("json").loads(runner.invoke(main, ["runs", "--json"]).stdout)]
+    assert entry == {
+        "name": "tiny-tune",
+        "path": "runs/tiny-tune",
+        "trials_done": 3,
+        "metric": "val_accuracy",
+        "best_value": 0.81,
+        "best_trial": 0,
+        "kind": "study",
+    }

@@ -5,6 +5,7 @@ from cnnctl.config.load import (
     changed_keys,
     changed_paths,
     dump_config,
+    dump_data,
     load_config,
     validate_config,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "changed_paths",
     "duration_seconds",
     "dump_config",
+    "dump_data",
     "load_config",
     "mode_of",
     "parse_yaml",

@@ -245,5 +245,9 @@ _Dumper.add_representer(list, _represent_list)
 
 def dump_config(config: Config) -> str:
     """The fully resolved config as YAML: what `train` saves in the run folder."""
-    data = config.model_dump(mode="json", exclude_none=True)
+    return dump_data(config.model_dump(mode="json", exclude_none=True))
+
+
+def dump_data(data: dict) -> str:
+    """Plain config data as YAML, written as people write it (short lists inline)."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)

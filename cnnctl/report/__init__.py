@@ -5,6 +5,7 @@
 
 from cnnctl.report.figures import curves_figure, save_confusion, save_curves, save_error_grid
 from cnnctl.report.tables import (
+    Column,
     TrainingDisplay,
     check_warnings,
     checks_table,
@@ -12,16 +13,20 @@ from cnnctl.report.tables import (
     epoch_line,
     evaluation_lines,
     facts_table,
+    fitted_table,
     layers_table,
     plural,
     predictions_csv,
     predictions_table,
+    runs_listing,
     runs_table,
+    studies_table,
     training_progress,
     training_summary,
 )
 
 __all__ = [
+    "Column",
     "TrainingDisplay",
     "check_warnings",
     "checks_table",
@@ -30,11 +35,14 @@ __all__ = [
     "epoch_line",
     "evaluation_lines",
     "facts_table",
+    "fitted_table",
     "layers_table",
     "plural",
     "predictions_csv",
     "predictions_table",
+    "runs_listing",
     "runs_table",
+    "studies_table",
     "save_confusion",
     "save_curves",
     "save_error_grid",

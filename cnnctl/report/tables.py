@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnctl.escape import csv_cell, safe, safe_text
-from cnnctl.runs import RunSummary
+from cnnctl.runs import RunSummary, StudySummary
 from cnnctl.runs.results import EvaluationResult, Prediction, TrainResult
 
 
@@ -53,13 +53,15 @@ class TrainingDisplay:
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     header: str
     justify: str = "left"
     drop: int = 0  # 0: always shown; else dropped first when the table does not fit (highest first)
 
 
-def _fitted(columns: Sequence[_Column], rows: Sequence[Sequence[Any]], width: int | None) -> Table:
+def fitted_table(
+    columns: Sequence[Column], rows: Sequence[Sequence[Any]], width: int | None
+) -> Table:
     """A table of `rows` that fits `width`.
 
     The least important columns go first; no cell ever wraps.
@@ -247,12 +249,12 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
         "failed": "red",
     }
     columns = [
-        _Column("run"),
-        _Column("data", drop=4),
-        _Column("epochs", "right", drop=1),
-        _Column("best (monitored)", "right", drop=3),
-        _Column("test acc", "right", drop=2),
-        _Column("status"),
+        Column("run"),
+        Column("data", drop=4),
+        Column("epochs", "right", drop=1),
+        Column("best (monitored)", "right", drop=3),
+        Column("test acc", "right", drop=2),
+        Column("status"),
     ]
     rows = []
     for run in runs:
@@ -273,7 +275,40 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
                 safe(status, style=styles.get(run.status, "")),
             ]
         )
-    return _fitted(columns, rows, width)
+    return fitted_table(columns, rows, width)
+
+
+def studies_table(studies: Sequence[StudySummary], width: int | None = None) -> Table:
+    """`cnnctl runs`: one row per `cnnctl tune` study, and how to see its trials."""
+    columns = [
+        Column("study"),
+        Column("trials done", "right"),
+        Column("best", "right"),
+        Column("folder", drop=1),
+    ]
+    rows = [
+        [
+            safe(study.name),
+            str(study.trials_done),
+            f"{safe_text(study.metric or '')} {study.best_value:.4f} (trial {study.best_trial})"
+            if study.best_value is not None
+            else "-",
+            safe(study.path),
+        ]
+        for study in studies
+    ]
+    table = fitted_table(columns, rows, width)
+    table.caption = f"a study's trials: cnnctl runs {safe_text(studies[0].path) if studies else ''}"
+    table.caption_justify = "left"
+    return table
+
+
+def runs_listing(
+    runs: Sequence[RunSummary], studies: Sequence[StudySummary], width: int | None = None
+) -> Group:
+    """`cnnctl runs`: the runs table, then the tune studies (each one row) when there are any."""
+    parts: list[Any] = [runs_table(runs, width)] if runs or not studies else []
+    return Group(*parts, *([studies_table(studies, width)] if studies else []))
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:

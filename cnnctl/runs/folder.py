@@ -160,6 +160,19 @@ def list_runs(root: Path) -> list[Run]:
     return sorted(runs, key=lambda run: (_started(run), run.name))
 
 
+def list_studies(root: Path) -> list[Path]:
+    """Study folders of `cnnctl tune` under `root`, by name: a journal or trials.csv, no config."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        path
+        for path in root.iterdir()
+        if path.is_dir()
+        and not (path / "config.yaml").exists()
+        and any((path / name).is_file() for name in ("journal.log", "trials.csv"))
+    )
+
+
 def _started(run: Run) -> float:
     with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError):
         return float(run.status_data()["started"])

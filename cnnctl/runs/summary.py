@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CnnctlError, RunError
-from cnnctl.limits import read_bounded
+from cnnctl.limits import read_bounded, read_json
 from cnnctl.runs.folder import STATE_MEMBER, Run
 from cnnctl.runs.status import running_pid
 
@@ -32,9 +32,45 @@ class RunSummary:
     stopped_early: int | None = None
     test_accuracy: float | None = None
     problem: str | None = None
+    kind: str = "run"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class StudySummary:
+    """One study line of `cnnctl runs`: trials done and the best value of a `cnnctl tune` study."""
+
+    name: str
+    path: str
+    trials_done: int = 0  # complete or pruned
+    metric: str | None = None
+    best_value: float | None = None
+    best_trial: int | None = None
+    kind: str = "study"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_study(folder: Path) -> StudySummary:
+    """A study folder's line, from trials.csv and study.json (written by `cnnctl tune`)."""
+    summary = StudySummary(name=folder.name, path=str(folder))
+    with contextlib.suppress(CnnctlError, ValueError, csv.Error):
+        text = read_bounded(folder / "trials.csv", RunError).decode()
+        states = [row.get("state") for row in csv.DictReader(io.StringIO(text))]
+        summary.trials_done = sum(state in ("complete", "pruned") for state in states)
+    with contextlib.suppress(CnnctlError):
+        data = read_json(folder / "study.json", RunError)
+        data = data if isinstance(data, dict) else {}
+        best = data.get("best")
+        if isinstance(data.get("metric"), str):
+            summary.metric = data["metric"]
+        if isinstance(best, dict) and isinstance(best.get("value"), (int, float)):
+            summary.best_value = float(best["value"])
+            summary.best_trial = best.get("trial") if isinstance(best.get("trial"), int) else None
+    return summary
 
 
 def describe(run: Run) -> RunSummary:

@@ -9,12 +9,13 @@ line of the parameter, not an hour later in trial 17.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
 
-from cnnctl.config import Config, ParamSpec, TuneConfig, validate_config
-from cnnctl.config.paths import set_path
+from cnnctl.config import Config, ParamSpec, TuneConfig, dump_data, validate_config
+from cnnctl.config.paths import path_parts, set_path
 from cnnctl.config.yamlfile import Source
 from cnnctl.errors import ConfigError, PathError
 from cnnctl.suggest import suggest
@@ -37,6 +38,41 @@ def trial_config(config: Config, values: dict[str, Any], name: str) -> Config:
     for key, value in values.items():
         set_path(data, key, value)
     return validate_config(data, Source(file=_INNER, has_lines=False), name)
+
+
+def own_config(data: dict, values: dict[str, Any], name: str) -> str:
+    """A config file's own data (no `--set`, no defaults) with each path set to its value,
+    without its `tune:` section, named `name`: checked, then written back as YAML.
+
+    Raises:
+        ConfigError: when that config is not valid on its own.
+    """
+    data = copy.deepcopy(data)
+    data.pop("tune", None)
+    data["name"] = name
+    source = Source(file=_INNER, has_lines=False)
+    resolved = validate_config(copy.deepcopy(data), source, name).model_dump(
+        mode="json", exclude_none=True
+    )
+    for key, value in values.items():
+        _written_up_to(data, resolved, path_parts(key))
+        set_path(data, key, value)
+    validate_config(copy.deepcopy(data), source, name)
+    return dump_data(data)
+
+
+def _written_up_to(data: Any, resolved: Any, parts: tuple) -> None:
+    """Where a path leaves what the file wrote, copy in the default it stood for
+    (`train.optimizer.learning_rate` in a file without `optimizer:` needs `optimizer: adam`)."""
+    for part in parts[:-1]:
+        if isinstance(data, dict) and part not in data:
+            if isinstance(resolved, dict) and part in resolved:
+                data[part] = copy.deepcopy(resolved[part])
+            return
+        try:
+            data, resolved = data[part], resolved[part]
+        except (KeyError, IndexError, TypeError):
+            return
 
 
 def inner_message(error: ConfigError) -> str:

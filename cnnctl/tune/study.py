@@ -263,7 +263,9 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     if tune.sampler == "grid":
         target = min(target, _grid_size(tune))
     deadline = time.time() + duration_seconds(tune.timeout) if tune.timeout else None
-    watcher = Watcher(study, config, name, folder, console)
+    watcher = Watcher(
+        study, config, name, folder, console, options.config_file, tuple(options.overrides)
+    )
     killed = fail_dead_trials(study, storage)
     done, running = counts(study)
     console.print(
@@ -304,7 +306,7 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     fail_dead_trials(study, storage)
     watcher.poll()
     result = watcher.result(target)
-    result.notes += save_plots(study, folder)
+    result.notes += save_plots(study, folder, tune.metric)
     done = counts(study)[0]
     if interrupted:
         raise Interrupted(
