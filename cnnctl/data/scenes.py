@@ -170,16 +170,14 @@ def _place(
 ) -> list[tuple[int, int]]:
     """Top-left corners for boxes of these shapes, at least GAP apart: random, else a grid."""
     for _ in range(tries):
-        corners: list[tuple[int, int]] = []
+        boxes: list[tuple[int, int, int, int]] = []
         for h, w in shapes:
-            top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-            if any(
-                _near((top, left, h, w), (*c, *s)) for c, s in zip(corners, shapes, strict=False)
-            ):
+            box = (int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1)), h, w)
+            if any(_near(box, placed) for placed in boxes):
                 break
-            corners.append((top, left))
-        if len(corners) == len(shapes):
-            return corners
+            boxes.append(box)
+        if len(boxes) == len(shapes):
+            return [(top, left) for top, left, _, _ in boxes]
     # Rarely three large items: one quarter each, wherever it fits inside the quarter.
     cell = size // 2
     return [
