@@ -652,6 +652,50 @@ def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> N
     _render(report.checks_table(checks), asdict(checks), as_json)
 
 
+@datasets.command("make")
+@click.argument("name", type=click.Choice(["fashion-scenes"]))
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--count",
+    type=click.IntRange(1, 100_000),
+    default=6000,
+    show_default=True,
+    help="Train scenes.",
+)
+@click.option(
+    "--test-count",
+    type=click.IntRange(1, 100_000),
+    help="Test scenes (default: a sixth of --count).",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(60, 512),
+    default=64,
+    show_default=True,
+    help="Width and height of a scene, pixels.",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@global_options
+def datasets_make(
+    name: str, folder: Path, count: int, test_count: int | None, size: int, seed: int
+) -> None:
+    """Make a derived dataset in FOLDER (new or empty): fashion-scenes are 1-3 Fashion-MNIST items
+    per scene, with tags and item count in labels.csv and segmentation masks in masks/."""
+    from cnnctl.data.scenes import make_scenes
+    from cnnctl.escape import safe_text
+
+    test_count = test_count or max(1, count // 6)
+    made = make_scenes(folder, count, test_count, size, seed, bool(_setting("offline")))
+    for warning in made.warnings:
+        _note(f"warning: {warning}")
+    click.echo(
+        safe_text(
+            f"wrote {count:,} train + {test_count:,} test scenes of {size}x{size} "
+            f"(from {made.origin}) to {folder}/: images/, masks/, labels.csv, classes.txt"
+        )
+    )
+
+
 def _render(renderable, data, as_json: bool, console=None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
