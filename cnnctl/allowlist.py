@@ -100,3 +100,15 @@ OPTIMIZERS = (
 # Classes inside saved blocks beyond LAYERS: the shortcut's Add, and what the
 # applications are made of. The model-file allow-list takes these too.
 MODEL_FILE_CLASSES = ("Add", "Multiply", "Concatenate", "Normalization", "InputLayer")
+
+# Augmentation layers that pass images through unchanged at inference (RandomCrop does not: it
+# crops the centre). Left out of the exported graph, where their random ops have no ONNX form.
+INFERENCE_IDENTITY = (  # a subset of the augmentations above, and noise
+    "RandomFlip",
+    "RandomRotation",
+    "RandomTranslation",
+    "RandomZoom",
+    "RandomContrast",
+    "RandomBrightness",
+    "GaussianNoise",
+)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnctl.allowlist import INFERENCE_IDENTITY
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
@@ -30,17 +31,6 @@ CHECK_IMAGES = 1000  # real test images compared with Keras
 REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 ranges
 MAX_DIFF = {"savedmodel": 1e-5, "onnx": 1e-5, "tflite": 1e-4}  # probabilities, float exports
 ONNX_NAMES = ("image", "probabilities")  # the graph's input and output, batch dimension "batch"
-# Augmentation layers that pass images through unchanged at inference (RandomCrop does not: it
-# crops the centre). Left out of the exported graph, where their random ops have no ONNX form.
-INFERENCE_IDENTITY = (
-    "RandomFlip",
-    "RandomRotation",
-    "RandomTranslation",
-    "RandomZoom",
-    "RandomContrast",
-    "RandomBrightness",
-    "GaussianNoise",
-)
 PREPROCESSING = {
     True: "float32 pixels 0..255 (N, H, W, C); the model scales them (Rescaling 1/255 inside)",
     False: "float32 pixels 0..255 (N, H, W, C), as in training (the model has no Rescaling)",
