@@ -24,6 +24,16 @@ from cnnctl.errors import ModelFileError
 from cnnctl.limits import limit
 
 SLACK = 2**20  # HDF5 headers, alignment
+DAMAGED = "the file is damaged; save or download it again"
+ONE_FILE = "save the weights into one file: model.save_weights('name.weights.h5')"
+
+
+class Refused(ValueError):
+    """A file the probe read and refuses, with the fix to show."""
+
+    def __init__(self, message: str, hint: str = DAMAGED) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def probe(path: Path, h5_path: Path) -> dict[str, Any]:
@@ -54,7 +64,7 @@ def probe(path: Path, h5_path: Path) -> dict[str, Any]:
     if done.returncode != 0 or not lines:
         raise ModelFileError(
             f"{path}: damaged weights (reading them failed with exit code {done.returncode})",
-            "the file is damaged; save or download it again",
+            DAMAGED,
         )
     try:
         result = json.loads(lines[-1])
@@ -72,18 +82,12 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"declared": 0, "config": None}
     datasets = []
 
+    links: list[tuple[str, Any]] = []
+
     def visit(name: str, link: Any) -> None:
-        if isinstance(link, h5py.ExternalLink):
-            raise ValueError(f"refused: its weights link to another file ({name})")
-        if not isinstance(link, h5py.HardLink):
-            return
-        item = h5[name]
-        if isinstance(item, h5py.Dataset):
-            if item.external or item.is_virtual:
-                raise ValueError(f"refused: weights '{name}' are stored in another file")
-            if item.shape is not None:
-                result["declared"] += math.prod(item.shape) * item.dtype.itemsize
-            datasets.append(item)
+        # Only collect: an exception raised inside h5py's visit callback comes out as
+        # "SystemError: <cyfunction FastRLock.__exit__ ...>", whatever it said.
+        links.append((name, link))
 
     with h5py.File(h5_path, "r") as h5:
         raw = h5.attrs.get("model_config")
@@ -92,6 +96,22 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
                 raise ValueError("damaged model file (model_config is not text)")
             result["config"] = raw.decode() if isinstance(raw, bytes) else raw
         h5.visititems_links(visit)
+        for name, link in links:
+            if isinstance(link, h5py.ExternalLink):
+                raise Refused(
+                    f"refused: its weights link to another file "
+                    f"('{name}' -> {link.filename}:{link.path})",
+                    ONE_FILE,
+                )
+            if not isinstance(link, h5py.HardLink):
+                continue
+            item = h5[name]
+            if isinstance(item, h5py.Dataset):
+                if item.external or item.is_virtual:
+                    raise Refused(f"refused: weights '{name}' are stored in another file", ONE_FILE)
+                if item.shape is not None:
+                    result["declared"] += math.prod(item.shape) * item.dtype.itemsize
+                datasets.append(item)
         declared = result["declared"]
         if declared > 2 * stored + SLACK:
             raise ValueError(
@@ -125,12 +145,12 @@ def main() -> None:
         damaged = not message.startswith(("refused", "damaged"))
         result = {
             "problem": f"damaged weights ({message[:200]})" if damaged else message,
-            "hint": "the file is damaged; save or download it again",
+            "hint": getattr(error, "hint", DAMAGED),
         }
     except Exception as error:  # h5py raises nearly any type on damaged data
         result = {
             "problem": f"damaged weights ({type(error).__name__}: {str(error)[:200]})",
-            "hint": "the file is damaged; save or download it again",
+            "hint": DAMAGED,
         }
     print(json.dumps(result))
 
