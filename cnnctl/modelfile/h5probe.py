@@ -22,6 +22,7 @@ from typing import Any
 import cnnctl
 from cnnctl.errors import ModelFileError
 from cnnctl.limits import limit
+from cnnctl.modelfile.check import WRONG_MODEL, Sizes, too_large, too_many_bytes
 
 SLACK = 2**20  # HDF5 headers, alignment
 DAMAGED = "the file is damaged; save or download it again"
@@ -36,8 +37,11 @@ class Refused(ValueError):
         self.hint = hint
 
 
-def probe(path: Path, h5_path: Path) -> dict[str, Any]:
-    """Run the probe on `h5_path` (part of the model file `path`) with a deadline."""
+def probe(path: Path, h5_path: Path, sizes: Sizes | None = None) -> dict[str, Any]:
+    """Run the probe on `h5_path` (part of the model file `path`) with a deadline.
+
+    With `sizes`, the model's: each dataset and their total held to them before any is read.
+    """
     seconds = limit("h5_seconds") + 10 * h5_path.stat().st_size / 2**30
     env = {
         **os.environ,
@@ -47,7 +51,13 @@ def probe(path: Path, h5_path: Path) -> dict[str, Any]:
     }
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "cnnctl.modelfile.h5probe", str(h5_path)],
+            [
+                sys.executable,
+                "-m",
+                "cnnctl.modelfile.h5probe",
+                str(h5_path),
+                *([] if sizes is None else [str(sizes.params), str(sizes.largest)]),
+            ],
             env=env,
             capture_output=True,
             timeout=seconds,
@@ -75,7 +85,7 @@ def probe(path: Path, h5_path: Path) -> dict[str, Any]:
     return result
 
 
-def _read_everything(h5_path: Path) -> dict[str, Any]:
+def _read_everything(h5_path: Path, sizes: Sizes | None = None) -> dict[str, Any]:
     import h5py
 
     stored = h5_path.stat().st_size
@@ -83,6 +93,7 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
     datasets = []
 
     links: list[tuple[str, Any]] = []
+    unfit: str | None = None  # why a dataset, or all of them, fit no variable of the model
 
     def visit(name: str, link: Any) -> None:
         # Only collect: an exception raised inside h5py's visit callback comes out as
@@ -111,6 +122,8 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
                     raise Refused(f"refused: weights '{name}' are stored in another file", ONE_FILE)
                 if item.shape is not None:
                     result["declared"] += math.prod(item.shape) * item.dtype.itemsize
+                    if sizes is not None and unfit is None:
+                        unfit = too_large(name, item.shape, item.dtype.itemsize, sizes)
                 datasets.append(item)
         declared = result["declared"]
         if declared > 2 * stored + SLACK:
@@ -123,6 +136,10 @@ def _read_everything(h5_path: Path) -> dict[str, Any]:
                 f"refused: its weights declare too many bytes ({declared:,} > limit "
                 f"{limit('bytes'):,}; raise: cnnctl --limit bytes={declared})"
             )
+        if sizes is not None and unfit is None:
+            unfit = too_many_bytes(declared, sizes)
+        if unfit:  # after the shape bomb, a plainer name for a file that stores nothing
+            raise Refused(unfit, WRONG_MODEL)
         for group in [h5, *(h5[name] for name in _names(h5))]:
             for key in group.attrs:
                 group.attrs[key]  # noqa: B018 - reading is the test
@@ -139,7 +156,8 @@ def _names(h5: Any) -> list[str]:
 
 def main() -> None:
     try:
-        result = _read_everything(Path(sys.argv[1]))
+        sizes = Sizes(int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else None
+        result = _read_everything(Path(sys.argv[1]), sizes)
     except ValueError as error:
         message = str(error)
         damaged = not message.startswith(("refused", "damaged"))
