@@ -240,8 +240,12 @@ def rebuild(
     drop: tuple[str, ...] = (),
     add: dict[str, bytes] | None = None,
     change: Callable[[dict], None] | None = None,
+    stored: bool = False,
 ) -> Path:
-    """A copy of `good` without the members `drop`, with `add`, its config changed by `change`."""
+    """A copy of `good` without the members `drop`, with `add`, its config changed by `change`.
+
+    `stored`: the members of `add` are stored as they are, not deflated again.
+    """
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
         for info in source.infolist():
             if info.filename in drop:
@@ -253,7 +257,7 @@ def rebuild(
                 data = json.dumps(config).encode()
             out.writestr(info.filename, data)
         for name, data in (add or {}).items():
-            out.writestr(name, data)
+            out.writestr(name, data, zipfile.ZIP_STORED if stored else None)
     return target
 
 
@@ -336,3 +340,71 @@ def flip_bytes(data: bytes, seed: int, count: int = 8) -> bytes:
     for _ in range(count):
         out[rng.randrange(len(out))] = rng.randrange(256)
     return bytes(out)
+
+
+def _npz(arrays: dict[str, bytes]) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, npy in arrays.items():
+            archive.writestr(name, npy)
+    return out.getvalue()
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def npz_inflating(count: int) -> bytes:
+    """An .npz whose array `layers/dense` holds `count` float32 zeros, deflated ~1000-fold."""
+    import io
+
+    import numpy as np
+
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        npy, {"descr": "<f4", "fortran_order": False, "shape": (count,)}
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("layers/dense.npy", "w", force_zip64=True) as member:
+            member.write(npy.getvalue())
+            zeros = bytes(2**24)
+            for _ in range(count * 4 // len(zeros)):
+                member.write(zeros)
+    return out.getvalue()
+
+
+def npz_random(count: int) -> bytes:
+    """An .npz whose array `layers/dense` holds `count` random float32 values, really stored."""
+    import numpy as np
+
+    return _npz({"layers/dense.npy": _npy(np.random.default_rng(0).random(count, "float32"))})
+
+
+def npz_many(arrays: int, count: int) -> bytes:
+    """An .npz of `arrays` arrays of `count` float64 zeros each."""
+    import numpy as np
+
+    return _npz({f"junk/{i}.npy": _npy(np.zeros(count)) for i in range(arrays)})
+
+
+def h5_random(count: int) -> bytes:
+    """Keras weights whose Dense kernel holds `count` random float32 values, really stored."""
+    import io
+
+    import h5py
+    import numpy as np
+
+    out = io.BytesIO()
+    with h5py.File(out, "w") as h5:
+        h5["layers/dense/vars/0"] = np.random.default_rng(0).random(count, "float32")
+        h5["layers/dense/vars/1"] = np.zeros(10, "float32")
+    return out.getvalue()

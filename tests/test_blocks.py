@@ -205,6 +205,27 @@ def test_backbone_refuses_a_weights_file_of_another_model(write, tmp_path):
     )
 
 
+def test_backbone_refuses_a_weights_file_that_links_to_another_file(write, tmp_path):
+    """An HDF5 external link would make the library open a file the config never named."""
+    import h5py
+
+    with h5py.File(tmp_path / "secret.h5", "w") as h5:
+        h5["x"] = np.zeros(3, "float32")
+    with h5py.File(tmp_path / "link.weights.h5", "w") as h5:
+        h5["layers/conv/vars/0"] = np.zeros(3, "float32")
+        h5["layers/conv/vars/1"] = h5py.ExternalLink("secret.h5", "/x")
+    with pytest.raises(CnnctlError) as info:
+        build(write, BACKBONE % "link.weights.h5")
+    assert info.value.exit_code == 2
+    message = info.value.format_message()
+    assert message.splitlines()[0] == (
+        "x.yaml:9:57: model.layers[1].weights: link.weights.h5: refused: its weights link to "
+        "another file ('layers/conv/vars/1' -> secret.h5:/x)"
+    )
+    assert "hint: save the weights into one file" in message
+    assert "SystemError" not in message
+
+
 def test_offline_imagenet_names_the_file_and_the_folder(runner, write):
     config = write("bb.yaml", HEAD + BACKBONE % "imagenet")
     result = runner.invoke(main, ["validate", str(config)])  # the fixture sets CNNCTL_OFFLINE=1

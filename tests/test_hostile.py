@@ -88,6 +88,15 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
             finished = (cwd / "child.out").read_text().count("RESULT ")
             if finished > done:
                 done, deadline = finished, time.monotonic() + CASE_SECONDS + 5
+            rss = _rss_mb(child.pid)
+            if rss > 2 * MAX_RSS_MB:  # a case running away: stop it before it fills the machine
+                child.kill()
+                os.wait4(child.pid, 0)
+                done = (cwd / "child.out").read_text().count("RESULT ")
+                pytest.fail(
+                    f"memory: case {cases[done] if done < len(cases) else '?'} passed "
+                    f"{rss:.0f} MB RSS (killed)"
+                )
             if time.monotonic() > deadline:
                 child.kill()
                 os.wait4(child.pid, 0)
@@ -102,6 +111,15 @@ def run_group(cases: list[list[str]], cwd: Path) -> tuple[list[dict], float]:
     assert len(results) == len(cases), (cwd / "child.err").read_text()[-3000:]
     assert list(tmp.iterdir()) == [], f"left in TMPDIR: {list(tmp.iterdir())}"
     return results, max(r["rss_mb"] for r in results)
+
+
+def _rss_mb(pid: int) -> float:
+    """A running child's resident memory now, in MB (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def check(results: list[dict], expected: list[tuple[int, str]], rss_mb: float) -> None:
@@ -473,3 +491,58 @@ def test_mutated_model_files_never_crash(tmp_path, models):
         ]
         results, rss = run_group(cases, tmp_path)
         check(results, [(r["code"] if r["code"] in (0, 2) else 2, "") for r in results], rss)
+
+
+def test_weights_are_bounded_by_the_models_own_variables(tmp_path, models):
+    """Issue 25, 16: weights inside a .keras are refused by their declared sizes and by the
+    shapes of the model's variables (from config.json), before any array is read."""
+    good, image = models / "good.keras", str(models / "x.png")
+    drop = ("model.weights.h5",)
+    # a 1 MB .npz whose one array inflates to 1 GiB of float32 zeros (it was read, then listed)
+    hm.rebuild(
+        good,
+        tmp_path / "inflate.keras",
+        drop=drop,
+        add={"model.weights.npz": hm.npz_inflating(2**28)},
+        stored=True,
+    )
+    # 12 MB of real data for a model whose largest variable holds 7,840 values
+    hm.rebuild(
+        good,
+        tmp_path / "npzshape.keras",
+        drop=drop,
+        add={"model.weights.npz": hm.npz_random(3_000_000)},
+    )
+    hm.rebuild(
+        good,
+        tmp_path / "h5shape.keras",
+        drop=drop,
+        add={"model.weights.h5": hm.h5_random(2_000_000)},
+    )
+    # 400 arrays of 7,840 float64 zeros: each fits the kernel, together 25 MB, far past 7,850 params
+    hm.rebuild(
+        good, tmp_path / "many.keras", drop=drop, add={"model.weights.npz": hm.npz_many(400, 7_840)}
+    )
+    cases = [
+        (["predict", image, "--model", str(good)], 0, ""),
+        (["predict", image, "--model", str(tmp_path / "inflate.keras")], 2, "(a zip bomb?)"),
+        (
+            ["predict", image, "--model", str(tmp_path / "npzshape.keras")],
+            2,
+            "larger than any variable of the model",
+        ),
+        (
+            ["predict", image, "--model", str(tmp_path / "h5shape.keras")],
+            2,
+            "larger than any variable of the model",
+        ),
+        (
+            ["predict", image, "--model", str(tmp_path / "many.keras")],
+            2,
+            "far more than a model of 7,850 parameters needs",
+        ),
+    ]
+    results, rss = run_group([args for args, _, _ in cases], tmp_path)
+    check(results, [(code, phrase) for _, code, phrase in cases], rss)
+    for result in results[1:]:
+        assert len(result["stderr"].strip().splitlines()) <= 2, result["stderr"]  # message + hint

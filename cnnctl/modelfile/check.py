@@ -14,7 +14,7 @@ import inspect
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cnnctl.errors import ModelFileError, first_line
 from cnnctl.limits import refuse_over
@@ -43,6 +43,54 @@ RISKY = {
 KERAS_TENSOR = "__keras_tensor__"
 KERAS_TENSOR_KEYS = {"shape", "dtype", "keras_history", "sparse", "ragged"}
 GUIDE = "cnnctl only loads models built from standard Keras layers"
+# Optimizer and metric state (steps, counts, AUC thresholds) may hold a little more than the
+# model's largest variable.
+STATE_VALUES = 2**16
+
+
+class Sizes(NamedTuple):
+    """What the weights of a model config may hold, known before any weight is read."""
+
+    params: int  # parameters of the model
+    largest: int  # values in its largest variable
+
+    @property
+    def weights_bytes(self) -> int:
+        """Weights take < 32 bytes per parameter (with optimizer state, float64 at most)."""
+        return 32 * self.params + 16 * 2**20
+
+    @property
+    def array_values(self) -> int:
+        """One array holds at most as many values as the largest variable (or optimizer state)."""
+        return max(self.largest, STATE_VALUES)
+
+
+def too_large(name: str, shape: tuple[int, ...], itemsize: int, sizes: Sizes) -> str | None:
+    """Why the array `name` of `shape` fits no variable of the model, or None when it may."""
+    values = math.prod(shape)
+    if values > sizes.array_values or values * itemsize > 8 * sizes.array_values:  # float64
+        return (
+            f"refused: weights '{name}' declare shape {tuple(shape)} "
+            f"({values * itemsize:,} bytes), larger than any variable of the model "
+            f"(its largest holds {sizes.largest:,} values)"
+        )
+    return None
+
+
+def too_many_bytes(declared: int, sizes: Sizes) -> str | None:
+    """Why weights declaring `declared` bytes in all are more than the model needs, or None."""
+    if declared > sizes.weights_bytes:
+        return (
+            f"refused: its weights declare {declared:,} bytes, far more than a model of "
+            f"{sizes.params:,} parameters needs ({sizes.weights_bytes:,})"
+        )
+    return None
+
+
+WRONG_MODEL = (
+    "these weights do not fit the model its config.json describes; "
+    "save the model again with model.save('x.keras')"
+)
 
 
 def check_config(path: Path, config: Any) -> None:
@@ -126,11 +174,11 @@ def _objects(
             yield from _objects(path, child, owner, depth + 1)
 
 
-def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int:
+def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> Sizes:
     """Bound parameters and the largest activation (batch 1) without allocating the model.
 
     Returns:
-        The model's parameter count.
+        The model's parameter count and the values in its largest variable.
     """
     import keras
     from keras.src.backend.common import global_state
@@ -156,7 +204,8 @@ def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int
                     f"{path}: refused: the model declares no input shape",
                     "save the model after building it (give it a keras.Input)",
                 )
-            params = sum(math.prod(_dims(w.shape)) for w in model.weights)
+            counts = [math.prod(_dims(w.shape)) for w in model.weights]
+            params = sum(counts)
             largest, where = _largest_activation(model)
     except ModelFileError:
         raise
@@ -176,7 +225,7 @@ def check_sizes(path: Path, config: dict[str, Any], legacy: bool = False) -> int
         f"layer '{where}' makes too large an output for one image",
         ModelFileError,
     )
-    return params
+    return Sizes(params, max(counts, default=0))
 
 
 def _dims(shape: Any) -> list[int]:

@@ -20,10 +20,9 @@ from typing import Any
 
 from cnnctl.errors import ModelFileError, first_line
 from cnnctl.limits import limit, open_regular, parse_json, refuse_over
-from cnnctl.modelfile.check import check_config, check_sizes
-from cnnctl.modelfile.weights import check_h5_file, check_npz_file
+from cnnctl.modelfile.check import Sizes, check_config, check_sizes
+from cnnctl.modelfile.weights import MAX_RATIO, check_h5_file, check_npz_file
 
-MAX_RATIO = 200  # unpacked / packed size; weights barely compress, bombs compress a million-fold
 WEIGHTS = ("model.weights.h5", "model.weights.npz")
 # A zip or HDF5 library meeting a damaged file raises nearly any exception type.
 DAMAGE = (
@@ -89,10 +88,10 @@ def unpack_archive(path: Path, folder: Path) -> Path:
         try:
             with zipfile.ZipFile(stream) as archive:
                 config = _vet_archive(path, archive)
-                params = check_sizes(path, config)
+                sizes = check_sizes(path, config)
                 (folder / "config.json").write_bytes(_read_member(path, archive, "config.json"))
                 name = next(n for n in WEIGHTS if n in archive.NameToInfo)
-                _check_weights_size(path, archive.getinfo(name), params)
+                _check_weights_size(path, archive.getinfo(name), sizes)
                 _extract(path, archive, name, folder / name)
         except zipfile.BadZipFile:
             raise ModelFileError(
@@ -106,9 +105,9 @@ def unpack_archive(path: Path, folder: Path) -> Path:
                 f"{path}: damaged model file ({type(error).__name__}: {first_line(error)})"
             ) from None
     if name.endswith(".h5"):
-        check_h5_file(path, folder / name)
+        check_h5_file(path, folder / name, sizes)
     else:
-        check_npz_file(path, folder / name)
+        check_npz_file(path, folder / name, sizes)
     return folder
 
 
@@ -160,16 +159,13 @@ def _check_member(path: Path, info: zipfile.ZipInfo, name: str = "bytes") -> Non
         raise ModelFileError(f"{path}: refused: {info.filename} is encrypted")
 
 
-def _check_weights_size(path: Path, info: zipfile.ZipInfo, params: int) -> None:
-    """Weights take < 32 bytes per parameter of the config.
-
-    That is with optimizer state, float64 at most.
-    """
-    most = 32 * params + 16 * 2**20
+def _check_weights_size(path: Path, info: zipfile.ZipInfo, sizes: Sizes) -> None:
+    """Weights take < 32 bytes per parameter of the config (`Sizes.weights_bytes`)."""
+    most = sizes.weights_bytes
     if info.file_size > most:
         raise ModelFileError(
             f"{path}: refused: {info.filename} unpacks to {info.file_size:,} bytes, "
-            f"far more than a model of {params:,} parameters needs ({most:,})"
+            f"far more than a model of {sizes.params:,} parameters needs ({most:,})"
         )
 
 
