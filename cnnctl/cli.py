@@ -14,7 +14,12 @@ from typing import Any
 import click
 
 from cnnctl import __version__
+
+# The choices of options are the constants their wings check against (no TensorFlow here).
+from cnnctl.config.schema import SPLITS, TTA_MODES
 from cnnctl.errors import CnnctlError, explain
+from cnnctl.limits import EVAL_BATCH
+from cnnctl.scoring.export import FORMATS, QUANTIZE
 
 LATEST = "\0latest"  # `--resume` given without a run name
 GLOBAL_FLAGS = {
@@ -28,7 +33,7 @@ legacy_option = click.option(
 )
 tta_option = click.option(
     "--tta",
-    type=click.Choice(["none", "horizontal_flip"]),
+    type=click.Choice(TTA_MODES),
     help="Test-time augmentation: horizontal_flip averages each image with its mirror "
     "(default: the run config's model.tta).",
 )
@@ -174,7 +179,7 @@ set_option = click.option(
 )
 
 
-@main.command()
+@main.command(short_help="Check a config and show the network it builds.")
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
 @global_options
@@ -195,7 +200,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     console.print(f"[green]ok[/]: {config} is valid")
 
 
-@main.command()
+@main.command(short_help="Train a config's network into a new run folder.")
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @set_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
@@ -269,7 +274,7 @@ def _resume(ref: str | None, display, overrides, config: Path | None, values: di
     return result
 
 
-@main.command()
+@main.command(short_help="Search a config's tune: section with Optuna.")
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
 @click.option(
@@ -315,7 +320,7 @@ def tune(
     _render(study_summary(result, _width(_console())), result.summary(), as_json)
 
 
-@main.command()
+@main.command(short_help="Score a run's model and save the report.")
 @click.argument("run", required=False)
 @click.option(
     "--run", "run_option", metavar="RUN", help="The run to score (the same as the RUN argument)."
@@ -330,7 +335,11 @@ def tune(
     "--data", help="A config file, a built-in dataset or a data path (default: the run's data)."
 )
 @click.option(
-    "--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True
+    "--split",
+    type=click.Choice(SPLITS),
+    default="test",
+    show_default=True,
+    help="Which split of the data to score.",
 )
 @click.option(
     "--output",
@@ -397,10 +406,13 @@ def _warn_if_training(source, model_file: Path | None) -> None:
         _note(f"warning: {source.run.path} is still training; this scores its best model so far")
 
 
-@main.command()
+@main.command(short_help="Classify image files, folders or globs.")
 @click.argument("paths", nargs=-1, required=True)
 @click.option(
-    "--run", "run_ref", help="Run whose model to use (default: the latest run with a model)."
+    "--run",
+    "run_ref",
+    metavar="RUN",
+    help="Run whose model to use (default: the latest run with a model).",
 )
 @click.option(
     "--model",
@@ -408,8 +420,20 @@ def _warn_if_training(source, model_file: Path | None) -> None:
     type=click.Path(path_type=Path),
     help="A .keras, .onnx or .tflite file instead of a run.",
 )
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Classes shown per image.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=EVAL_BATCH,
+    show_default=True,
+    help="Images per model call (lower it if memory runs out).",
+)
 @click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
 @tta_option
 @legacy_option
@@ -496,7 +520,7 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
         _render(table, rows, fmt == "json", console)
 
 
-@main.command()
+@main.command(short_help="Export a run's model to SavedModel, ONNX or TFLite.")
 @click.argument("run", required=False)
 @click.option(
     "--model",
@@ -504,10 +528,8 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
     type=click.Path(dir_okay=False, path_type=Path),
     help="A .keras file instead of a run (its run folder supplies the check's data).",
 )
-@click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx", "tflite"]), required=True)
-@click.option(
-    "--quantize", type=click.Choice(["float16", "int8"]), help="TFLite only: smaller weights."
-)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--quantize", type=click.Choice(QUANTIZE), help="TFLite only: smaller weights.")
 @click.option(
     "--output", type=click.Path(path_type=Path), help="Where to write (default: RUN/export/)."
 )
@@ -543,7 +565,7 @@ def export(
     _render(export_table(record), record, as_json)
 
 
-@main.command()
+@main.command(short_help="List the runs and tune studies, with results.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
 @json_option
 @global_options
@@ -566,7 +588,7 @@ def runs(folder: Path | None, as_json: bool) -> None:
     _render(listing, [r.to_json() for r in [*found, *studies]], as_json, console)
 
 
-@main.command()
+@main.command(short_help="Versions, devices and data paths, for bug reports.")
 @json_option
 @global_options
 def info(as_json: bool) -> None:
@@ -605,7 +627,7 @@ def info(as_json: bool) -> None:
     _render(report.facts_table(facts), facts, as_json)
 
 
-@main.group(invoke_without_command=True)
+@main.group(invoke_without_command=True, short_help="List built-in datasets; check or make data.")
 @json_option
 @global_options
 @click.pass_context

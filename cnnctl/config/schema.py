@@ -27,7 +27,11 @@ BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # What a label is: one module each in cnnctl/tasks/ (the registry there checks it is this list).
 TASKS = ("classification",)
-SPLITS = ("train", "validation", "test")  # the three splits every dataset is read into
+SPLITS = ("train", "validation", "test")
+TTA_MODES = (
+    "none",
+    "horizontal_flip",
+)  # test-time augmentation: none, or image + mirror  # the three splits every dataset is read into
 # Classification losses, and whether each wants one-hot labels.
 LOSSES = {
     "categorical_crossentropy": True,
@@ -134,7 +138,7 @@ class ModelConfig(_Strict):
     layers: list[ObjectSpec] = Field(min_length=1)
     # Test-time augmentation: horizontal_flip scores each image as the mean of the model's
     # outputs on it and on its mirror image (the end-of-training test, evaluate, predict).
-    tta: Literal["none", "horizontal_flip"] = "none"
+    tta: Literal[TTA_MODES] = "none"  # type: ignore[valid-type]
 
     @field_validator("input_shape")
     @classmethod
