@@ -383,3 +383,15 @@ def test_runs_before_any_training_is_an_empty_list_and_how_to_start(runner, tmp_
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == []
     assert "cnnctl train configs/fashion_mnist.yaml" in result.stderr
+
+
+def test_help_lists_every_command_whole_and_every_option_says_what_it_does(runner):
+    listing = runner.invoke(main, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:")[1].strip().splitlines()
+    assert len(commands) >= 9 and not any(line.rstrip().endswith("...") for line in commands)
+    for command in ("predict", "evaluate", "export", "train", "tune"):
+        text = runner.invoke(main, [command, "--help"], terminal_width=100).output
+        options = [line for line in text.splitlines() if line.lstrip().startswith("--")]
+        bare = [line for line in options if not line.lstrip().split("  ", 1)[1:]]
+        assert not [b for b in bare if "[default" in b or b.strip().endswith("RANGE")], bare
+    assert "--run RUN" in runner.invoke(main, ["predict", "--help"]).output
