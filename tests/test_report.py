@@ -192,3 +192,23 @@ def test_curves_have_whole_epoch_ticks(epochs):
     fig = report.curves_figure(rows)
     ticks = [t for t in fig.axes[0].get_xticks() if 0.5 <= t <= epochs + 0.5]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+@pytest.mark.parametrize("chose", [True, False], ids=["validation-is-test", "held-out"])
+def test_training_summary_says_when_the_test_set_chose_the_epoch(tmp_path, chose):
+    result = TrainResult(
+        run=Run(tmp_path),
+        epochs_done=10,
+        epochs=10,
+        monitor="val_loss",
+        best_epoch=9,
+        best_value=0.24,
+        test={"accuracy": 0.9149},
+        seconds=1.0,
+        images_per_second=10.0,
+        rows=[{"epoch": 9, "loss": 0.3}],
+        test_chose_epoch=chose,
+    )
+    text = " ".join(render(report.training_summary(result), 200))
+    assert ("the test set chose the epoch" in text) is chose
+    assert result.summary()["validation_is_test"] is chose

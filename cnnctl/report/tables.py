@@ -168,6 +168,14 @@ def training_summary(result: TrainResult) -> Group:
     if test:
         parts = "  ".join(f"{k} {_format(v)}" for k, v in test.items())
         lines.append(Text.assemble(("test: ", "bold"), parts))
+        if result.test_chose_epoch:
+            lines.append(
+                Text(
+                    "note: validation was the test split (data.validation: test), so the test "
+                    "set chose the epoch; for a held-out figure set data.validation: 0.1",
+                    style="yellow",
+                )
+            )
     return Group(*lines)
 
 

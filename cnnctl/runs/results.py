@@ -32,6 +32,7 @@ class TrainResult:
     written: bool = True  # False on a worker that is not the chief: it trained and wrote nothing
     rows: list[dict[str, float]] = field(default_factory=list)
     restarted: bool = False  # resumed before its first epoch ended: trained from the start again
+    test_chose_epoch: bool = False  # data.validation: test, so the test figures are not held out
 
     def summary(self) -> dict[str, Any]:
         best_row = next((r for r in self.rows if r["epoch"] == self.best_epoch), {})
@@ -46,6 +47,7 @@ class TrainResult:
             "best": best_row,
             "final": self.rows[-1] if self.rows else {},
             "test": self.test,
+            "validation_is_test": self.test_chose_epoch,
             "wall_seconds": round(self.seconds, 2),
             "train_images_per_second": round(self.images_per_second, 1),
         }

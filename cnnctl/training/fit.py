@@ -250,6 +250,7 @@ def _fit(
         images_per_second=recorder.images_per_second(),
         rows=recorder.rows,
         written=write,
+        test_chose_epoch=config.data.validation == "test",
     )
     if not write:
         return result
