@@ -369,7 +369,10 @@ def evaluate(
     if run is not None and run_option is not None and run != run_option:
         raise click.UsageError("give the run once: as RUN or as --run")
     source = _scoring_source(run or run_option, model_file, tta, legacy_h5)
-    scored = f"the {split} split of " + (data or "its run's data")
+    scored = f"the {split} split of its run's data"
+    if data:  # data given to evaluate: its own test split, or all of it where it has none
+        scored = f"{data} (all of it, where it has no {split} split of its own)"
+        scored = f"the {split} split of {data}" if split != "test" else scored
     _note(f"evaluating {source.model_file} on {scored}")
     _warn_if_training(source, model_file)
     with _stdout_for_json(as_json):

@@ -395,3 +395,23 @@ def test_help_lists_every_command_whole_and_every_option_says_what_it_does(runne
         bare = [line for line in options if not line.lstrip().split("  ", 1)[1:]]
         assert not [b for b in bare if "[default" in b or b.strip().endswith("RANGE")], bare
     assert "--run RUN" in runner.invoke(main, ["predict", "--help"]).output
+
+
+def test_evaluate_scores_a_folder_given_to_it_whole(runner, run_copy, mnist_test_set, tmp_path):
+    """A labelled folder without a test/ part is scored whole, not its held-out 20%."""
+    from PIL import Image
+
+    x, y = mnist_test_set
+    folder = tmp_path / "mine"
+    for label in range(10):
+        (folder / str(label)).mkdir(parents=True)
+        for i in np.flatnonzero(y == label)[:3]:
+            Image.fromarray(x[i]).save(folder / str(label) / f"{i}.png")
+    result = runner.invoke(
+        main, ["--runs-dir", str(run_copy), "evaluate", "--data", str(folder), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["examples"] == 30
+    assert report["saved"][0].endswith("evaluation-mine.json")
+    assert "mine (all of it" in result.stderr

@@ -133,8 +133,12 @@ def load_dataset(
     seed: int,
     offline: bool = False,
     task: Task | None = None,
+    whole: bool = False,
 ) -> Dataset:
     """Find, read, shape and split a data section; `task` reads the labels (default: classes).
+
+    `whole`: data that is one pool of images (no test split of its own) is its own test
+    split, whole, as `evaluate --data FOLDER` scores it; nothing is held out.
 
     Images are read at `input_shape` where resized.
     """
@@ -145,7 +149,11 @@ def load_dataset(
         task.encode_labels(arrays.y_train, arrays.origin),
     )
     files = dict(arrays.files)
-    if arrays.x_test is None:  # one pool of images: hold out a test split, as the task splits
+    if arrays.x_test is None and whole:
+        x_test, y_test = x_train, y_train
+        if "train" in files:
+            files["test"] = files["train"]
+    elif arrays.x_test is None:  # one pool of images: hold out a test split, as the task splits
         x_train, y_train, x_test, y_test, kept, held = split_off(
             task, x_train, y_train, data.test_fraction, seed
         )

@@ -65,7 +65,8 @@ def evaluate_run(
     )
     folder = output if output is not None else (source.run.path if source.run else None)
     if folder is not None:
-        tag = f"-{_slug(data)}-{split}" if data else "" if split == "test" else f"-{split}"
+        tag = "" if split == "test" else f"-{split}"
+        tag = f"-{_slug(data)}{tag}" if data else tag
         tag = f"-{source.model_file.name}{tag}" if source.exported else tag  # never Keras' report
         result.saved = _save(Path(folder), tag, result, task_report)
     return result
@@ -160,7 +161,8 @@ def _dataset(source: ScoringSource, model: Any, data: str | None, offline: bool)
     else:
         section = DataConfig(**given)
     seed = config.seed if config else 42
-    return load_dataset(section, model.input_shape[1:], seed, offline, source.task)
+    # Data given to evaluate is scored: a folder without a test split of its own is scored whole.
+    return load_dataset(section, model.input_shape[1:], seed, offline, source.task, whole=True)
 
 
 def _slug(text: str) -> str:
