@@ -364,7 +364,7 @@ def evaluate(
     """Score RUN's best model (default: the latest run with a model) and save the report.
 
     The test split of the run's own data goes to evaluation.json; other splits and other
-    data get files of their own (evaluation-<split>.json, evaluation-<data>-<split>.json).
+    data get files of their own (evaluation-<split>.json, evaluation-<data>.json).
     """
     if run is not None and run_option is not None and run != run_option:
         raise click.UsageError("give the run once: as RUN or as --run")

@@ -415,3 +415,18 @@ def test_evaluate_scores_a_folder_given_to_it_whole(runner, run_copy, mnist_test
     assert report["examples"] == 30
     assert report["saved"][0].endswith("evaluation-mine.json")
     assert "mine (all of it" in result.stderr
+
+
+def test_validate_checks_the_head_against_a_folders_classes(runner, write, tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+    config = write(
+        "pets.yaml",
+        "data:\n  path: pets\nmodel:\n  input_shape: [28, 28, 1]\n"
+        "  layers: [Flatten, {type: Dense, units: 3, activation: softmax}]\n",
+    )
+    result = runner.invoke(main, ["validate", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "pets.yaml:5:" in result.output and "the data has 2 classes" in result.output
+    fixed = runner.invoke(main, ["validate", str(config), "--set", "model.layers.1.units=2"])
+    assert fixed.exit_code == 0, fixed.output

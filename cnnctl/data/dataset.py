@@ -208,8 +208,16 @@ def _split_files(
 
 
 def num_classes_of(config: Config) -> int | None:
-    """The number of classes, when it is known without reading the data."""
-    return len(BUILTINS[config.data.dataset].classes) if config.data.dataset else None
+    """The number of classes, when it is known without reading the images: a built-in's, or
+    a folder of class folders' (the sub-folders); None where only reading the data tells."""
+    if config.data.dataset:
+        return len(BUILTINS[config.data.dataset].classes)
+    path = Path(config.data.path)
+    if path.is_dir() and not is_idx_folder(path):
+        from cnnctl.data.index import folder_classes
+
+        return len(folder_classes(path))
+    return None
 
 
 def _images(x: np.ndarray, origin: str) -> np.ndarray:

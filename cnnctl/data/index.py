@@ -62,8 +62,13 @@ class FileIndex:
         return out
 
 
-def index_folder(folder: Path) -> FileIndex:
-    """Index a folder of class folders, or of train/ test/ [val/] split folders of class folders."""
+def folder_classes(folder: Path) -> list[str]:
+    """The class names of a folder of class folders (or of split folders of them), cheaply:
+    the sub-folders' names, no image opened."""
+    return _class_names(_split_roots(folder)["train"])
+
+
+def _split_roots(folder: Path) -> dict[str, Path]:
     splits = {
         SPLIT_FOLDERS[p.name]: p
         for p in sorted(folder.iterdir())
@@ -74,7 +79,12 @@ def index_folder(folder: Path) -> FileIndex:
             f"{folder}: has {', '.join(p.name for p in splits.values())}/ but no train/",
             "put the training images in train/<class>/",
         )
-    roots = splits or {"train": folder}
+    return splits or {"train": folder}
+
+
+def index_folder(folder: Path) -> FileIndex:
+    """Index a folder of class folders, or of train/ test/ [val/] split folders of class folders."""
+    roots = _split_roots(folder)
     names = _class_names(roots["train"])
     paths, labels, split_of = [], [], []
     for split, root in roots.items():
