@@ -430,3 +430,16 @@ def test_validate_checks_the_head_against_a_folders_classes(runner, write, tmp_p
     assert "pets.yaml:5:" in result.output and "the data has 2 classes" in result.output
     fixed = runner.invoke(main, ["validate", str(config), "--set", "model.layers.1.units=2"])
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_train_says_what_it_trains_before_epoch_1_and_times_epoch_1_apart(runner, small_config):
+    result = runner.invoke(main, ["train", str(small_config), "--json"])
+    assert result.exit_code == 0, result.output
+    first = next(line for line in result.stderr.splitlines() if line.startswith("data: "))
+    assert re.match(
+        r"data: 4,000 train, 2,000 validation, 2,000 test images of .*; 10 classes; "
+        r"model: [\d,]+ parameters$",
+        first,
+    ), first
+    summary = json.loads(result.stdout)
+    assert summary["first_epoch_seconds"] > 0 and summary["train_images_per_second"] > 0

@@ -41,6 +41,10 @@ class TrainingDisplay:
     def warn(self, message: str) -> None:
         self.errors.print(Text.assemble(("warning: ", "yellow"), message))
 
+    def note(self, message: str) -> None:
+        """A line for the person before the work starts (stderr, so --json stays clean)."""
+        self.errors.print(Text(safe_text(message), style="dim"))
+
     def epoch(self, row: dict[str, float], epochs: int, best: bool) -> None:
         self.console.print(
             epoch_line(row, epochs, improved=best), soft_wrap=True
@@ -162,6 +166,11 @@ def training_summary(result: TrainResult) -> Group:
                 f"best epoch {summary['best_epoch']} by {summary['monitor']} "
                 f"({summary['best_value']:.4f}); "
                 f"{summary['train_images_per_second']:,.0f} train images/s"
+                + (
+                    f" (after epoch 1, {summary['first_epoch_seconds']:.1f} s with tracing)"
+                    if len(result.rows) > 1
+                    else ""
+                )
             )
         )
     test = summary.get("test") or {}

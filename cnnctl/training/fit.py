@@ -126,6 +126,8 @@ def _from_scratch(
     with strategy.scope():
         model = build_model(config, len(dataset.class_names), offline)
         compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
+    if display is not None and is_chief():
+        display.note(_what_trains(dataset, model))
     if not is_chief():  # other workers compute, and write nothing
         return _fit(
             Run(runs_root / config.name), model, config, dataset, ResumeState(), None, write=False
@@ -138,6 +140,15 @@ def _from_scratch(
     result = _fit(run, model, config, dataset, ResumeState(), display, extra=extra)
     result.restarted = restarted
     return result
+
+
+def _what_trains(dataset: Dataset, model: keras.Model) -> str:
+    """One line before epoch 1: the images of each split, the outputs, the parameters."""
+    splits = ", ".join(f"{len(dataset.split(s)[0]):,} {s}" for s in ("train", "validation", "test"))
+    return (
+        f"data: {splits} images of {dataset.origin}; {len(dataset.class_names)} classes; "
+        f"model: {model.count_params():,} parameters"
+    )
 
 
 def _record_resume(run: Run, saved: Config, wanted: Config, epoch: int) -> None:
