@@ -175,7 +175,7 @@ def test_evaluation_table_names_where_the_report_went():
     )
     text = "\n".join(render(task_named("classification").evaluation_table(result), 80))
     assert (
-        "train split (1 image of mnist)" in text and "saved: runs/a/evaluation-train.json" in text
+        "train split (1 image of mnist)" in text and "saved in runs/a: evaluation-train.json" in text
     )
 
 
@@ -212,3 +212,33 @@ def test_training_summary_says_when_the_test_set_chose_the_epoch(tmp_path, chose
     text = " ".join(render(report.training_summary(result), 200))
     assert ("the test set chose the epoch" in text) is chose
     assert result.summary()["validation_is_test"] is chose
+
+
+def test_epoch_lines_keep_their_columns_from_epoch_9_to_10():
+    rows = [{"epoch": n, "loss": 0.1, "val_loss": 0.2, "seconds": 1.0} for n in (9, 10)]
+    lines = [report.epoch_line(row, 10, improved=False).plain for row in rows]
+    assert lines[0].index("loss") == lines[1].index("loss")
+
+
+def test_export_lines_end_at_their_value_in_a_pipe():
+    from cnnctl.scoring.export import export_table
+
+    record = {
+        "path": "runs/a/export/model.onnx",
+        "format": "onnx",
+        "quantize": None,
+        "size_bytes": 2048,
+        "input": {"shape": [None, 28, 28, 1]},
+        "preprocessing": "float32 pixels 0..255",
+        "check": {
+            "images": 10,
+            "max_abs_diff": 1e-7,
+            "top1_agreement": 1.0,
+            "keras_accuracy": 0.9,
+            "export_accuracy": 0.9,
+            "accuracy_drop_points": 0.0,
+        },
+    }
+    lines = render(export_table(record), 100_000)
+    assert lines and all(line == line.rstrip() for line in lines)
+    assert lines[0].split() == ["file", "runs/a/export/model.onnx"]

@@ -108,7 +108,8 @@ def _format(value: Any) -> str:
 
 def epoch_line(row: dict[str, float], epochs: int, improved: bool) -> Text:
     """`epoch 3/10  loss 0.2100 accuracy 0.9310 | val_loss ... 12.3s`, best epochs marked."""
-    text = Text(f"epoch {int(row['epoch'])}/{epochs} ", style="bold")
+    number = f"{int(row['epoch']):>{len(str(epochs))}}"  # epoch 9/10 lines up with 10/10
+    text = Text(f"epoch {number}/{epochs} ", style="bold")
     names = [k for k in row if k not in ("epoch", "lr", "seconds", "train_seconds")]
     train = sorted((k for k in names if not k.startswith("val_")), key=lambda k: k != "loss")
     for key in [*train, *(f"val_{k}" for k in train if f"val_{k}" in row)]:
@@ -168,7 +169,7 @@ def training_summary(result: TrainResult) -> Group:
                 f"{summary['train_images_per_second']:,.0f} train images/s"
                 + (
                     f" (after epoch 1, {summary['first_epoch_seconds']:.1f} s with tracing)"
-                    if len(result.rows) > 1
+                    if len(result.rows) > 1 and summary['first_epoch_seconds']
                     else ""
                 )
             )
@@ -188,6 +189,14 @@ def training_summary(result: TrainResult) -> Group:
     return Group(*lines)
 
 
+def _saved_line(paths: Sequence[str]) -> str:
+    """`FOLDER: a.json, b.csv, c.png`: the folder once, so the line rarely needs to wrap."""
+    folders = {str(Path(p).parent) for p in paths}
+    if len(folders) != 1:
+        return ", ".join(paths)
+    return f"{folders.pop()}: " + ", ".join(Path(p).name for p in paths)
+
+
 def evaluation_lines(result: EvaluationResult) -> tuple[Text, Text]:
     """The lines every evaluation starts and ends with: what was scored with what overall
     figures, and where the report went. A task's table goes between them."""
@@ -199,7 +208,7 @@ def evaluation_lines(result: EvaluationResult) -> tuple[Text, Text]:
         (overall, "bold"),
     )
     saved = (
-        Text.assemble(("saved: ", "dim"), safe_text(", ".join(result.saved)))
+        Text.assemble(("saved in ", "dim"), safe_text(_saved_line(result.saved)))
         if result.saved
         else Text(
             "not saved (the model is not in a run folder; pass --output DIR to keep the report)",

@@ -50,7 +50,7 @@ class TrainResult:
             "validation_is_test": self.test_chose_epoch,
             "wall_seconds": round(self.seconds, 2),
             "train_images_per_second": round(self.images_per_second, 1),  # from epoch 2 on
-            "first_epoch_seconds": self.rows[0]["seconds"] if self.rows else None,
+            "first_epoch_seconds": self.rows[0].get("seconds") if self.rows else None,
         }
 
 

@@ -419,13 +419,14 @@ def _quiet(verbose: bool):
 
 
 def export_table(record: dict[str, Any]) -> Any:
-    """What `cnnctl export` prints: where the file went, its size and its check."""
-    from rich.table import Table
+    """What `cnnctl export` prints: where the file went, its size and its check; each line
+    ends at its value (a table would pad every line to the longest, in a pipe too)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from cnnctl.escape import safe_text
 
     check = record["check"]
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
     kind = record["format"] + (f" ({record['quantize']})" if record["quantize"] else "")
     rows = [
         ("file", record["path"]),
@@ -442,6 +443,5 @@ def export_table(record: dict[str, Any]) -> Any:
             f"(drop {check['accuracy_drop_points']:.2f} points)",
         ),
     ]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    width = max(len(key) for key, _ in rows) + 2
+    return Group(*(Text.assemble((f"{key:<{width}}", "bold"), safe_text(v)) for key, v in rows))
