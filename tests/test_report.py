@@ -175,7 +175,8 @@ def test_evaluation_table_names_where_the_report_went():
     )
     text = "\n".join(render(task_named("classification").evaluation_table(result), 80))
     assert (
-        "train split (1 image of mnist)" in text and "saved in runs/a: evaluation-train.json" in text
+        "train split (1 image of mnist)" in text
+        and "saved in runs/a: evaluation-train.json" in text
     )
 
 

@@ -169,7 +169,7 @@ def training_summary(result: TrainResult) -> Group:
                 f"{summary['train_images_per_second']:,.0f} train images/s"
                 + (
                     f" (after epoch 1, {summary['first_epoch_seconds']:.1f} s with tracing)"
-                    if len(result.rows) > 1 and summary['first_epoch_seconds']
+                    if len(result.rows) > 1 and summary["first_epoch_seconds"]
                     else ""
                 )
             )
