@@ -185,7 +185,7 @@ set_option = click.option(
 @global_options
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
     """Check CONFIG and show the network it builds."""
-    from cnnctl.config import load_config
+    from cnnctl.config import inferred, load_config
 
     cfg = load_config(config, overrides)
     _tensorflow()
@@ -197,6 +197,9 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     compile_model(model, cfg)
     console = _console()
     console.print(report.layers_table(model, config_layers=len(cfg.model.layers)))
+    origin = inferred(cfg, ("model", "input_shape"))
+    if origin:
+        console.print(f"model.input_shape: {cfg.model.input_shape} ({origin})", markup=False)
     console.print(f"[green]ok[/]: {config} is valid")
 
 

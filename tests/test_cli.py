@@ -443,3 +443,13 @@ def test_train_says_what_it_trains_before_epoch_1_and_times_epoch_1_apart(runner
     ), first
     summary = json.loads(result.stdout)
     assert summary["first_epoch_seconds"] > 0 and summary["train_images_per_second"] > 0
+
+
+def test_validate_says_when_input_shape_was_inferred(runner, write):
+    config = write(
+        "plain.yaml",
+        "data:\n  dataset: mnist\nmodel:\n  layers: [Flatten, {type: Dense, units: 10}]\n",
+    )
+    result = runner.invoke(main, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "model.input_shape: [28, 28, 1] (inferred from data.dataset: mnist)" in result.output

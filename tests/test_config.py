@@ -404,3 +404,26 @@ def test_yaml_mistakes_in_words_at_their_line_with_a_caret(write, text, expected
     assert lines[2] == f"  {' ' * len(str(number))} | {' ' * (column - 1)}^"
     assert lines[3].startswith("  hint: ") and hint in lines[3]
     assert "<block" not in lines[0] and "expected" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    "data, shape",
+    [
+        ("  dataset: fashion_mnist\n", [28, 28, 1]),
+        ("  dataset: cifar10\n", [32, 32, 3]),
+        ("  path: photos\n  image_size: [64, 48]\n  color_mode: rgb\n", [64, 48, 3]),
+    ],
+    ids=["mnist-like", "cifar", "folder"],
+)
+def test_input_shape_is_inferred_where_the_data_fixes_it(write, data, shape):
+    from cnnctl.config import inferred
+
+    config = load_config(write("x.yaml", "data:\n" + data + "model:\n  layers: [Flatten]\n"))
+    assert config.model.input_shape == shape
+    assert inferred(config, ("model", "input_shape")).startswith("inferred from data.")
+    assert "input_shape: [" in dump_config(config)  # the saved config repeats the run exactly
+
+
+def test_input_shape_is_still_needed_where_only_the_files_tell(write):
+    with pytest.raises(ConfigError, match="model.input_shape"):
+        load_config(write("x.yaml", "data:\n  path: photos\nmodel:\n  layers: [Flatten]\n"))

@@ -6,6 +6,7 @@ from cnnctl.config.load import (
     changed_paths,
     dump_config,
     dump_data,
+    inferred,
     load_config,
     validate_config,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "changed_paths",
     "duration_seconds",
     "dump_config",
+    "inferred",
     "dump_data",
     "load_config",
     "mode_of",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from cnnctl.config.paths import set_path
 from cnnctl.config.schema import (
+    BUILTIN_SHAPES,
     Config,
 )
 from cnnctl.config.yamlfile import Path_, Source, parse_yaml, read_config_file
@@ -149,6 +150,7 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
             "see configs/mnist.yaml for the layout",
         )
     data.setdefault("name", default_name)
+    _infer_input_shape(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
@@ -157,6 +159,33 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     _check_monitors(config)
     _check_fine_tune(config)
     return config
+
+
+def _infer_input_shape(data: dict, source: Source) -> None:
+    """model.input_shape where the data fixes it and the config leaves it out: a built-in
+    dataset's shape, or data.image_shape, or data.image_size with data.color_mode. The resolved
+    config saved with the run holds it; messages about it name where it came from."""
+    section, model = data.get("data"), data.get("model")
+    if not isinstance(section, dict) or not isinstance(model, dict) or "input_shape" in model:
+        return
+    name, size, mode = section.get("dataset"), section.get("image_size"), section.get("color_mode")
+    shape, origin = None, None
+    if isinstance(name, str) and name in BUILTIN_SHAPES:
+        shape, origin = list(BUILTIN_SHAPES[name]), f"inferred from data.dataset: {name}"
+    elif isinstance(section.get("image_shape"), list):
+        shape, origin = section["image_shape"], "inferred from data.image_shape"
+    elif isinstance(size, list) and len(size) == 2 and mode in ("grayscale", "rgb"):
+        shape = [*size, 1 if mode == "grayscale" else 3]
+        origin = "inferred from data.image_size and data.color_mode"
+    if shape is not None:
+        model["input_shape"] = shape
+        source.overrides[("model", "input_shape")] = origin
+
+
+def inferred(config: Config, path: tuple[str, ...]) -> str | None:
+    """Where a value the config file left out came from ("inferred from ..."), or None."""
+    origin = config._source.overrides.get(path) if config._source is not None else None
+    return origin if origin and origin.startswith("inferred") else None
 
 
 def _check_monitors(config: Config) -> None:

@@ -22,7 +22,14 @@ from pydantic import (
 from cnnctl.config.yamlfile import Path_, Source, dotted
 from cnnctl.limits import limit
 
-BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+# The built-in datasets and the shape of their images: (height, width, channels).
+BUILTIN_SHAPES = {
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+}
+BUILTIN_DATASETS = tuple(BUILTIN_SHAPES)
 # A run's, a study's or a trial's name: also a folder name, so no separators and no dot first.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # What a label is: one module each in cnnctl/tasks/ (the registry there checks it is this list).

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnctl.config.schema import BUILTIN_SHAPES
 from cnnctl.errors import DataError, first_line
 from cnnctl.limits import limit, npy_header, open_regular, refuse_over
 
@@ -89,19 +90,28 @@ class Builtin:
 
 
 BUILTINS = {
-    "mnist": Builtin("mnist", (28, 28, 1), tuple(str(d) for d in range(10)), "mnist.npz"),
+    "mnist": Builtin(
+        "mnist", BUILTIN_SHAPES["mnist"], tuple(str(d) for d in range(10)), "mnist.npz"
+    ),
     "fashion_mnist": Builtin(
         "fashion_mnist",
-        (28, 28, 1),
+        BUILTIN_SHAPES["fashion_mnist"],
         FASHION_CLASSES,
         "fashion-mnist",
         ("/usr/share/datasets/fashion-mnist",),
     ),
-    "cifar10": Builtin("cifar10", (32, 32, 3), CIFAR10_CLASSES, "cifar-10-batches-py"),
+    "cifar10": Builtin(
+        "cifar10", BUILTIN_SHAPES["cifar10"], CIFAR10_CLASSES, "cifar-10-batches-py"
+    ),
     "cifar100": Builtin(
-        "cifar100", (32, 32, 3), tuple(str(i) for i in range(100)), "cifar-100-python"
+        "cifar100",
+        BUILTIN_SHAPES["cifar100"],
+        tuple(str(i) for i in range(100)),
+        "cifar-100-python",
     ),
 }
+if set(BUILTINS) != set(BUILTIN_SHAPES):  # the config's list of names is the one home
+    raise ImportError(f"built-ins {sorted(BUILTINS)} differ from {sorted(BUILTIN_SHAPES)}")
 
 
 @dataclass(frozen=True)
