@@ -32,6 +32,7 @@ class TrainResult:
     written: bool = True  # False on a worker that is not the chief: it trained and wrote nothing
     rows: list[dict[str, float]] = field(default_factory=list)
     restarted: bool = False  # resumed before its first epoch ended: trained from the start again
+    train_images: int = 0  # images of one training epoch
     test_chose_epoch: bool = False  # data.validation: test, so the test figures are not held out
 
     def summary(self) -> dict[str, Any]:
@@ -50,6 +51,7 @@ class TrainResult:
             "validation_is_test": self.test_chose_epoch,
             "wall_seconds": round(self.seconds, 2),
             "train_images_per_second": round(self.images_per_second, 1),  # from epoch 2 on
+            "train_images": self.train_images,
             "first_epoch_seconds": self.rows[0].get("seconds") if self.rows else None,
         }
 

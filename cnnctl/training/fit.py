@@ -262,6 +262,7 @@ def _fit(
         rows=recorder.rows,
         written=write,
         test_chose_epoch=config.data.validation == "test",
+        train_images=len(dataset.x_train),
     )
     if not write:
         return result
