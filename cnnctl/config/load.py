@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from cnnctl.config.paths import set_path
 from cnnctl.config.schema import (
+    TASK_LOSSES,
     Config,
 )
 from cnnctl.config.yamlfile import Path_, Source, parse_yaml, read_config_file
@@ -154,9 +155,21 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     except ValidationError as error:
         raise _explain(_first(error.errors()), data, source) from None
     config._source = config.data._source = source
+    _check_task_loss(config)
     _check_monitors(config)
     _check_fine_tune(config)
     return config
+
+
+def _check_task_loss(config: Config) -> None:
+    """Each task takes its own losses (classification's, binary_crossentropy, mse/mae/huber)."""
+    allowed = TASK_LOSSES[config.task]
+    if config.train.loss not in allowed:
+        raise ConfigError(
+            f"{config.where(('train', 'loss'))}: {config.train.loss} does not fit "
+            f"task: {config.task}",
+            f"use loss: {' or '.join(allowed)}",
+        )
 
 
 def _check_monitors(config: Config) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
-from cnnctl.tasks import Task, task_of
+from cnnctl.tasks import Task, task_named, task_of
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE = ("float16", "int8")
@@ -149,6 +149,7 @@ def export_model(
             )
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
+    record["task"] = task.name
     _update_index(output.parent / "export.json", record)
     return record
 
@@ -218,10 +219,16 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
     calibration, _ = decoded(dataset.x_train[np.sort(pick)])
     return (
         x_check.astype(np.float32),
-        np.delete(y_test[:CHECK_IMAGES], failed),
+        np.delete(y_test[:CHECK_IMAGES], failed, axis=0),
         calibration.astype(np.float32),
-        task_of(config),
+        _restored(task_of(config), run),
     )
+
+
+def _restored(task: Task, run: Run) -> Task:
+    """The run's task with what it kept in the run folder (multilabel: its thresholds)."""
+    task.restore(run.path)
+    return task
 
 
 def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.ndarray) -> None:
@@ -443,14 +450,7 @@ def export_table(record: dict[str, Any]) -> Any:
         ("size", f"{record['size_bytes'] / 1024:,.1f} KiB"),
         ("input", f"{record['input']['shape']} float32; {record['preprocessing']}"),
         ("check", f"{check['images']:,} test images against Keras: passed"),
-        ("max abs diff", f"{check['max_abs_diff']:.2e}"),
-        ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
-        (
-            "accuracy",
-            f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
-            f"{100 * check['export_accuracy']:.2f}% "
-            f"(drop {check['accuracy_drop_points']:.2f} points)",
-        ),
+        *task_named(record.get("task", "classification")).parity_rows(check),
     ]
     for key, value in rows:
         table.add_row(key, value)

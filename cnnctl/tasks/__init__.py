@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING
 from cnnctl.config.schema import TASKS
 from cnnctl.tasks.base import Report, Task
 from cnnctl.tasks.classification import Classification
+from cnnctl.tasks.multilabel import Multilabel
+from cnnctl.tasks.regression import Regression
 
 if TYPE_CHECKING:
     from cnnctl.config import Config
 
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classification,)}
+REGISTRY: dict[str, type[Task]] = {
+    task.name: task for task in (Classification, Multilabel, Regression)
+}
 if set(REGISTRY) != set(TASKS):  # the schema's choices and the modules here are one list
     raise ImportError(f"tasks {sorted(REGISTRY)} do not match the config's {sorted(TASKS)}")
 
