@@ -9,6 +9,7 @@ recorded in `export.json`. TensorFlow is imported inside the functions, never at
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ import numpy as np
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
-from cnnctl.tasks import Task, task_named, task_of
+from cnnctl.tasks import TARGET_STATS, Task, task_named, task_of
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE = ("float16", "int8")
@@ -150,6 +151,9 @@ def export_model(
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
     record["task"] = task.name
+    stats = source.run.path / TARGET_STATS
+    if stats.is_file():  # standardized regression targets: the model already undoes it
+        record["target_stats"] = json.loads(stats.read_text(encoding="utf-8"))
     _update_index(output.parent / "export.json", record)
     return record
 

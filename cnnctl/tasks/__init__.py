@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cnnctl.config.schema import TASKS
-from cnnctl.tasks.base import Report, Task
+from cnnctl.tasks.base import TARGET_STATS, Report, Task
 from cnnctl.tasks.classification import Classification
 from cnnctl.tasks.multilabel import Multilabel
 from cnnctl.tasks.regression import Regression
@@ -33,4 +33,4 @@ def task_of(config: Config | None) -> Task:
     return task_named(config.task if config is not None else "classification")
 
 
-__all__ = ["REGISTRY", "Report", "Task", "task_named", "task_of"]
+__all__ = ["REGISTRY", "TARGET_STATS", "Report", "Task", "task_named", "task_of"]

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from cnnctl.config import Config, TrainConfig
 
 
+TARGET_STATS = "target_stats.json"  # a run's standardization of regression targets
+
+
 @dataclass
 class Report:
     """A task's evaluation of one split: JSON fields, the worst examples, and its figures.
@@ -179,6 +182,11 @@ class Task(ABC):
         """`parity`'s figures in one line, for messages."""
 
     # --------------------------------------------------------------------------- run state
+
+    def target_scaling(self, y: np.ndarray, config: Config) -> dict[str, Any] | None:
+        """{"mean": [...], "std": [...]} of the training targets where the network should learn
+        them standardized (saved as target_stats.json); None by default."""
+        return None
 
     def fitted(
         self,

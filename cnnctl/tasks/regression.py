@@ -112,6 +112,17 @@ class Regression(Task):
     def metric_hint(self) -> str:
         return "for regression use mae, mse or root_mean_squared_error"
 
+    def target_scaling(self, y: np.ndarray, config: Config) -> dict[str, Any] | None:
+        """The training targets' mean and standard deviation, where data.standardize_targets."""
+        if not config.data.standardize_targets:
+            return None
+        std = y.std(axis=0)
+        return {
+            "mean": [round(float(v), 8) for v in y.mean(axis=0)],
+            "std": [round(float(v), 8) if v > 1e-8 else 1.0 for v in std],
+            "images": int(len(y)),
+        }
+
     # --------------------------------------------------------------------------- scoring
 
     def score(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, float]:

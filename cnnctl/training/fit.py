@@ -39,7 +39,7 @@ from cnnctl.runs import (
 from cnnctl.runs.results import TrainResult
 from cnnctl.scoring.evaluate import score_split
 from cnnctl.scoring.source import ScoringSource
-from cnnctl.tasks import task_of
+from cnnctl.tasks import TARGET_STATS, task_of
 from cnnctl.training.callbacks import (
     Display,
     EpochRecorder,
@@ -124,8 +124,9 @@ def _from_scratch(
     for line in check_dataset(dataset, task_of(config)).warnings:
         if display is not None:
             display.warn(line)
+    scaling = task_of(config).target_scaling(dataset.y_train, config)
     with strategy.scope():
-        model = build_model(config, len(dataset.class_names), offline)
+        model = build_model(config, len(dataset.class_names), offline, scaling)
         compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
     if not is_chief():  # other workers compute, and write nothing
         return _fit(
@@ -135,6 +136,8 @@ def _from_scratch(
     run = run or create_run(runs_root, config.name)
     write_text(run.config, dump_config(config))
     write_json(run.classes, list(dataset.class_names))
+    if scaling is not None:
+        write_json(run.path / TARGET_STATS, scaling)
     set_status(run, "running", started=time.time(), epochs=config.train.epochs)
     result = _fit(run, model, config, dataset, ResumeState(), display, extra=extra)
     result.restarted = restarted
