@@ -176,3 +176,16 @@ def test_a_folder_of_classes_is_refused_showing_the_csv_header(runner, write, tm
     )
     assert "path,split,tags" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_streamed_files_carry_label_rows(runner, write, tmp_path, scenes_csv):
+    """data.cache: none decodes files while training: the multi-hot rows travel with them."""
+    write(
+        "stream.yaml",
+        _config(scenes_csv)
+        .replace("epochs: 2", "epochs: 1")
+        .replace("  validation: 0.2\n", "  validation: 0.2\n  cache: none\n"),
+    )
+    result = runner.invoke(main, ["train", "stream.yaml"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "ml" / "thresholds.json").is_file()
