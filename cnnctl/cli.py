@@ -674,9 +674,10 @@ def datasets_check(config: Path, overrides: tuple[str, ...], as_json: bool) -> N
     from cnnctl import report
     from cnnctl.data.checks import check_dataset
     from cnnctl.data.dataset import dataset_for
+    from cnnctl.tasks import task_of
 
     with _stdout_for_json(as_json):
-        checks = check_dataset(dataset_for(cfg, bool(_setting("offline"))))
+        checks = check_dataset(dataset_for(cfg, bool(_setting("offline"))), task_of(cfg))
     _render(report.checks_table(checks), asdict(checks), as_json)
 
 

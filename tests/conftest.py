@@ -138,3 +138,37 @@ def trained(tmp_path_factory, data_dir) -> Path:
 def run_copy(trained, tmp_path) -> Path:
     """A private copy of the trained runs folder, so tests can write into it."""
     return Path(shutil.copytree(trained, tmp_path / "runs"))
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def scenes_csv(tmp_path_factory, mnist_test_set) -> Path:
+    """labels.csv of 360 train and 120 test fashion scenes (path,split,tags,count), made once
+    from real Fashion-MNIST where installed, else from real digits."""
+    from cnnctl.data.scenes import make_scenes
+    from cnnctl.data.sources import read_idx
+
+    root = tmp_path_factory.mktemp("scenes")
+    items = root / "data" / "fashion_mnist"
+    items.mkdir(parents=True)
+    if (FASHION / "t10k-images-idx3-ubyte.gz").is_file():
+        x = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
+        y = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    else:
+        x, y = mnist_test_set
+    write_idx(items / "train-images-idx3-ubyte.gz", x[:2000])
+    write_idx(items / "train-labels-idx1-ubyte.gz", y[:2000])
+    write_idx(items / "t10k-images-idx3-ubyte.gz", x[2000:3000])
+    write_idx(items / "t10k-labels-idx1-ubyte.gz", y[2000:3000])
+    saved = os.environ.get("CNNCTL_DATA_DIR")
+    os.environ["CNNCTL_DATA_DIR"] = str(root / "data")
+    try:
+        make_scenes(root / "scenes", 360, 120, seed=3, offline=True)
+    finally:
+        if saved is None:
+            os.environ.pop("CNNCTL_DATA_DIR")
+        else:
+            os.environ["CNNCTL_DATA_DIR"] = saved
+    return root / "scenes" / "labels.csv"

@@ -30,8 +30,34 @@ def test_a_config_without_task_is_classification(write):
 
 
 def _labels(task: Task, n: int, seed: int = 0) -> np.ndarray:
-    """Labels of `n` examples in the form the task's sources give them."""
-    return np.random.default_rng(seed).integers(0, 3, n)
+    """Labels of `n` examples (3 classes, labels or targets) in the form the task's sources
+    give them."""
+    rng = np.random.default_rng(seed)
+    if task.name == "multilabel":  # multi-hot rows, each with at least one label
+        y = (rng.random((n, 3)) < 0.4).astype(np.float32)
+        y[np.arange(n), rng.integers(0, 3, n)] = 1.0
+        return y
+    if task.name == "regression":  # three numbers per image
+        return rng.normal(size=(n, 3)).astype(np.float32)
+    return rng.integers(0, 3, n)
+
+
+# Labels no source of the task may give: out of range or not finite.
+BAD_LABELS = {
+    "classification": np.array([0.5, -1.0]),
+    "multilabel": np.array([[0.5, -1.0]]),
+    "regression": np.array([[0.5, np.nan]]),
+}
+
+
+def _head_config(task: Task, write):
+    """The MNIST config with its task, the last layer's activation the one the task wants."""
+    text = (REPO / "configs" / "mnist.yaml").read_text()
+    activation = {"multilabel": "sigmoid", "regression": "linear"}.get(task.name)
+    if activation is None:
+        return load_config(REPO / "configs" / "mnist.yaml")
+    text = text.replace("softmax", activation).replace("  loss: categorical_crossentropy\n", "")
+    return load_config(write("head.yaml", f"task: {task.name}\n{text}"))
 
 
 def test_held_out_is_a_seeded_fraction(task):
@@ -44,7 +70,7 @@ def test_held_out_is_a_seeded_fraction(task):
 
 def test_bad_labels_are_a_data_error_naming_the_source(task):
     with pytest.raises(DataError, match="^labels.csv: "):
-        task.encode_labels(np.array([0.5, -1.0]), "labels.csv")
+        task.encode_labels(BAD_LABELS[task.name], "labels.csv")
 
 
 def test_output_names_come_from_the_source_or_the_labels(task):
@@ -79,7 +105,27 @@ def test_tta_merge_of_two_equal_views_is_that_view(task):
 
 
 def test_a_head_of_the_wrong_size_is_named_at_the_last_layer(task, write):
-    config = load_config(REPO / "configs" / "mnist.yaml")
-    with pytest.raises(ConfigError, match=r"mnist.yaml:\d+:\d+: model.layers\[5\]"):
+    config = _head_config(task, write)
+    with pytest.raises(ConfigError, match=r"\.yaml:\d+:\d+: model.layers\[5\]"):
         task.check_head((None, 10), 3, config)
     task.check_head((None, 10), 10, config)  # the right size passes
+
+
+@pytest.mark.parametrize("task_name", ["multilabel", "regression"])
+def test_a_head_with_the_wrong_activation_is_named_at_the_last_layer(task_name, write):
+    text = (
+        (REPO / "configs" / "mnist.yaml")
+        .read_text()
+        .replace("  loss: categorical_crossentropy\n", "")
+    )
+    config = load_config(write("head.yaml", f"task: {task_name}\n{text}"))
+    with pytest.raises(ConfigError, match=r"head.yaml:\d+:\d+: model.layers\[5\]: .*softmax"):
+        task_named(task_name).check_head((None, 10), 10, config)
+
+
+def test_a_loss_of_another_task_is_named_at_its_line(write):
+    text = (REPO / "configs" / "mnist.yaml").read_text()
+    with pytest.raises(
+        ConfigError, match=r"loss.yaml:31:\d+: train.loss: categorical_crossentropy"
+    ):
+        load_config(write("loss.yaml", f"task: regression\n{text}"))

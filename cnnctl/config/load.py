@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from cnnctl.config.paths import set_path
 from cnnctl.config.schema import (
     BUILTIN_SHAPES,
+    TASK_LOSSES,
     Config,
 )
 from cnnctl.config.yamlfile import Path_, Source, parse_yaml, read_config_file
@@ -156,6 +157,7 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
     except ValidationError as error:
         raise _explain(_first(error.errors()), data, source) from None
     config._source = config.data._source = source
+    _check_task_loss(config)
     _check_monitors(config)
     _check_fine_tune(config)
     return config
@@ -186,6 +188,17 @@ def inferred(config: Config, path: tuple[str, ...]) -> str | None:
     """Where a value the config file left out came from ("inferred from ..."), or None."""
     origin = config._source.overrides.get(path) if config._source is not None else None
     return origin if origin and origin.startswith("inferred") else None
+
+
+def _check_task_loss(config: Config) -> None:
+    """Each task takes its own losses (classification's, binary_crossentropy, mse/mae/huber)."""
+    allowed = TASK_LOSSES[config.task]
+    if config.train.loss not in allowed:
+        raise ConfigError(
+            f"{config.where(('train', 'loss'))}: {config.train.loss} does not fit "
+            f"task: {config.task}",
+            f"use loss: {' or '.join(allowed)}",
+        )
 
 
 def _check_monitors(config: Config) -> None:

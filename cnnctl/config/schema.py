@@ -33,12 +33,9 @@ BUILTIN_DATASETS = tuple(BUILTIN_SHAPES)
 # A run's, a study's or a trial's name: also a folder name, so no separators and no dot first.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # What a label is: one module each in cnnctl/tasks/ (the registry there checks it is this list).
-TASKS = ("classification",)
-SPLITS = ("train", "validation", "test")
-TTA_MODES = (
-    "none",
-    "horizontal_flip",
-)  # test-time augmentation: none, or image + mirror  # the three splits every dataset is read into
+TASKS = ("classification", "multilabel", "regression")
+SPLITS = ("train", "validation", "test")  # the three splits every dataset is read into
+TTA_MODES = ("none", "horizontal_flip")  # test-time augmentation: none, or image + mirror
 # Classification losses, and whether each wants one-hot labels.
 LOSSES = {
     "categorical_crossentropy": True,
@@ -46,6 +43,22 @@ LOSSES = {
     "categorical_focal_crossentropy": True,
     "categorical_hinge": True,
     "kl_divergence": True,
+    "binary_crossentropy": False,  # multilabel: one sigmoid per label
+    "mse": False,  # regression
+    "mae": False,
+    "huber": False,
+}
+# The losses each task takes; the first is its default. Classification keeps its own list.
+TASK_LOSSES = {
+    "classification": tuple(LOSSES)[:5],
+    "multilabel": ("binary_crossentropy",),
+    "regression": ("mse", "mae", "huber"),
+}
+# Metrics compiled when train.metrics is not given (classification: accuracy, as before).
+TASK_METRICS = {
+    "classification": ["accuracy"],
+    "multilabel": ["binary_accuracy"],
+    "regression": ["mae"],
 }
 SMOOTHED_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy")
 
@@ -110,7 +123,10 @@ class DataConfig(_Strict):
         default=None, min_length=2, max_length=2
     )  # default: the model's
     color_mode: Literal["grayscale", "rgb"] | None = None  # default: from the model's channels
-    label_column: str = "label"  # CSV files: the column with the class
+    # CSV files: the column with the class (multilabel: names separated by spaces);
+    # regression: a number column, or a list of them
+    label_column: str | list[str] = "label"
+    standardize_targets: bool | None = None  # regression: train on (y - mean) / std
     image_shape: list[int] | None = Field(
         default=None, min_length=3, max_length=3
     )  # CSV; default: the model's
@@ -345,6 +361,12 @@ def duration_seconds(value: str | int) -> float:
     )
 
 
+class EvalConfig(_Strict):
+    # multilabel: one decision threshold for every label; default: chosen per label on the
+    # validation split (the one maximizing that label's F1)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+
+
 class Config(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     task: Literal[TASKS] = "classification"  # type: ignore[valid-type]  # old configs: this
@@ -353,6 +375,21 @@ class Config(_Strict):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     tune: TuneConfig | None = None  # read by `cnnctl tune` only
+    eval: EvalConfig | None = None
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> Config:
+        """The task's default loss and metrics where train does not name them (a loss of
+        another task is refused where the config's lines are known: `load.validate_config`)."""
+        train, allowed = self.train, TASK_LOSSES[self.task]
+        update: dict[str, Any] = {}
+        if "loss" not in train.model_fields_set and train.loss != allowed[0]:
+            update["loss"] = allowed[0]
+        if "metrics" not in train.model_fields_set and train.metrics != TASK_METRICS[self.task]:
+            update["metrics"] = list(TASK_METRICS[self.task])
+        if update:  # a copy: the default TrainConfig is shared by every config
+            object.__setattr__(self, "train", train.model_copy(update=update))
+        return self
 
     _source: Source = PrivateAttr(default=None)
 

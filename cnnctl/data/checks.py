@@ -14,6 +14,7 @@ from cnnctl.config import SPLITS
 from cnnctl.data.dataset import Dataset
 from cnnctl.errors import DataError
 from cnnctl.escape import safe_text
+from cnnctl.tasks import Task, task_named
 
 
 @dataclass
@@ -27,8 +28,11 @@ class Checks:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_dataset(dataset: Dataset) -> Checks:
-    """Count, compare and vet the splits of `dataset`; raise DataError where a split is empty."""
+def check_dataset(dataset: Dataset, task: Task | None = None) -> Checks:
+    """Count, compare and vet the splits of `dataset`; raise DataError where a split is empty.
+
+    `task` counts the examples of each output (default: of each class)."""
+    task = task or task_named("classification")
     k = len(dataset.class_names)
     counts = {}
     for split in SPLITS:
@@ -37,7 +41,7 @@ def check_dataset(dataset: Dataset) -> Checks:
             raise DataError(
                 f"{dataset.origin}: the {split} split is empty", "add images, or change the split"
             )
-        counts[split] = np.bincount(y, minlength=k).tolist()
+        counts[split] = task.label_counts(y, k)
     checks = Checks(
         dataset.class_names, counts, skipped=dataset.skipped, warnings=list(dataset.warnings)
     )

@@ -84,9 +84,16 @@ def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, i
     return height, width, channels
 
 
-def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = False) -> Arrays:
-    """Read the data source as it is on disk (or download a built-in, unless `offline`)."""
+def load_arrays(
+    data: DataConfig, input_shape: Sequence[int], offline: bool = False, task: Task | None = None
+) -> Arrays:
+    """Read the data source as it is on disk (or download a built-in, unless `offline`).
+
+    `task` reads a CSV of paths' labels, and may refuse a kind of source first.
+    """
+    task = task or task_named("classification")
     if data.dataset:
+        task.check_source("builtin", data.where(("dataset",)))
         return load_builtin(data.dataset, offline)
     path = Path(data.path)
     if not path.exists():
@@ -94,13 +101,17 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
             f"{data.where(('path',))}: {data.path}: no such file or folder",
             "data.path is read relative to the folder you run cnnctl in",
         )
+    where = data.where(("path",))
     if path.is_dir():
         if is_idx_folder(path):
+            task.check_source("idx", where)
             return load_idx_folder(path)
         from cnnctl.data.folders import load_image_folder
 
+        task.check_source("folder", where)
         return load_image_folder(path, image_shape_of(data, input_shape), data.cache)
     if path.suffix == ".npz":
+        task.check_source("npz", where)
         return load_npz(path)
     if path.suffix == ".csv":
         from cnnctl.data.index import is_path_csv
@@ -108,13 +119,25 @@ def load_arrays(data: DataConfig, input_shape: Sequence[int], offline: bool = Fa
         if is_path_csv(path):  # a list of image files, read like a folder
             from cnnctl.data.folders import load_path_csv
 
+            task.check_source("path_csv", where)
             return load_path_csv(
-                path, data.label_column, image_shape_of(data, input_shape), data.cache
+                path, data.label_column, image_shape_of(data, input_shape), data.cache, task
             )
-        return load_csv(path, data.label_column, image_shape_of(data, input_shape))
+        task.check_source("pixel_csv", where)
+        return load_csv(path, _one_column(data), image_shape_of(data, input_shape))
     raise DataError(
         f"{path}: unsupported data file",
         "data.path takes a folder of class folders or IDX files, an .npz or a .csv",
+    )
+
+
+def _one_column(data: DataConfig) -> str:
+    """The label column of a CSV of pixels: one name."""
+    if isinstance(data.label_column, str):
+        return data.label_column
+    raise ConfigError(
+        f"{data.where(('label_column',))}: a CSV of pixels has one label column",
+        "give one column name",
     )
 
 
@@ -143,7 +166,7 @@ def load_dataset(
     Images are read at `input_shape` where resized.
     """
     task = task or task_named("classification")
-    arrays = load_arrays(data, input_shape, offline)
+    arrays = load_arrays(data, input_shape, offline, task)
     x_train, y_train = (
         _images(arrays.x_train, arrays.origin),
         task.encode_labels(arrays.y_train, arrays.origin),

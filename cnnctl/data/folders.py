@@ -18,6 +18,7 @@ import numpy as np
 from cnnctl.data.index import SPLIT_FOLDERS, FileIndex, index_csv, index_folder
 from cnnctl.data.sources import Arrays
 from cnnctl.errors import DataError
+from cnnctl.tasks import Task
 
 __all__ = ["SPLIT_FOLDERS", "load_image_folder", "load_path_csv", "load_index", "placement"]
 
@@ -28,10 +29,14 @@ def load_image_folder(folder: Path, shape: tuple[int, int, int], cache: str = "a
 
 
 def load_path_csv(
-    path: Path, label_column: str, shape: tuple[int, int, int], cache: str = "auto"
+    path: Path,
+    label_column: str | list[str],
+    shape: tuple[int, int, int],
+    cache: str = "auto",
+    task: Task | None = None,
 ) -> Arrays:
-    """A CSV of `path,label[,split]` rows, read like a folder."""
-    return load_index(index_csv(path, label_column), shape, cache)
+    """A CSV of `path,label[,split]` rows, read like a folder; `task` reads the label cells."""
+    return load_index(index_csv(path, label_column, task), shape, cache)
 
 
 def memory_budget() -> int:

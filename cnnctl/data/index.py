@@ -17,7 +17,7 @@ import csv
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 from cnnctl.data.images import IMAGE_EXTENSIONS, image_paths, size_refusal
 from cnnctl.errors import DataError, first_line
 from cnnctl.limits import limit, open_regular, refuse_over
+from cnnctl.tasks import Task, task_named
 
 # Split folder names people use -> our split names (config.SPLITS).
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "validation", "validation": "validation"}
@@ -43,7 +44,7 @@ class FileIndex:
     """Every usable image file with its label and split; `pillow`: TensorFlow cannot decode it."""
 
     paths: np.ndarray  # str, one per file
-    labels: np.ndarray  # int64
+    labels: np.ndarray  # as the task reads them: class indices, multi-hot rows, numbers
     splits: np.ndarray  # str: train / validation / test
     pillow: np.ndarray  # bool
     class_names: tuple[str, ...]
@@ -116,23 +117,31 @@ def is_path_csv(path: Path) -> bool:
     return any(c in PATH_COLUMNS for c in header)
 
 
-def index_csv(path: Path, label_column: str) -> FileIndex:
-    """Index a CSV of `path,label[,split]` rows; paths are relative to the CSV's folder."""
+def index_csv(path: Path, label_column: str | Sequence[str], task: Task | None = None) -> FileIndex:
+    """Index a CSV of `path,label[,split]` rows; paths are relative to the CSV's folder.
+
+    The label cells are read by `task` (default: one column of class names).
+    """
+    task = task or task_named("classification")
+    columns = [label_column] if isinstance(label_column, str) else list(label_column)
     with _text(path) as stream:
         rows = csv.DictReader(stream)
         header = [c.strip() for c in rows.fieldnames or []]
         column = next((c for c in header if c.lower() in PATH_COLUMNS), None)
-        if label_column not in header:
-            raise DataError(
-                f"{path}: no column '{label_column}' (columns: {', '.join(header[:5])})",
-                "set data.label_column to the column that holds the class",
-            )
-        table = []
-        for number, row in _rows(path, rows):
-            file, label = (row.get(column) or "").strip(), (row.get(label_column) or "").strip()
-            if not file or not label:
+        for wanted in columns:
+            if wanted not in header:
                 raise DataError(
-                    f"{path}:{number}: empty {column if not file else label_column}",
+                    f"{path}: no column '{wanted}' (columns: {', '.join(header[:5])})",
+                    "set data.label_column to the column that holds the class",
+                )
+        table, cells = [], []
+        for number, row in _rows(path, rows):
+            file = (row.get(column) or "").strip()
+            labels = tuple((row.get(c) or "").strip() for c in columns)
+            empty = next((c for c, cell in zip(columns, labels, strict=True) if not cell), None)
+            if not file or empty:
+                raise DataError(
+                    f"{path}:{number}: empty {column if not file else empty}",
                     "every row needs a file path and a label",
                 )
             split = SPLIT_FOLDERS.get((row.get("split") or "train").strip().lower())
@@ -140,14 +149,13 @@ def index_csv(path: Path, label_column: str) -> FileIndex:
                 raise DataError(
                     f"{path}:{number}: split '{row['split']}' is not train, val or test"
                 )
-            table.append((str(path.parent / file), label, split))
+            table.append((str(path.parent / file), number, split))
+            cells.append(labels)
     if not table:
         raise DataError(f"{path}: no rows")
-    found = sorted({label for _, label, _ in table})
-    names = sorted(found, key=int) if all(n.isdigit() for n in found) else found
-    number = {name: i for i, name in enumerate(names)}
-    paths, labels, splits = zip(*((f, number[lab], s) for f, lab, s in table), strict=True)
-    return _checked(list(paths), list(labels), list(splits), tuple(names), str(path))
+    paths, lines, splits = zip(*table, strict=True)
+    labels, names = task.read_labels(cells, lines, splits, columns, str(path))
+    return _checked(list(paths), labels, list(splits), tuple(names), str(path))
 
 
 def _rows(path: Path, rows: csv.DictReader) -> Iterator[tuple[int, dict]]:
@@ -186,7 +194,11 @@ def _images_in(folder: Path) -> list[str]:
 
 
 def _checked(
-    paths: list[str], labels: list[int], splits: list[str], names: tuple[str, ...], origin: str
+    paths: list[str],
+    labels: list[int] | np.ndarray,
+    splits: list[str],
+    names: tuple[str, ...],
+    origin: str,
 ) -> FileIndex:
     """Keep the files whose header reads; note each one's decoder."""
     from cnnctl.data.cache import remembered_probes
@@ -209,7 +221,7 @@ def _checked(
     take = np.asarray(keep, dtype=np.int64)
     return FileIndex(
         np.asarray(paths, dtype=object)[take],
-        np.asarray(labels, dtype=np.int64)[take],
+        (labels if isinstance(labels, np.ndarray) else np.asarray(labels, dtype=np.int64))[take],
         np.asarray(splits, dtype=object)[take],
         np.asarray([probes[i] for i in keep], dtype=bool),
         names,

@@ -233,7 +233,13 @@ def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.d
         .ignore_errors()
     )
     end = tf.data.Dataset.from_tensors(
-        (n, tf.constant(-1, tf.int64), tf.zeros(shape, tf.uint8), tf.constant(0, labels.dtype))
+        # a label of the labels' own shape: a class index, a multi-hot row, numbers
+        (
+            n,
+            tf.constant(-1, tf.int64),
+            tf.zeros(shape, tf.uint8),
+            tf.zeros(tf.shape(labels)[1:], labels.dtype),
+        )
     )
 
     def fill(expected, item):  # blanks for the positions a failed decode left empty

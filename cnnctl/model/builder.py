@@ -40,19 +40,35 @@ def mixed_policy() -> str | None:
 
 
 def build_model(
-    config: Config, outputs: int | None = None, offline: bool = False
+    config: Config,
+    outputs: int | None = None,
+    offline: bool = False,
+    scaling: dict[str, Any] | None = None,
 ) -> keras.Sequential:
     """Build (not compile) the config's network; the task checks its head against `outputs`
     (classes, labels or targets of the data), where they are known.
 
     `offline`: a Backbone's ImageNet weights must already be in Keras' cache.
+    `scaling`: {"mean": [...], "std": [...]} of standardized targets: a fixed last layer
+    (`outputs * std + mean`) so the network learns standardized values and every output
+    (predict, evaluate, exported files) is in the targets' own units.
     """
     policy = mixed_policy() if config.train.precision == "mixed" else None
     previous = keras.config.dtype_policy()
     if policy:
         keras.config.set_dtype_policy(policy)
     try:
-        return _build(config, outputs, policy is not None, offline)
+        model = _build(config, outputs, policy is not None, offline)
+        if scaling is not None:
+            model.add(
+                keras.layers.Rescaling(
+                    scale=list(scaling["std"]),
+                    offset=list(scaling["mean"]),
+                    dtype="float32",
+                    name="targets",
+                )
+            )
+        return model
     finally:
         keras.config.set_dtype_policy(previous)
 

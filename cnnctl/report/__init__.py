@@ -3,7 +3,15 @@
 `from cnnctl import report` then `report.runs_table(...)`, `report.save_curves(...)`.
 """
 
-from cnnctl.report.figures import curves_figure, save_confusion, save_curves, save_error_grid
+from cnnctl.report.figures import (
+    curves_figure,
+    save_confusion,
+    save_curves,
+    save_error_grid,
+    save_pr_curves,
+    save_residuals,
+    save_scatter,
+)
 from cnnctl.report.tables import (
     Column,
     TrainingDisplay,
@@ -46,6 +54,9 @@ __all__ = [
     "save_confusion",
     "save_curves",
     "save_error_grid",
+    "save_pr_curves",
+    "save_residuals",
+    "save_scatter",
     "training_progress",
     "training_summary",
 ]

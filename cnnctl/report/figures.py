@@ -107,3 +107,54 @@ def save_error_grid(
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def save_pr_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, shown: int = 20
+) -> None:
+    """Precision against recall, one line per label (multilabel)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, (precision, recall) in list(curves.items())[:shown]:
+        ax.plot(recall, precision, label=str(name)[:20], linewidth=1)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall per label")
+    if curves:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_scatter(truth: Any, predicted: Any, names: Sequence[str], path: Path) -> None:
+    """Predicted against true values, one panel per target, with the line y = x (regression)."""
+    plt = _pyplot()
+    count = len(names)
+    fig, axes = plt.subplots(1, count, figsize=(4 * count, 4), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
+        ax.scatter(truth[:, i], predicted[:, i], s=4, alpha=0.5)
+        low = float(min(truth[:, i].min(initial=0), predicted[:, i].min(initial=0)))
+        high = float(max(truth[:, i].max(initial=1), predicted[:, i].max(initial=1)))
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set_xlabel(f"true {str(name)[:20]}")
+        ax.set_ylabel("predicted")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def save_residuals(residuals: Any, names: Sequence[str], path: Path) -> None:
+    """A histogram of predicted - true, one panel per target (regression)."""
+    plt = _pyplot()
+    count = len(names)
+    fig, axes = plt.subplots(1, count, figsize=(4 * count, 3.5), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
+        ax.hist(residuals[:, i], bins=40)
+        ax.set_xlabel(f"predicted - true ({str(name)[:20]})")
+        ax.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

@@ -228,7 +228,7 @@ def predictions_table(
     name; class and probability always stay. With no width (a pipe, a file) nothing is cut.
     """
     paths = [safe_text(_relative(item.path, base)) for item in predictions]
-    labels = [safe_text(item.top[0].label) for item in predictions]
+    labels = [safe_text(item.top[0].label) if item.top else "-" for item in predictions]
     rest = [
         ", ".join(f"{safe_text(t.label)} {t.probability:.2f}" for t in item.top[1:])
         for item in predictions
@@ -247,7 +247,7 @@ def predictions_table(
     if keep_rest:
         table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
     for path, label, item, others in zip(paths, labels, predictions, rest, strict=True):
-        cells = [Text(path), Text(label), f"{item.top[0].probability:.3f}"]
+        cells = [Text(path), Text(label), f"{item.top[0].probability:.3f}" if item.top else ""]
         table.add_row(*cells, *([Text(others)] if keep_rest else []))
     return table
 

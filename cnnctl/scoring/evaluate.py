@@ -43,11 +43,7 @@ def evaluate_run(
     dataset = _dataset(source, model, data, offline)
     names = source.names or list(dataset.class_names)
     x, y = dataset.split(split)
-    if model.output_shape[-1] != len(names) or y.max(initial=0) >= len(names):
-        raise DataError(
-            f"{source.model_file}: the model has {model.output_shape[-1]} outputs but the data "
-            f"has {max(len(names), int(y.max(initial=0)) + 1)} classes"
-        )
+    source.task.check_outputs(model.output_shape[-1], names, y, str(source.model_file))
     images, files = x, dataset.files.get(split)
     scored = score_split(model, source.task, x, y, one_hot=_one_hot(source, model))
     x, y, files = _drop(scored.failed, x, y, files)
@@ -57,7 +53,13 @@ def evaluate_run(
         data=dataset.origin,
         split=split,
         examples=int(len(y)),
-        metrics={key: round(float(value), 6) for key, value in scored.metrics.items()},
+        metrics={
+            key: round(float(value), 6)
+            for key, value in {
+                **scored.metrics,
+                **source.task.test_metrics(scored.outputs, y),
+            }.items()
+        },
         details=task_report.fields,
         task=source.task.name,
         tta=source.tta,

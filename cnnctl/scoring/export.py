@@ -9,6 +9,7 @@ recorded in `export.json`. TensorFlow is imported inside the functions, never at
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from cnnctl.allowlist import INFERENCE_IDENTITY
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
-from cnnctl.tasks import Task, task_of
+from cnnctl.tasks import TARGET_STATS, Task, task_named, task_of
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE = ("float16", "int8")
@@ -139,6 +140,10 @@ def export_model(
             )
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
+    record["task"] = task.name
+    stats = source.run.path / TARGET_STATS
+    if stats.is_file():  # standardized regression targets: the model already undoes it
+        record["target_stats"] = json.loads(stats.read_text(encoding="utf-8"))
     _update_index(output.parent / "export.json", record)
     return record
 
@@ -208,10 +213,16 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
     calibration, _ = decoded(dataset.x_train[np.sort(pick)])
     return (
         x_check.astype(np.float32),
-        np.delete(y_test[:CHECK_IMAGES], failed),
+        np.delete(y_test[:CHECK_IMAGES], failed, axis=0),
         calibration.astype(np.float32),
-        task_of(config),
+        _restored(task_of(config), run),
     )
+
+
+def _restored(task: Task, run: Run) -> Task:
+    """The run's task with what it kept in the run folder (multilabel: its thresholds)."""
+    task.restore(run.path)
+    return task
 
 
 def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.ndarray) -> None:
@@ -434,14 +445,7 @@ def export_table(record: dict[str, Any]) -> Any:
         ("size", f"{record['size_bytes'] / 1024:,.1f} KiB"),
         ("input", f"{record['input']['shape']} float32; {record['preprocessing']}"),
         ("check", f"{check['images']:,} test images against Keras: passed"),
-        ("max abs diff", f"{check['max_abs_diff']:.2e}"),
-        ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
-        (
-            "accuracy",
-            f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
-            f"{100 * check['export_accuracy']:.2f}% "
-            f"(drop {check['accuracy_drop_points']:.2f} points)",
-        ),
+        *task_named(record.get("task", "classification")).parity_rows(check),
     ]
     width = max(len(key) for key, _ in rows) + 2
     return Group(*(Text.assemble((f"{key:<{width}}", "bold"), safe_text(v)) for key, v in rows))

@@ -84,7 +84,7 @@ def resolve_source(
         model_file=model_file,
         run=run,
         config=config,
-        task=task_of(config),
+        task=_task(config, run),
         names=_names(run, model_file),
         tta=tta or (config.model.tta if config is not None else "none"),
         legacy_h5=legacy_h5,
@@ -99,8 +99,15 @@ def run_source(run: Run) -> ScoringSource:
         )
     config = load_config(run.effective_config)
     return ScoringSource(
-        run.model, run, config, task_of(config), _names(run, run.model), config.model.tta
+        run.model, run, config, _task(config, run), _names(run, run.model), config.model.tta
     )
+
+
+def _task(config: Config | None, run: Run | None) -> Task:
+    """The run's task, with what it kept in the run folder (multilabel: its thresholds)."""
+    task = task_of(config)
+    task.restore(run.path if run is not None else None)
+    return task
 
 
 def _names(run: Run | None, model_file: Path) -> list[str] | None:

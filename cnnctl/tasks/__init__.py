@@ -8,13 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cnnctl.config.schema import TASKS
-from cnnctl.tasks.base import Report, Task
+from cnnctl.tasks.base import TARGET_STATS, Report, Task
 from cnnctl.tasks.classification import Classification
+from cnnctl.tasks.multilabel import Multilabel
+from cnnctl.tasks.regression import Regression
 
 if TYPE_CHECKING:
     from cnnctl.config import Config
 
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classification,)}
+REGISTRY: dict[str, type[Task]] = {
+    task.name: task for task in (Classification, Multilabel, Regression)
+}
 if set(REGISTRY) != set(TASKS):  # the schema's choices and the modules here are one list
     raise ImportError(f"tasks {sorted(REGISTRY)} do not match the config's {sorted(TASKS)}")
 
@@ -29,4 +33,4 @@ def task_of(config: Config | None) -> Task:
     return task_named(config.task if config is not None else "classification")
 
 
-__all__ = ["REGISTRY", "Report", "Task", "task_named", "task_of"]
+__all__ = ["REGISTRY", "TARGET_STATS", "Report", "Task", "task_named", "task_of"]

@@ -12,18 +12,21 @@ in processes that never load it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from cnnctl.errors import ConfigError
+from cnnctl.errors import ConfigError, DataError
 from cnnctl.runs.results import EvaluationResult, Prediction
 
 if TYPE_CHECKING:
     from cnnctl.config import Config, TrainConfig
+
+
+TARGET_STATS = "target_stats.json"  # a run's standardization of regression targets
 
 
 @dataclass
@@ -66,6 +69,49 @@ class Task(ABC):
         self, given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str
     ) -> tuple[str, ...]:
         """The name of each output: the source's names, or made up from the labels seen."""
+
+    def check_source(self, kind: str, where: str) -> None:
+        """Refuse a kind of data source this task cannot read labels from (a `ConfigError`).
+
+        `kind`: builtin, folder, idx, npz, pixel_csv or path_csv; every kind by default.
+        """
+        return None
+
+    def read_labels(
+        self,
+        cells: Sequence[tuple[str, ...]],
+        lines: Sequence[int],
+        splits: Sequence[str],
+        columns: Sequence[str],
+        path: str,
+    ) -> tuple[np.ndarray, tuple[str, ...]]:
+        """A CSV of paths' label cells (one tuple a row, one cell a label column) -> labels
+        and output names. `lines[i]` is row i's line in `path` and `splits[i]` its split.
+
+        Default: one column of class names, numbered in sorted order (numerically if digits).
+        """
+        if len(columns) != 1:
+            raise DataError(
+                f"{path}: data.label_column lists {len(columns)} columns; task: {self.name} "
+                "reads one",
+                "give one column name",
+            )
+        found = sorted({row[0] for row in cells})
+        names = sorted(found, key=int) if all(n.isdigit() for n in found) else found
+        number = {name: i for i, name in enumerate(names)}
+        return np.asarray([number[row[0]] for row in cells], dtype=np.int64), tuple(names)
+
+    def label_counts(self, y: np.ndarray, k: int) -> list[int]:
+        """Examples of each output in a split, for the checks before training."""
+        return np.bincount(y, minlength=k).tolist()
+
+    def check_outputs(self, outputs: int, names: Sequence[str], y: np.ndarray, where: str) -> None:
+        """A model's number of outputs must fit the data it is scored on (a `DataError`)."""
+        if outputs != len(names) or y.max(initial=0) >= len(names):
+            raise DataError(
+                f"{where}: the model has {outputs} outputs but the data "
+                f"has {max(len(names), int(y.max(initial=0)) + 1)} classes"
+            )
 
     # --------------------------------------------------------------------------- the model
 
@@ -135,6 +181,77 @@ class Task(ABC):
     def parity_summary(self, check: dict[str, Any]) -> str:
         """`parity`'s figures in one line, for messages."""
 
+    # --------------------------------------------------------------------------- run state
+
+    def target_scaling(self, y: np.ndarray, config: Config) -> dict[str, Any] | None:
+        """{"mean": [...], "std": [...]} of the training targets where the network should learn
+        them standardized (saved as target_stats.json); None by default."""
+        return None
+
+    def fitted(
+        self,
+        validation: Callable[[], tuple[np.ndarray, np.ndarray]],
+        names: Sequence[str],
+        config: Config,
+    ) -> dict[str, Any]:
+        """After training: what the task settles from the best model's validation outputs
+        (`validation()` gives them and their labels), to keep with the run as
+        {file name: JSON data}; this task object keeps it too. Nothing by default."""
+        return {}
+
+    def restore(self, folder: Path | None) -> None:
+        """Take up what `fitted` saved in a run folder (nothing by default)."""
+        return None
+
+    def test_metrics(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+        """Figures added to training's test metrics, from the outputs (none by default)."""
+        return {}
+
+    needs_test_outputs: ClassVar[bool] = False  # whether test_metrics is worth a predict pass
+
+    def parity_rows(self, check: dict[str, Any]) -> list[tuple[str, str]]:
+        """`parity`'s figures as (name, value) rows, for export's table."""
+        return [
+            ("max abs diff", f"{check['max_abs_diff']:.2e}"),
+            ("parity", self.parity_summary(check)),
+        ]
+
     def merge_tta(self, plain: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
         """One output from an image's and its mirror's (the mirror's output already unflipped)."""
         return (plain + mirrored) / 2
+
+
+def check_vector_head(
+    output_shape: tuple,
+    outputs: int,
+    config: Config,
+    noun: str,
+    activations: tuple[str | None, ...],
+) -> None:
+    """A head of `outputs` values (`noun`: labels, targets) whose activation is one of
+    `activations` (None: no activation), as far as the config says which it is."""
+    last = ("model", "layers", len(config.model.layers) - 1)
+    if len(output_shape) != 2:
+        raise ConfigError(
+            f"{config.where(last)}: the network ends with shape {output_shape}, not one value "
+            f"per {noun[:-1]}",
+            f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with {outputs} units",
+        )
+    if output_shape[-1] != outputs:
+        raise ConfigError(
+            f"{config.where(last)}: the last layer gives {output_shape[-1]} outputs but the "
+            f"data has {outputs} {noun}",
+            f"set units: {outputs} on the last Dense layer",
+        )
+    spec = config.model.layers[-1]
+    if spec.type not in ("Dense", "Activation"):
+        return  # a block or another layer: its activation is not the config's to say
+    found = spec.args.get("activation")
+    found = None if found in (None, "linear") else found
+    if found not in activations:
+        wanted = " or ".join("no activation" if a is None else a for a in activations)
+        raise ConfigError(
+            f"{config.where(last)}: the last layer's activation is {found or 'none'}; "
+            f"task: {config.task} needs {wanted}",
+            f"set activation: {activations[0]}" if activations[0] else "remove its activation",
+        )

@@ -184,6 +184,18 @@ class Classification(Task):
             check["passed"] = check["max_abs_diff"] <= tolerance and check["top1_agreement"] == 1.0
         return check
 
+    def parity_rows(self, check: dict[str, Any]) -> list[tuple[str, str]]:
+        return [
+            ("max abs diff", f"{check['max_abs_diff']:.2e}"),
+            ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
+            (
+                "accuracy",
+                f"{100 * check['keras_accuracy']:.2f}% (Keras) -> "
+                f"{100 * check['export_accuracy']:.2f}% "
+                f"(drop {check['accuracy_drop_points']:.2f} points)",
+            ),
+        ]
+
     def parity_summary(self, check: dict[str, Any]) -> str:
         return (
             f"max abs diff {check['max_abs_diff']:.2e}, "

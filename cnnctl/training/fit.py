@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from cnnctl.config import Config, dump_config
 from cnnctl.data.checks import check_dataset
@@ -38,7 +39,7 @@ from cnnctl.runs import (
 from cnnctl.runs.results import TrainResult
 from cnnctl.scoring.evaluate import score_split
 from cnnctl.scoring.source import ScoringSource
-from cnnctl.tasks import task_of
+from cnnctl.tasks import TARGET_STATS, task_of
 from cnnctl.training.callbacks import (
     Display,
     EpochRecorder,
@@ -120,11 +121,12 @@ def _from_scratch(
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config, offline)
     task_of(config).class_weights(config, dataset.y_train, dataset.class_names)  # before the folder
-    for line in check_dataset(dataset).warnings:
+    for line in check_dataset(dataset, task_of(config)).warnings:
         if display is not None:
             display.warn(line)
+    scaling = task_of(config).target_scaling(dataset.y_train, config)
     with strategy.scope():
-        model = build_model(config, len(dataset.class_names), offline)
+        model = build_model(config, len(dataset.class_names), offline, scaling)
         compile_model(model, config, math.ceil(len(dataset.x_train) / config.train.batch_size))
     if display is not None and is_chief():
         display.note(_what_trains(dataset, model))
@@ -136,6 +138,8 @@ def _from_scratch(
     run = run or create_run(runs_root, config.name)
     write_text(run.config, dump_config(config))
     write_json(run.classes, list(dataset.class_names))
+    if scaling is not None:
+        write_json(run.path / TARGET_STATS, scaling)
     set_status(run, "running", started=time.time(), epochs=config.train.epochs)
     result = _fit(run, model, config, dataset, ResumeState(), display, extra=extra)
     result.restarted = restarted
@@ -298,14 +302,32 @@ def _test(
     as `cnnctl evaluate` scores it."""
     task = task_of(config)
     best = ScoringSource(run.model, run, config, task, list(dataset.class_names), config.model.tta)
+    model = best.load()
+    batch_size = max(config.train.batch_size, EVAL_BATCH)
+
+    def validation() -> tuple[Any, Any]:
+        """The best model's outputs on the validation split, and its labels."""
+        scored = score_split(
+            model, task, dataset.x_val, dataset.y_val, task.one_hot(config.train), batch_size
+        )
+        truth = np.delete(dataset.y_val, scored.failed, axis=0) if scored.failed else dataset.y_val
+        return scored.outputs, truth
+
+    # What the task settles on validation (multilabel: thresholds), kept before the test uses it.
+    for name, data in task.fitted(validation, list(dataset.class_names), config).items():
+        write_json(run.path / name, data)
     scored = score_split(
-        best.load(),
+        model,
         task,
         dataset.x_test,
         dataset.y_test,
         one_hot=task.one_hot(config.train),
-        batch_size=max(config.train.batch_size, EVAL_BATCH),
+        batch_size=batch_size,
         callbacks=callbacks,
-        outputs=False,
+        outputs=task.needs_test_outputs,
     )
-    return {key: round(float(value), 6) for key, value in scored.metrics.items()}
+    metrics = dict(scored.metrics)
+    if task.needs_test_outputs:
+        y = np.delete(dataset.y_test, scored.failed, axis=0) if scored.failed else dataset.y_test
+        metrics.update(task.test_metrics(scored.outputs, y))
+    return {key: round(float(value), 6) for key, value in metrics.items()}
