@@ -429,9 +429,8 @@ def _warn_if_training(source, model_file: Path | None) -> None:
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Classes shown per image.",
+    default=None,
+    help="Classes shown per image (default 3; multilabel: every label above its threshold).",
 )
 @click.option(
     "--batch-size",
@@ -463,7 +462,7 @@ def predict(
     paths: tuple[str, ...],
     run_ref: str | None,
     model_file: Path | None,
-    top_k: int,
+    top_k: int | None,
     batch_size: int,
     invert: bool,
     tta: str | None,

@@ -91,6 +91,52 @@ def test_train_evaluate_predict_export_and_predict_with_the_export(runner, train
     )
 
 
+def test_a_bare_exported_file_keeps_its_task_and_thresholds(runner, trained, scenes_csv, tmp_path):
+    """An exported file copied with its export.json, far from its run, predicts as the run does."""
+    import shutil
+
+    run = trained / "ml"
+    if not (run / "export" / "model.onnx").is_file():
+        done = runner.invoke(main, ["export", "ml", "--runs-dir", str(trained), "--format", "onnx"])
+        assert done.exit_code == 0, done.output
+    for name in ("model.onnx", "export.json"):
+        shutil.copy(run / "export" / name, tmp_path / name)
+    record = json.loads((tmp_path / "export.json").read_text())["exports"][0]
+    assert record["task"] == "multilabel" and "thresholds.json" in record["kept"]
+    images = [str(scenes_csv.parent / "images" / "test" / f"0000{i}.png") for i in range(4)]
+    bare = runner.invoke(
+        main, ["predict", "--model", str(tmp_path / "model.onnx"), "--json", *images]
+    )
+    in_run = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--json", *images])
+    assert bare.exit_code == 0 == in_run.exit_code, bare.output
+    labels = [[t["label"] for t in item["top"]] for item in json.loads(bare.stdout)]
+    assert labels == [[t["label"] for t in item["top"]] for item in json.loads(in_run.stdout)]
+
+
+def test_top_k_shows_the_most_probable_labels_whatever_their_thresholds(
+    runner, trained, scenes_csv
+):
+    images = [str(scenes_csv.parent / "images" / "test" / f"0000{i}.png") for i in range(3)]
+    done = runner.invoke(
+        main, ["predict", "--runs-dir", str(trained), "--json", "--top-k", "4", *images]
+    )
+    assert done.exit_code == 0, done.output
+    for item in json.loads(done.stdout):
+        probabilities = [t["probability"] for t in item["top"]]
+        assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_runs_shows_the_task_and_its_headline_metric(runner, trained):
+    done = runner.invoke(main, ["runs", str(trained), "--json"])
+    assert done.exit_code == 0, done.output
+    (row,) = [r for r in json.loads(done.stdout) if r["name"] == "ml"]
+    metrics = json.loads((trained / "ml" / "metrics.json").read_text())
+    assert row["task"] == "multilabel" and row["headline"] == "micro_f1"
+    assert row["test_value"] == metrics["test"]["micro_f1"]
+    table = runner.invoke(main, ["runs", str(trained)], env={"COLUMNS": "120"})
+    assert f"micro-F1 {row['test_value']:.4f}" in table.output and "multilabel" in table.output
+
+
 def test_thresholds_are_chosen_on_the_validation_split_only(trained):
     from cnnctl.data.dataset import dataset_for
     from cnnctl.modelfile.load import load_model

@@ -174,3 +174,21 @@ def test_a_loss_for_classes_is_refused_at_its_line(runner, write, tmp_path, scen
         result.output
     )
     assert "use loss: mse or mae or huber" in result.output
+
+
+def test_tune_minimizes_the_validation_mae(runner, write, tmp_path, scenes_csv):
+    """tune on a regression run: val_mae is logged, its goal is minimize, the best trial is the
+    lowest."""
+    data = _csv_with(scenes_csv, tmp_path / "labels.csv")
+    search = (
+        "tune:\n  metric: val_mae\n  trials: 2\n  sampler: random\n  parameters:\n"
+        "    train.optimizer.learning_rate: {type: choice, values: [0.01, 0.0001]}\n"
+    )
+    write("tune.yaml", _config(data).replace("epochs: 2", "epochs: 1") + search)
+    done = runner.invoke(main, ["tune", "tune.yaml"])
+    assert done.exit_code == 0, done.output
+    assert "val_mae (minimize)" in done.output
+    study = json.loads((tmp_path / "runs" / "count-tune" / "study.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "count-tune" / "trials.csv")))
+    assert study["direction"] == "minimize" and len(rows) == 2
+    assert study["best"]["value"] == pytest.approx(min(float(r["value"]) for r in rows))

@@ -96,6 +96,7 @@ def summary(name: str, **extra) -> RunSummary:
         best_value=0.2709,
         best_epoch=7,
         test_accuracy=0.9149,
+        test_value=0.9149,
     )
     return RunSummary(name=name, path=f"runs/{name}", **{**values, **extra})
 

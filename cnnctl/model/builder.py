@@ -131,10 +131,9 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
     optimizer = _instantiate(
         train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path
     )
-    metrics = []
-    for index, name in enumerate(train.metrics):
+    for index, name in enumerate(train.metrics):  # given as named, Keras logs them by that name
         try:
-            metrics.append(name if name in ("accuracy", "acc") else keras.metrics.get(name))
+            name in ("accuracy", "acc") or keras.metrics.get(name)
         except ValueError:
             known = ["accuracy", *(n for n in keras.metrics.__dict__ if not n.startswith("_"))]
             raise ConfigError(
@@ -149,7 +148,7 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=metrics,
+        metrics=list(train.metrics),
         jit_compile=train.jit_compile,
         steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch),
     )

@@ -324,19 +324,24 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return (values.astype(np.float32) - zero) * scale
 
 
-def exported_class_names(path: Path) -> list[str] | None:
-    """Class names recorded for an exported file in the export.json beside it, if any.
+def exported_record(path: Path) -> dict[str, Any]:
+    """What export.json beside an exported file records for it ({} if nothing).
 
     export.json is read like every other input: a regular file, at most `json_bytes`.
     """
-    with_names = Path(path).parent / "export.json"
-    if not os.path.lexists(with_names):
-        return None
-    records = read_json(with_names, ModelFileError)
+    index = Path(path).parent / "export.json"
+    if not os.path.lexists(index):
+        return {}
+    records = read_json(index, ModelFileError)
     for record in records.get("exports", []) if isinstance(records, dict) else []:
-        if not isinstance(record, dict) or record.get("file") != Path(path).name:
-            continue
-        names = record.get("class_names")
-        if isinstance(names, list) and all(isinstance(n, str) for n in names):
-            return names
+        if isinstance(record, dict) and record.get("file") == Path(path).name:
+            return record
+    return {}
+
+
+def exported_class_names(path: Path) -> list[str] | None:
+    """Class names recorded for an exported file in the export.json beside it, if any."""
+    names = exported_record(path).get("class_names")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
     return None

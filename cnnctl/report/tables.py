@@ -279,7 +279,8 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
         Column("data", drop=4),
         Column("epochs", "right", drop=1),
         Column("best (monitored)", "right", drop=3),
-        Column("test acc", "right", drop=2),
+        Column("task", drop=5),
+        Column("test", "right", drop=2),
         Column("status"),
     ]
     rows = []
@@ -297,11 +298,19 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
                 safe(run.dataset or "?"),
                 epochs,
                 best,
-                f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
+                safe(run.task),
+                f"{safe_text(_short(run.headline))} {run.test_value:.4f}"
+                if run.test_value is not None
+                else "-",
                 safe(status, style=styles.get(run.status, "")),
             ]
         )
     return fitted_table(columns, rows, width)
+
+
+def _short(metric: str) -> str:
+    """A headline metric's name as a narrow table cell shows it."""
+    return {"accuracy": "acc", "micro_f1": "micro-F1"}.get(metric, metric)
 
 
 def studies_table(studies: Sequence[StudySummary], width: int | None = None) -> Table:

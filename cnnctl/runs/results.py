@@ -34,6 +34,8 @@ class TrainResult:
     restarted: bool = False  # resumed before its first epoch ended: trained from the start again
     train_images: int = 0  # images of one training epoch
     test_chose_epoch: bool = False  # data.validation: test, so the test figures are not held out
+    task: str = "classification"
+    headline: str = "accuracy"  # the test figure that sums the run up (the task's)
 
     def summary(self) -> dict[str, Any]:
         best_row = next((r for r in self.rows if r["epoch"] == self.best_epoch), {})
@@ -47,6 +49,8 @@ class TrainResult:
             "best_value": self.best_value,
             "best": best_row,
             "final": self.rows[-1] if self.rows else {},
+            "task": self.task,
+            "headline": self.headline,
             "test": self.test,
             "validation_is_test": self.test_chose_epoch,
             "wall_seconds": round(self.seconds, 2),

@@ -31,6 +31,9 @@ class RunSummary:
     best_epoch: int | None = None
     stopped_early: int | None = None
     test_accuracy: float | None = None
+    task: str = "classification"
+    headline: str = "accuracy"  # the test figure that sums the run up (the task's)
+    test_value: float | None = None  # that figure
     problem: str | None = None
     kind: str = "run"
 
@@ -86,6 +89,7 @@ def describe(run: Run) -> RunSummary:
         run.check_inside(run.config, run.effective_config)
         config = load_config(run.effective_config)  # hardened: no alias bombs, bounded size
         summary.dataset = config.data.dataset or config.data.path
+        summary.task = config.task
         summary.epochs = config.train.epochs
         summary.monitor = config.train.checkpoint.monitor
         mode = mode_of(summary.monitor, config.train.checkpoint.mode)
@@ -108,7 +112,12 @@ def describe(run: Run) -> RunSummary:
         )
         summary.stopped_early = finished.get("stopped_early")
         test = finished.get("test")
-        if isinstance(test, dict) and isinstance(test.get("accuracy"), (int, float)):
+        test = test if isinstance(test, dict) else {}
+        if isinstance(finished.get("headline"), str):  # runs of earlier versions: accuracy
+            summary.headline = finished["headline"]
+        if isinstance(test.get(summary.headline), (int, float)):
+            summary.test_value = float(test[summary.headline])
+        if isinstance(test.get("accuracy"), (int, float)):
             summary.test_accuracy = float(test["accuracy"])
     elif summary.monitor:
         _best_so_far(summary, rows, mode)

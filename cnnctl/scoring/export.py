@@ -24,6 +24,7 @@ from cnnctl.allowlist import INFERENCE_IDENTITY
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import Run, run_of_model, write_json
+from cnnctl.scoring.source import kept_state
 from cnnctl.tasks import TARGET_STATS, Task, task_named, task_of
 
 FORMATS = ("savedmodel", "onnx", "tflite")
@@ -141,6 +142,9 @@ def export_model(
         _replace(tmp, output)
     record = _record(source, model, output, fmt, quantize, check, seconds)
     record["task"] = task.name
+    kept = kept_state(task, source.run)
+    if kept:  # what the task settled on validation (multilabel: thresholds), for a bare file
+        record["kept"] = kept
     stats = source.run.path / TARGET_STATS
     if stats.is_file():  # standardized regression targets: the model already undoes it
         record["target_stats"] = json.loads(stats.read_text(encoding="utf-8"))
@@ -221,7 +225,7 @@ def _check_images(run: Run, offline: bool) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _restored(task: Task, run: Run) -> Task:
     """The run's task with what it kept in the run folder (multilabel: its thresholds)."""
-    task.restore(run.path)
+    task.restore(kept_state(task, run))
     return task
 
 

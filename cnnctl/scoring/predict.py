@@ -20,7 +20,7 @@ CHUNK = 512  # images decoded per step; small enough to overlap decoding with th
 def predict_images(
     source: ScoringSource,
     inputs: list[str],
-    top_k: int = 3,
+    top_k: int | None = None,
     batch_size: int = EVAL_BATCH,
     invert: bool = False,
 ) -> Predictions:
@@ -90,7 +90,7 @@ def _predict_streamed(
     source: ScoringSource,
     paths: list[Path],
     names: list[str],
-    top_k: int,
+    top_k: int | None,
     batch_size: int,
     invert: bool,
     result: Predictions,

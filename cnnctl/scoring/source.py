@@ -14,9 +14,10 @@ from typing import Any
 
 from cnnctl.config import Config, load_config
 from cnnctl.errors import ModelFileError, RunError
-from cnnctl.modelfile.exported import exported_class_names, is_exported
+from cnnctl.limits import read_json
+from cnnctl.modelfile.exported import exported_class_names, exported_record, is_exported
 from cnnctl.runs import Run, find_run, run_of_model
-from cnnctl.tasks import Task, task_of
+from cnnctl.tasks import REGISTRY, Task, task_named, task_of
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def resolve_source(
         model_file=model_file,
         run=run,
         config=config,
-        task=_task(config, run),
+        task=_task(config, run, model_file),
         names=_names(run, model_file),
         tta=tta or (config.model.tta if config is not None else "none"),
         legacy_h5=legacy_h5,
@@ -103,11 +104,26 @@ def run_source(run: Run) -> ScoringSource:
     )
 
 
-def _task(config: Config | None, run: Run | None) -> Task:
-    """The run's task, with what it kept in the run folder (multilabel: its thresholds)."""
+def _task(config: Config | None, run: Run | None, model_file: Path | None = None) -> Task:
+    """The run's task, with what it kept in the run folder (multilabel: its thresholds); for a
+    bare exported file, the task and state its export.json record carries."""
+    if config is None and model_file is not None and is_exported(model_file):
+        record = exported_record(model_file)
+        name = record.get("task")
+        task = task_named(name if name in REGISTRY else "classification")
+        kept = record.get("kept")
+        task.restore(kept if isinstance(kept, dict) else {})
+        return task
     task = task_of(config)
-    task.restore(run.path if run is not None else None)
+    if run is not None:
+        task.restore(kept_state(task, run))
     return task
+
+
+def kept_state(task: Task, run: Run) -> dict[str, Any]:
+    """The files the task's `fitted` wrote in the run folder, read back (bounded JSON)."""
+    files = (run.path / name for name in task.kept_files)
+    return {file.name: read_json(file, RunError) for file in files if os.path.lexists(file)}
 
 
 def _names(run: Run | None, model_file: Path) -> list[str] | None:

@@ -12,7 +12,7 @@ in processes that never load it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,6 +50,8 @@ class Task(ABC):
     # Whether outputs have the image's height and width: a mirrored view's output is then
     # mirrored back before the two are averaged.
     spatial_output: ClassVar[bool] = False
+    # The test figure that sums a run up (`cnnctl runs`, metrics.json); mode_of() says its way.
+    headline: ClassVar[str] = "accuracy"
 
     # --------------------------------------------------------------------------- labels
 
@@ -163,9 +165,9 @@ class Task(ABC):
 
     @abstractmethod
     def prediction(
-        self, path: Path | str, output: np.ndarray, names: list[str], k: int
+        self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
     ) -> Prediction:
-        """What `predict` shows for one image."""
+        """What `predict` shows for one image (`k`: --top-k, None when not given)."""
 
     @abstractmethod
     def parity(
@@ -199,8 +201,11 @@ class Task(ABC):
         {file name: JSON data}; this task object keeps it too. Nothing by default."""
         return {}
 
-    def restore(self, folder: Path | None) -> None:
-        """Take up what `fitted` saved in a run folder (nothing by default)."""
+    kept_files: ClassVar[tuple[str, ...]] = ()  # what `fitted` writes, read back by `restore`
+
+    def restore(self, kept: Mapping[str, Any]) -> None:
+        """Take up what `fitted` saved ({file name: JSON data}, read from the run folder or an
+        exported file's record); nothing by default."""
         return None
 
     def test_metrics(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, float]:

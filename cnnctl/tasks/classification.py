@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 TOP_K = 3  # classes listed for each wrong example
 
 
+DEFAULT_TOP_K = 3  # classes predict shows per image without --top-k
+
+
 class Classification(Task):
     name = "classification"
 
@@ -134,9 +137,9 @@ class Classification(Task):
         return Report(fields, wrong, shown)
 
     def prediction(
-        self, path: Path | str, output: np.ndarray, names: list[str], k: int
+        self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
     ) -> Prediction:
-        order = np.argsort(output)[::-1][:k]
+        order = np.argsort(output)[::-1][: k or DEFAULT_TOP_K]
         return Prediction(
             str(path), [Guess(names[i], int(i), round(float(output[i]), 6)) for i in order]
         )

@@ -7,8 +7,7 @@ label's best F1), or fixed by eval.threshold, and kept in the run's thresholds.j
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ MAX_DROP_POINTS = 1.0  # a quantized file may lose at most this much micro-F1 (p
 
 class Multilabel(Task):
     name = "multilabel"
+    headline = "micro_f1"
     needs_test_outputs = True
 
     def __init__(self) -> None:
@@ -156,15 +156,16 @@ class Multilabel(Task):
         }
         return {THRESHOLDS_FILE: data}
 
-    def restore(self, folder: Path | None) -> None:
-        file = Path(folder) / THRESHOLDS_FILE if folder is not None else None
-        if file is None or not file.is_file():
+    kept_files = (THRESHOLDS_FILE,)
+
+    def restore(self, kept: Mapping[str, Any]) -> None:
+        if THRESHOLDS_FILE not in kept:
             return
         try:
-            saved = json.loads(file.read_text(encoding="utf-8"))["thresholds"]
+            saved = kept[THRESHOLDS_FILE]["thresholds"]
             self.thresholds = np.asarray([float(v) for v in saved.values()], dtype=np.float32)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DataError(f"{file}: not a thresholds file ({error})") from None
+            raise DataError(f"{THRESHOLDS_FILE}: not a thresholds file ({error})") from None
 
     def _cut(self, count: int) -> np.ndarray:
         if self.thresholds is not None and len(self.thresholds) == count:
@@ -244,11 +245,15 @@ class Multilabel(Task):
         return Group(header, table, footer, saved)
 
     def prediction(
-        self, path: Path | str, output: np.ndarray, names: list[str], k: int
+        self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
     ) -> Prediction:
-        """Every label at or above its threshold, most probable first."""
-        above = np.flatnonzero(output >= self._cut(len(output)))
-        order = above[np.argsort(output[above])[::-1]]
+        """Every label at or above its threshold, most probable first; with --top-k, the k
+        most probable whatever their thresholds."""
+        if k is None:
+            above = np.flatnonzero(output >= self._cut(len(output)))
+            order = above[np.argsort(output[above])[::-1]]
+        else:
+            order = np.argsort(output)[::-1][:k]
         return Prediction(
             str(path), [Guess(names[i], int(i), round(float(output[i]), 6)) for i in order]
         )

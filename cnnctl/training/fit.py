@@ -267,6 +267,8 @@ def _fit(
         written=write,
         test_chose_epoch=config.data.validation == "test",
         train_images=len(dataset.x_train),
+        task=config.task,
+        headline=task_of(config).headline,
     )
     if not write:
         return result
