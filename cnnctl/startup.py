@@ -130,3 +130,10 @@ def worker_of() -> tuple[int, int]:
         len(spec["cluster"].get("chief", [])) if spec["task"]["type"] == "worker" else 0
     )
     return len(workers), index
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset narrows)."""
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )

@@ -127,14 +127,19 @@ def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
     """(path, use_pillow) -> uint8 (H, W, C): TensorFlow's decoders, Pillow for the rest.
 
     Without `pillow_possible` (no file needs Pillow) the branch is left out: each tf.cond
-    in a tf.data map costs about as much as decoding a small JPEG.
+    in a tf.data map costs about as much as decoding a small JPEG. The function is traced
+    once per process and shape (and limits): a tf.data map that calls it traces only the call.
     """
+    most = min(limit("pixels"), limit("image_bytes") // 4)  # TensorFlow may decode RGBA first
+    return _traced_decoder(tuple(image_shape), pillow_possible, most)
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_decoder(image_shape: tuple[int, int, int], pillow_possible: bool, most: int):
     height, width, channels = image_shape
 
     def with_pillow(path: bytes) -> np.ndarray:
         return load_image(Path(os.fsdecode(path)), height, width, channels)
-
-    most = min(limit("pixels"), limit("image_bytes") // 4)  # TensorFlow may decode RGBA first
 
     def with_tf(path: tf.Tensor) -> tf.Tensor:
         data = tf.io.read_file(path)
@@ -171,7 +176,8 @@ def decoder(image_shape: tuple[int, int, int], pillow_possible: bool = True):
         )
         return tf.ensure_shape(image, image_shape)
 
-    return decode
+    scalar = [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool)]
+    return tf.function(decode, input_signature=scalar, autograph=False)
 
 
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
@@ -446,12 +452,6 @@ def files_for(paths: list[Path], image_shape: tuple[int, int, int]) -> FileImage
     pillow = [p.suffix.lower() not in TF_SUFFIXES for p in paths]
     return FileImages(
         np.asarray([str(p) for p in paths], dtype=object), np.asarray(pillow), image_shape
-    )
-
-
-def cpu_count() -> int:
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
 
 

@@ -13,8 +13,13 @@ from cnnctl.errors import DataError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs.results import Predictions
 from cnnctl.scoring.source import ScoringSource
+from cnnctl.startup import cpu_count
 
 CHUNK = 512  # images decoded per step; small enough to overlap decoding with the model
+# Model inputs up to this many pixels (64 x 64) are decoded with Pillow on a thread pool: for
+# small images tf.data's per-file work costs more than the decoding (2,000 28x28 PNGs: 0.63 s
+# against 0.30 s on one thread), and TensorFlow's decode graph need not be traced.
+SMALL_INPUT = 64 * 64
 
 
 def predict_images(
@@ -44,17 +49,26 @@ def predict_images(
         )
     names = source.names or [str(i) for i in range(outputs)]
 
-    if not source.exported:  # TensorFlow is loaded: decode in parallel inside tf.data
+    if not source.exported and height * width > SMALL_INPUT:
+        # Large inputs: TensorFlow is loaded, decode in parallel inside tf.data.
         return _predict_streamed(model, source, paths, names, top_k, batch_size, invert, result)
+    if not source.exported and len(paths) > batch_size:  # worth one trace: fused kernels
+        model = source.traced(model)
+
+    def read(path: Path) -> np.ndarray | ImageError:
+        try:
+            return load_image(path, height, width, channels, invert)
+        except ImageError as error:
+            return error
 
     def decode(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         images, kept = [], []
-        for path in paths:
-            try:
-                images.append(load_image(path, height, width, channels, invert))
+        for path, image in zip(paths, readers.map(read, paths), strict=True):
+            if isinstance(image, ImageError):
+                result.failures.append((str(path), str(image)))
+            else:
+                images.append(image)
                 kept.append(path)
-            except ImageError as error:
-                result.failures.append((str(path), str(error)))
         return (
             np.stack(images).astype(np.float32)
             if images
@@ -70,8 +84,9 @@ def predict_images(
             or [np.zeros((0, len(names)))]
         )
 
-    # The runtime releases the GIL, so the model runs on one chunk while Python decodes the next.
-    with ThreadPoolExecutor(max_workers=1) as runner:
+    # Pillow and the runtimes release the GIL: files decode on every core while the model runs
+    # on the chunk before.
+    with ThreadPoolExecutor(max_workers=1) as runner, ThreadPoolExecutor(cpu_count()) as readers:
         pending = None
         for start in range(0, len(paths) + CHUNK, CHUNK):
             decoded = decode(paths[start : start + CHUNK]) if start < len(paths) else None
@@ -103,10 +118,7 @@ def _predict_streamed(
     files = files_for(paths, (height, width, channels))
     whole = model
     if len(paths) > batch_size:  # worth one trace: a graph runs fused kernels, eager calls do not
-        import tensorflow as tf
-
-        shape = tf.TensorSpec((None, height, width, channels), tf.float32)
-        model = tf.function(lambda batch: whole(batch, training=False), input_signature=[shape])
+        model = source.traced(whole)
     found: dict[int, np.ndarray] = {}
     for positions, images in decode_batches(files, batch_size):
         probabilities = _run(model, 255.0 - images if invert else images, model_path)

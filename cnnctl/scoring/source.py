@@ -8,7 +8,7 @@ asks again which file, which run or which classes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class ScoringSource:
     names: list[str] | None  # one per output; None where nothing records them
     tta: str = "none"
     legacy_h5: bool = False
+    # What `load` and `traced` made, kept for the next call in the same process (serve, bench).
+    _kept: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def exported(self) -> bool:
@@ -38,7 +40,14 @@ class ScoringSource:
         return is_exported(self.model_file)
 
     def load(self, compile: bool = True) -> Any:
-        """The model, ready to call: Keras or the exported file's runtime, with TTA applied."""
+        """The model, ready to call: Keras or the exported file's runtime, with TTA applied.
+
+        Loaded once per source: a second call (a server's, a benchmark's) reuses it."""
+        if ("model", compile) not in self._kept:
+            self._kept["model", compile] = self._load(compile)
+        return self._kept["model", compile]
+
+    def _load(self, compile: bool) -> Any:
         from cnnctl.scoring.tta import with_tta
 
         if self.exported:
@@ -50,6 +59,18 @@ class ScoringSource:
 
             model = load_model(self.model_file, compile=compile, legacy_h5=self.legacy_h5)
         return with_tta(model, self.tta, self.task)
+
+    def traced(self, model: Any) -> Any:
+        """`model` (a Keras model this source loaded) as a traced graph function on batches of
+        any size: fused kernels instead of eager calls, traced once per source."""
+        if ("traced", id(model)) not in self._kept:
+            import tensorflow as tf
+
+            shape = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            self._kept["traced", id(model)] = tf.function(
+                lambda batch: model(batch, training=False), input_signature=[shape]
+            )
+        return self._kept["traced", id(model)]
 
 
 def resolve_source(
