@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CNNCTL := $(VENV)/bin/cnnctl
 PYTEST_FLAGS ?=
 
-.PHONY: setup data train test test-slow test-all lint bench bench-gpu clean
+.PHONY: setup data browser train test test-slow test-all lint bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ data:
 	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
 	fi
 
+# Headless Chromium (the page and report tests) and hey (the serve load bench), from Debian.
+browser:
+	@if ! command -v chromedriver >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q chromium chromium-driver hey || (apt-get update -q && apt-get install -y -q chromium chromium-driver hey)) >/dev/null; \
+	fi
+
 # Train the seed network on Fashion-MNIST, evaluate it, and classify a few test images saved as PNG.
 train: setup data
 	$(CNNCTL) train configs/fashion_mnist.yaml
@@ -28,7 +34,7 @@ train: setup data
 	$(PY) tools/write_pngs.py fashion_mnist examples/fashion_mnist --count 8
 	$(CNNCTL) predict examples/fashion_mnist
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_FLAGS)
 
 test-slow: setup data
