@@ -29,6 +29,7 @@ from cnnctl.cli import main
 from cnnctl.serve.batcher import Batcher, QueueFull
 
 from conftest import REPO
+from hostile_models import png_header_bomb
 
 
 class Server:
@@ -271,3 +272,172 @@ def test_a_full_queue_refuses_at_once_instead_of_growing():
 
     asyncio.run(scenario())
     assert calls == [1, 1, 1]
+
+
+# ------------------------------------------------------------------ hostile requests
+
+HOSTILE_LIMITS = "request_bytes=200000,request_seconds=2,pixels=1000000"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(exported_run) -> Path:
+    return exported_run / "small" / "export" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def hostile_server(onnx_file, tmp_path_factory):
+    """The exported model served with small limits: 200 kB bodies, 2 s, 1 megapixel."""
+    server = Server(["--model", str(onnx_file)], tmp_path_factory.mktemp("h"), HOSTILE_LIMITS)
+    yield server
+    assert server.stop() == 0, server.stderr
+
+
+def raw_request(url: str, head: bytes, body_parts=(), pause: float = 0.0) -> tuple[bytes, float]:
+    """Send `head` and `body_parts` on a socket (pausing between parts); the answer and when
+    it came (seconds after the head was sent). A server may close the socket mid-send."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        started = time.monotonic()
+        try:
+            sock.sendall(head)
+            for part in body_parts:
+                time.sleep(pause)
+                sock.sendall(part)
+        except OSError:  # closed by the server while we were still sending
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        return answer, time.monotonic() - started
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_read(hostile_server):
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 2000000000\r\n\r\n"
+    )
+    answer, seconds = raw_request(hostile_server.url, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"the request body is too large (2,000,000,000 > limit 200,000 bytes" in answer
+    assert seconds < 5
+
+
+def test_a_streamed_body_is_cut_off_once_past_the_limit(hostile_server):
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n" % 50_000 + b"\0" * 50_000 + b"\r\n"
+    answer, _ = raw_request(hostile_server.url, head, [chunk] * 6)  # 300 kB, never finished
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"limit 200,000 bytes" in answer
+
+
+def test_a_slow_body_is_cut_off_with_408(hostile_server):
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b"\0" * 10
+    )
+    answer, seconds = raw_request(hostile_server.url, head)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"took more than 2 s to arrive" in answer
+    assert 1.5 < seconds < 10
+
+
+def test_a_client_that_sends_its_headers_a_byte_at_a_time_is_disconnected(hostile_server):
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+    trickle = [b"X" for _ in range(40)]  # one byte every 0.25 s: 10 s if never cut
+    answer, seconds = raw_request(hostile_server.url, head, trickle, pause=0.25)
+    assert answer == b""
+    assert seconds < 6
+
+
+def _bomb(path: Path) -> Path:
+    Image.new("L", (3000, 3000)).save(path)  # 9 megapixels of zeros: a few kB of PNG
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_bomb, "refused: 3000x3000 is more than 1,000,000 pixels"),
+        (png_header_bomb, "refused: 14142x14142 is more than 1,000,000 pixels"),
+    ],
+    ids=["decompression-bomb", "header-of-200-megapixels"],
+)
+def test_images_over_the_pixel_limit_are_422(hostile_server, tmp_path, make, reason):
+    path = make(tmp_path / "bomb.png")
+    assert path.stat().st_size < 200_000
+    response = upload(hostile_server.url, [path])
+    assert response.status_code == 422
+    assert response.json()["error"] == f"bomb.png: {reason} (raise with cnnctl --limit " + (
+        "pixels=9000000)" if make is _bomb else "pixels=199996164)"
+    )
+
+
+def test_a_non_image_is_415_in_one_line(hostile_server, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("<script>alert(1)</script>\n")
+    response = upload(hostile_server.url, [notes])
+    assert response.status_code == 415
+    assert response.json() == {"error": "notes.png: not an image file Pillow can read"}
+
+
+def test_the_api_key_is_required_where_set(onnx_file, pngs, tmp_path):
+    server = Server(["--model", str(onnx_file), "--api-key", "s3cret"], tmp_path)
+    try:
+        url = server.url
+        assert upload(url, pngs[:1]).status_code == 401
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        wrong = httpx.get(f"{url}/v1/model", headers={"X-API-Key": "guess"})
+        assert (wrong.status_code, wrong.json()["error"]) == (
+            401,
+            "missing or wrong API key: send X-API-Key: KEY",
+        )
+        assert httpx.get(f"{url}/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        bearer = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(f"{url}/metrics", headers=bearer).status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200  # probes need no key
+        assert httpx.get(f"{url}/").status_code == 200  # the page asks for the key itself
+        assert "warning" not in server.stderr
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_non_loopback_address_without_a_key_is_warned_about(onnx_file, runner):
+    # 192.0.2.1 (TEST-NET-1) is never this machine's: warned, then refused, nothing listens.
+    result = runner.invoke(
+        main, ["serve", "--model", str(onnx_file), "--host", "192.0.2.1", "--port", "0"]
+    )
+    assert result.exit_code == 2
+    assert (
+        "warning: --host 192.0.2.1 is reachable from other machines and no --api-key is set"
+        in result.stderr
+    )
+    assert "--host 192.0.2.1 --port 0: cannot listen there" in result.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_full_queue_is_503_and_a_stop_drains_requests_in_flight(onnx_file, pngs, tmp_path, stop):
+    args = ["--model", str(onnx_file), "--max-latency-ms", "1000", "--max-queue", "1"]
+    server = Server(args, tmp_path)
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(upload(server.url, pngs[:1])))
+    waiting.start()
+    time.sleep(0.3)  # the first image waits 1 s for company, holding the queue's one place
+    busy = upload(server.url, pngs[1:2])
+    assert busy.status_code == 503
+    assert busy.headers["Retry-After"] == "1"
+    assert busy.json()["error"].startswith("busy: 1 images are waiting")
+    server.process.send_signal(stop)
+    waiting.join(timeout=30)
+    assert server.process.wait(timeout=30) == 0, server.stderr
+    assert answers[0].status_code == 200
+    assert answers[0].json()[0]["path"] == pngs[0].name
+    server._reader.join(timeout=5)
+    assert "stopped: every request in flight was answered" in server.stderr

@@ -58,13 +58,13 @@ def run_server(
     """Serve until SIGTERM or Ctrl-C; requests in flight are answered before it returns."""
     import uvicorn
 
-    sock = bind(host, port)
-    bound = sock.getsockname()[1]
     if not is_loopback(host) and not options.api_key:
         note(
-            f"warning: listening on {host}, reachable from other machines, without --api-key: "
+            f"warning: --host {host} is reachable from other machines and no --api-key is set: "
             "anyone who can reach it can use the model"
         )
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     note(f"serving {served.banner()}")
     note(f"on http://{shown}:{bound}/ (the page; API docs at /docs); Ctrl-C or SIGTERM stops it")
@@ -76,6 +76,7 @@ def run_server(
         timeout_graceful_shutdown=DRAIN_SECONDS,
         h11_max_incomplete_event_size=64 * 1024,  # request line and headers
         lifespan="on",
+        http=header_deadline_protocol(),
     )
     server = uvicorn.Server(config)
     # uvicorn drains on these signals, then raises them again once done: answered by a handler
@@ -87,3 +88,49 @@ def run_server(
     finally:
         sock.close()
     note("stopped: every request in flight was answered")
+
+
+def header_deadline_protocol() -> type:
+    """uvicorn's h11 protocol, with a deadline for a request's line and headers.
+
+    uvicorn times out idle keep-alive connections but not a client that sends its headers a
+    byte at a time (slowloris); such a connection is closed after `request_seconds`. The body
+    has its own deadline (`uploads.read_body`).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from cnnctl.limits import limit
+
+    class HeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._start()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._waiting():
+                if self._deadline is None:
+                    self._start()
+            elif self._deadline is not None:  # the headers are in
+                self._deadline.cancel()
+                self._deadline = None
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _waiting(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _start(self) -> None:
+            self._deadline = self.loop.call_later(limit("request_seconds"), self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
