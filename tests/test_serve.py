@@ -441,3 +441,53 @@ def test_a_full_queue_is_503_and_a_stop_drains_requests_in_flight(onnx_file, png
     assert answers[0].json()[0]["path"] == pngs[0].name
     server._reader.join(timeout=5)
     assert "stopped: every request in flight was answered" in server.stderr
+
+
+# ------------------------------------------------------------------ the page, in a real browser
+
+EVIL = "<img src=x onerror=\"document.title='pwned'\">"
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium, driven by its chromedriver (Selenium downloads nothing)."""
+    if not (Path("/usr/bin/chromium").is_file() and Path("/usr/bin/chromedriver").is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install ...)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    yield driver
+    driver.quit()
+
+
+def test_the_page_uploads_a_png_and_shows_its_class_as_text(browser, run_copy, pngs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    classes = run_copy / "small" / "classes.json"
+    names = [f"{EVIL}{i}" for i in range(10)]  # a class name that would run script as HTML
+    classes.write_text(json.dumps(names))
+    expected = predict_json(run_copy, pngs[:1])[0]["top"][0]["label"]
+    server = Server(["--runs-dir", str(run_copy)], tmp_path)
+    try:
+        browser.get(f"{server.url}/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "classification model" in d.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "files").send_keys(str(pngs[0]))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card .label"))
+        labels = browser.find_elements(By.CSS_SELECTOR, "#results .card .label")
+        assert labels[0].text == expected
+        assert expected.startswith(EVIL)
+        card = browser.find_element(By.CSS_SELECTOR, "#results .card")
+        assert card.find_element(By.CSS_SELECTOR, ".name").text == pngs[0].name
+        assert len(card.find_elements(By.TAG_NAME, "img")) == 1  # the preview; no injected one
+        assert browser.title == "cnnctl serve"  # the onerror never ran
+        assert "scored 1 image(s)" in browser.find_element(By.ID, "status").text
+    finally:
+        assert server.stop() == 0
