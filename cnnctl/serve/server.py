@@ -39,7 +39,9 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket; a port in use or an address not here is the user's to fix (exit 2)."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+        # Nagle holds each response's body until the client's delayed ACK (40 ms a request).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as error:

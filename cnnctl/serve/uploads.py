@@ -88,9 +88,11 @@ def uploaded_images(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
         )
     if not found:
         raise UploadError(422, "the request holds no image")
-    if len(found) > MAX_IMAGES:
-        raise UploadError(413, f"{len(found)} images in one request (at most {MAX_IMAGES})")
     return found
+
+
+def _too_many() -> str:
+    return f"more than {MAX_IMAGES} images in one request; send them in several requests"
 
 
 def _multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -109,8 +111,13 @@ def _multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
         field.clear()
         value.clear()
 
+    def part_begin() -> None:
+        if len(parts) >= MAX_IMAGES:  # refused while parsing: a million tiny parts hold no memory
+            raise UploadError(413, _too_many())
+        parts.append({"headers": {}, "data": bytearray()})
+
     callbacks = {
-        "on_part_begin": lambda: parts.append({"headers": {}, "data": bytearray()}),
+        "on_part_begin": part_begin,
         "on_header_field": lambda data, start, end: field.extend(data[start:end]),
         "on_header_value": lambda data, start, end: value.extend(data[start:end]),
         "on_header_end": header_end,
@@ -144,6 +151,8 @@ def _base64_json(body: bytes) -> list[tuple[str, bytes]]:
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise UploadError(422, 'the JSON body must be {"images": ["<base64>", ...]}')
+    if len(images) > MAX_IMAGES:
+        raise UploadError(413, _too_many())
     found = []
     for number, text in enumerate(images):
         try:
