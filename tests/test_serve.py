@@ -211,6 +211,35 @@ def test_a_run_with_a_checked_onnx_export_is_served_without_tensorflow(
         assert server.stop() == 0, server.stderr
 
 
+def test_test_time_augmentation_is_served_as_predict_applies_it(
+    onnx_file, exported_run, pngs, tmp_path
+):
+    server = Server(["--model", str(onnx_file), "--tta", "horizontal_flip"], tmp_path)
+    try:
+        assert "tta horizontal_flip" in server.stderr
+        expected = predict_json(
+            exported_run, pngs[:3], "--model", str(onnx_file), "--tta", "horizontal_flip"
+        )
+        assert upload(server.url, pngs[:3]).json() == expected
+        assert expected != predict_json(exported_run, pngs[:3], "--model", str(onnx_file))
+    finally:
+        assert server.stop() == 0
+
+
+def test_uploads_are_never_written_to_disk(keras_server, tmp_path):
+    environ = Path(f"/proc/{keras_server.process.pid}/environ").read_bytes().split(b"\0")
+    folder = Path(next(v for v in environ if v.startswith(b"TMPDIR=")).decode()[7:])
+    before = sorted(folder.rglob("*"))
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700), dtype=np.uint8)
+    big = tmp_path / "noise.png"
+    Image.fromarray(noise).save(big)
+    # Three of them make a body past 1 MB, where Starlette's own form parser spools to a file.
+    assert big.stat().st_size > 400_000
+    response = upload(keras_server.url, [big] * 3)
+    assert response.status_code == 200
+    assert sorted(folder.rglob("*")) == before
+
+
 # ------------------------------------------------------------------ the batcher, in one process
 
 
