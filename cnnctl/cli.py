@@ -618,7 +618,8 @@ def export(
 @click.option(
     "--api-key",
     envvar="CNNCTL_API_KEY",
-    help="Require this key (X-API-Key header) on /v1/* and /metrics.",
+    help="Require this key (X-API-Key header) on /v1/* and /metrics; "
+    "$CNNCTL_API_KEY keeps it out of ps.",
 )
 @tta_option
 @legacy_option
@@ -639,7 +640,7 @@ def serve(
     """Serve RUN's model (default: the latest run; its checked ONNX export where there is one)
     or --model FILE over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics,
     and a page at /. Listens on 127.0.0.1 unless --host says otherwise."""
-    from cnnctl.serve.server import require_serve_extra
+    from cnnctl.serve import require_serve_extra  # before anything imports FastAPI
 
     require_serve_extra()
     from cnnctl.serve.model import served_source

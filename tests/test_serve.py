@@ -240,6 +240,14 @@ def test_uploads_are_never_written_to_disk(keras_server, tmp_path):
     assert sorted(folder.rglob("*")) == before
 
 
+def test_without_the_serve_extra_the_fix_is_one_pip_line(runner, monkeypatch, trained):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = runner.invoke(main, ["serve", "--runs-dir", str(trained)])
+    assert result.exit_code == 2
+    assert "uvicorn is not installed; cnnctl serve needs the 'serve' extra" in result.stderr
+    assert 'hint: pip install "cnnctl[serve]"' in result.stderr
+
+
 # ------------------------------------------------------------------ the batcher, in one process
 
 

@@ -12,18 +12,6 @@ from cnnctl.serve.app import ServeOptions, create_app
 from cnnctl.serve.model import ServedModel
 
 DRAIN_SECONDS = 30  # requests in flight get this long to finish after SIGTERM
-PIP_EXTRA = 'pip install "cnnctl[serve]"'
-
-
-def require_serve_extra() -> None:
-    """FastAPI, uvicorn, prometheus-client and python-multipart, or the pip line for them."""
-    import importlib.util
-
-    for module in ("fastapi", "uvicorn", "prometheus_client", "python_multipart"):
-        if importlib.util.find_spec(module) is None:
-            raise CnnctlError(
-                f"{module} is not installed; cnnctl serve needs the 'serve' extra", PIP_EXTRA
-            )
 
 
 def is_loopback(host: str) -> bool:
