@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CNNCTL := $(VENV)/bin/cnnctl
 PYTEST_FLAGS ?=
 
-.PHONY: setup data browser train test test-slow test-all lint bench bench-gpu clean
+.PHONY: setup data browser train test test-slow test-all lint bench bench-gpu bench-serve clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench: setup data
 
 bench-gpu: setup
 	$(PY) bench/bench_gpu.py $(BENCH_ARGS)
+
+# cnnctl serve under load (hey, 127.0.0.1 only) against a naive FastAPI server; needs `apt-get
+# install hey`. BENCH_ARGS=--quick for a smoke run (about 3 minutes; the full one about 6).
+bench-serve: setup data browser
+	$(PY) bench/bench_serve.py $(BENCH_ARGS)
 
 # Style, and the wings' one-way imports (the contracts in pyproject.toml).
 lint: setup

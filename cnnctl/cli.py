@@ -570,6 +570,91 @@ def export(
     _render(export_table(record), record, as_json)
 
 
+@main.command(short_help="Serve a model over HTTP: predictions, metrics and a page.")
+@click.argument("run", required=False)
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(path_type=Path),
+    help="A .keras, .onnx or .tflite file instead of a run.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="0: any free port.",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(1, EVAL_BATCH),
+    default=32,
+    show_default=True,
+    help="Images scored together at most.",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(0, 1000),
+    default=5.0,
+    show_default=True,
+    help="How long a request waits for others to batch with.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="Images waiting at most; beyond, 503.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Threads running the model.",
+)
+@click.option(
+    "--api-key",
+    envvar="CNNCTL_API_KEY",
+    help="Require this key (X-API-Key header) on /v1/* and /metrics; "
+    "$CNNCTL_API_KEY keeps it out of ps.",
+)
+@tta_option
+@legacy_option
+@global_options
+def serve(
+    run: str | None,
+    model_file: Path | None,
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_latency_ms: float,
+    max_queue: int,
+    workers: int,
+    api_key: str | None,
+    tta: str | None,
+    legacy_h5: bool,
+) -> None:
+    """Serve RUN's model (default: the latest run; its checked ONNX export where there is one)
+    or --model FILE over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics,
+    and a page at /. Listens on 127.0.0.1 unless --host says otherwise."""
+    from cnnctl.serve import require_serve_extra  # before anything imports FastAPI
+
+    require_serve_extra()
+    from cnnctl.serve.model import served_source
+
+    source = served_source(_scoring_source(run, model_file, tta, legacy_h5), model_file is not None)
+    if not source.exported:  # .onnx and .tflite run without TensorFlow
+        _tensorflow()
+    from cnnctl.serve.app import ServeOptions
+    from cnnctl.serve.model import load_served
+    from cnnctl.serve.server import run_server
+
+    options = ServeOptions(max_batch_size, max_latency_ms, max_queue, workers, api_key or None)
+    run_server(load_served(source, max_batch_size), host, port, options, _note)
+
+
 @main.command(short_help="List the runs and tune studies, with results.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
 @json_option

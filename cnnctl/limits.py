@@ -34,6 +34,8 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "image_bytes": (256 * 2**20, "bytes of one decoded image, or of one input of a model"),
     "journal_bytes": (256 * 2**20, "bytes of a tune study's journal.log"),
     "csv_rows": (10_000_000, "rows of one CSV file"),
+    "request_bytes": (32 * 2**20, "bytes of one HTTP request body to cnnctl serve"),
+    "request_seconds": (10, "seconds a client may take to send one request body to cnnctl serve"),
 }
 ENV = "CNNCTL_LIMITS"
 # Images per step when only scoring (evaluate, predict, export checks, the end-of-run test):
@@ -47,7 +49,7 @@ class LimitExceeded(CnnctlError):
 
 # Every value must lie within these bounds (1 up to a petabyte, or a week of seconds): a value
 # past them is a typo or an attack on the limit itself (`1e400` would overflow int()).
-MAXIMA = {"h5_seconds": 7 * 86_400}
+MAXIMA = {"h5_seconds": 7 * 86_400, "request_seconds": 7 * 86_400}
 MAXIMUM = 2**50
 
 

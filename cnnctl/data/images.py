@@ -147,14 +147,41 @@ def load_image(
     path: Path, height: int, width: int, channels: int, invert: bool = False
 ) -> np.ndarray:
     """Decode with Pillow, convert to `channels`, resize to (height, width); uint8 (H, W, C)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    pixels = limit("pixels")
-    Image.MAX_IMAGE_PIXELS = None  # cnnctl checks the header itself, below, with its own limit
     try:
         stream = open_regular(path, DataError)
     except DataError as error:
         raise ImageError(str(error.message).removeprefix(f"{path}: ")) from None
+    try:
+        return _decode(stream, height, width, channels, invert)
+    except UnidentifiedImageError:
+        empty = path.is_file() and path.stat().st_size == 0
+        raise ImageError("empty file" if empty else "not an image file Pillow can read") from None
+
+
+def decode_image(
+    data: bytes, height: int, width: int, channels: int, invert: bool = False
+) -> np.ndarray:
+    """`load_image` for bytes held in memory (an upload): the same checks, the same array."""
+    import io
+
+    from PIL import UnidentifiedImageError
+
+    try:
+        return _decode(io.BytesIO(data), height, width, channels, invert)
+    except UnidentifiedImageError:
+        raise ImageError(
+            "empty file" if not data else "not an image file Pillow can read"
+        ) from None
+
+
+def _decode(stream, height: int, width: int, channels: int, invert: bool) -> np.ndarray:
+    """Decode an open stream; UnidentifiedImageError (not an image) is left to the caller."""
+    from PIL import Image, UnidentifiedImageError
+
+    pixels = limit("pixels")
+    Image.MAX_IMAGE_PIXELS = None  # cnnctl checks the header itself, below, with its own limit
     try:
         with stream, Image.open(stream) as image:
             # The header gives the size in every format, mode and bit depth: check before decoding.
@@ -170,9 +197,8 @@ def load_image(
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
-    except UnidentifiedImageError:
-        empty = path.is_file() and path.stat().st_size == 0
-        raise ImageError("empty file" if empty else "not an image file Pillow can read") from None
+    except UnidentifiedImageError:  # an OSError too: the caller words it
+        raise
     except (Image.DecompressionBombError, MemoryError):
         raise ImageError(f"refused: image is larger than {pixels:,} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:

@@ -1,0 +1,154 @@
+"""The HTTP routes: predict, model, health, readiness, metrics, and the page at `/`.
+
+Imported only by `cnnctl serve`, after it has checked that the `serve` extra is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from cnnctl.errors import CnnctlError
+from cnnctl.serve.batcher import Batcher, QueueFull
+from cnnctl.serve.metrics import Guard, Metrics
+from cnnctl.serve.model import ServedModel
+from cnnctl.serve.uploads import UploadError, decode_all, read_body, uploaded_images
+
+STATIC = resources.files("cnnctl.serve") / "static"
+UPLOAD_DOC = {
+    "requestBody": {
+        "description": "Images: multipart fields named `file` (repeatable), one raw image "
+        'body (image/png, image/jpeg, ...), or JSON {"images": ["<base64>", ...]}.',
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"images": {"type": "array", "items": {"type": "string"}}},
+                }
+            },
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    max_queue: int = 1024  # images waiting; beyond it, 503
+    workers: int = 1  # threads that run the model
+    api_key: str | None = None
+
+
+def create_app(served: ServedModel, options: ServeOptions) -> Any:
+    """The ASGI application serving `served` (FastAPI, wrapped in the metrics and key guard)."""
+    metrics = Metrics()
+    batcher = Batcher(
+        served.score,
+        options.max_batch_size,
+        options.max_latency_ms,
+        options.max_queue,
+        options.workers,
+        metrics.observe_batch,
+    )
+    decoders = ThreadPoolExecutor(2, thread_name_prefix="cnnctl-decode")
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        state["ready"] = True
+        try:
+            yield
+        finally:  # uvicorn has drained the requests in flight by now
+            state["ready"] = False
+            await batcher.stop()
+            decoders.shutdown(wait=True)
+
+    app = FastAPI(
+        title="cnnctl serve",
+        summary=f"{served.source.task.name} model {served.source.model_file.name}",
+        lifespan=lifespan,
+    )
+
+    def answer(data: Any, status: int = 200, headers: dict | None = None) -> Response:
+        body = json.dumps(data).encode()
+        return Response(body, status, headers=headers, media_type="application/json")
+
+    @app.post("/v1/predict", openapi_extra=UPLOAD_DOC)
+    async def predict(
+        request: Request, top_k: int = Query(3, ge=1, le=10_000, description="Classes per image")
+    ) -> Response:
+        """What `cnnctl predict --format json` prints for the uploaded images."""
+        if not state["ready"]:
+            return answer({"error": "the model is not ready"}, 503, {"Retry-After": "1"})
+        try:
+            body = await read_body(request.stream(), request.headers.get("content-length"))
+            images = uploaded_images(request.headers.get("content-type", ""), body)
+            del body
+            arrays = await asyncio.get_running_loop().run_in_executor(
+                decoders, decode_all, images, served.input_shape
+            )
+            outputs = await batcher.submit(arrays)
+        except UploadError as error:
+            closing = {"Connection": "close"} if error.status in (408, 413) else None
+            return answer({"error": error.message}, error.status, closing)
+        except QueueFull as error:
+            return answer({"error": f"busy: {error}"}, 503, {"Retry-After": "1"})
+        except CnnctlError as error:  # the runtime failed on this model
+            return answer({"error": error.message}, 500)
+        return answer(served.rows(outputs, [name for name, _ in images], top_k))
+
+    @app.get("/v1/model")
+    async def model() -> Response:
+        """Task, class names, input shape, file, format, runtime, export parity, TTA, batching."""
+        batching = {
+            "max_batch_size": options.max_batch_size,
+            "max_latency_ms": options.max_latency_ms,
+            "max_queue": options.max_queue,
+            "workers": options.workers,
+        }
+        return answer({**served.describe(), "batching": batching})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """The process is alive."""
+        return answer({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """The model is loaded and warmed up, and the server takes requests."""
+        if not state["ready"]:
+            return answer({"status": "not ready"}, 503)
+        return answer({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics: requests, latency, batch sizes, queue depth."""
+        text, kind = metrics.text()
+        return Response(text, media_type=kind)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"))
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return Guard(app, metrics, options.api_key)

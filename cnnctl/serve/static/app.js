@@ -1,0 +1,95 @@
+// The page of `cnnctl serve`: send images to /v1/predict and show what the model says.
+// Every name (file, class) reaches the page as text (textContent), never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let task = "classification";
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function headers() {
+  const key = $("apikey").value;
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function describe() {
+  try {
+    const response = await fetch("/v1/model", { headers: headers() });
+    const model = await response.json();
+    if (!response.ok) throw new Error(model.error || response.statusText);
+    task = model.task;
+    $("model").textContent =
+      `${model.task} model ${model.file} (${model.runtime}), ${model.class_names.length} ` +
+      `outputs, input ${model.input_shape.slice(1).join("×")}`;
+    $("model").className = "muted";
+  } catch (error) {
+    $("model").textContent = `cannot describe the model: ${error.message}`;
+    $("model").className = "error";
+  }
+}
+
+function card(file, prediction) {
+  const box = element("div", "card");
+  const image = element("img");
+  image.alt = file.name;
+  image.src = URL.createObjectURL(file);
+  image.onload = () => URL.revokeObjectURL(image.src);
+  const rows = element("div", "rows");
+  rows.appendChild(element("div", "name", file.name));
+  for (const guess of prediction.top) {
+    const row = element("div", "row");
+    row.appendChild(element("span", "label", guess.label));
+    const bar = element("div", "bar");
+    const fill = element("div");
+    const share = task === "regression" ? 1 : Math.max(0, Math.min(1, guess.probability));
+    fill.style.width = `${(share * 100).toFixed(1)}%`;
+    bar.appendChild(fill);
+    row.appendChild(bar);
+    const value = task === "regression" ? guess.probability.toFixed(4)
+      : `${(guess.probability * 100).toFixed(1)}%`;
+    row.appendChild(element("span", "value", value));
+    rows.appendChild(row);
+  }
+  if (!prediction.top.length) rows.appendChild(element("div", "muted", "no label above its threshold"));
+  box.append(image, rows);
+  return box;
+}
+
+async function send(files) {
+  if (!files.length) return;
+  const form = new FormData();
+  for (const file of files) form.append("file", file, file.name);
+  const topK = Math.max(1, parseInt($("topk").value, 10) || 3);
+  $("status").textContent = `scoring ${files.length} image(s)…`;
+  $("status").className = "muted";
+  try {
+    const response = await fetch(`/v1/predict?top_k=${topK}`, {
+      method: "POST", body: form, headers: headers(),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || JSON.stringify(answer.detail || answer));
+    const results = $("results");
+    answer.forEach((prediction, i) => results.prepend(card(files[i], prediction)));
+    $("status").textContent = `scored ${files.length} image(s)`;
+  } catch (error) {
+    $("status").textContent = `refused: ${error.message}`;
+    $("status").className = "error";
+  }
+}
+
+$("files").addEventListener("change", (event) => send([...event.target.files]));
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  send([...event.dataTransfer.files].filter((file) => file.type.startsWith("image/")));
+});
+$("apikey").addEventListener("change", describe);
+describe();
