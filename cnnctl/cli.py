@@ -594,6 +594,27 @@ def runs(folder: Path | None, as_json: bool) -> None:
     _render(listing, [r.to_json() for r in [*found, *studies]], as_json, console)
 
 
+@main.command(short_help="Compare runs: results, config differences, curves overlaid.")
+@click.argument("refs", nargs=-1, required=True, metavar="RUN RUN...")
+@click.option("--metric", help="The metric whose curves to overlay (default: the task's headline).")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for compare.png and compare.json (default: RUNS_DIR/compare).",
+)
+@json_option
+@global_options
+def compare(refs: tuple[str, ...], metric: str | None, output: Path | None, as_json: bool) -> None:
+    """Compare RUNs (names or paths; a study folder of `cnnctl tune` gives its finished trials):
+    each run's results, the config paths that differ, and their curves in compare.png."""
+    from cnnctl.review.compare import compare_runs, comparison_view, resolve_runs
+
+    runs = resolve_runs(refs, _setting("runs_dir"))
+    result = compare_runs(runs, metric, output or _setting("runs_dir") / "compare")
+    console = _console()
+    _render(comparison_view(result, _width(console)), result.to_json(), as_json, console)
+
+
 @main.command(short_help="Versions, devices and data paths, for bug reports.")
 @json_option
 @global_options

@@ -26,6 +26,7 @@ TOP_K = 3  # classes listed for each wrong example
 
 class Classification(Task):
     name = "classification"
+    headline = ("accuracy", "max")
 
     def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
         if y.ndim == 2 and y.shape[1] > 1:
