@@ -615,6 +615,24 @@ def compare(refs: tuple[str, ...], metric: str | None, output: Path | None, as_j
     _render(comparison_view(result, _width(console)), result.to_json(), as_json, console)
 
 
+@main.command("report", short_help="One self-contained HTML page of a run.")
+@click.argument("run", required=False)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write (default: RUN/report.html).",
+)
+@global_options
+def report_command(run: str | None, output: Path | None) -> None:
+    """Write RUN's config, curves, evaluation, explanations and export checks (default: the latest
+    run) into one HTML file with its images inside: it opens offline, from a mail or a CI."""
+    from cnnctl.review.page import write_report
+    from cnnctl.runs import find_run
+
+    written = write_report(find_run(run, _setting("runs_dir")), output)
+    click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
 @main.command(short_help="Versions, devices and data paths, for bug reports.")
 @json_option
 @global_options

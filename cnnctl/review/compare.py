@@ -124,7 +124,7 @@ def _study_folder(ref: str, root: Path) -> Path | None:
 
 def compare_runs(runs: list[Run], metric: str | None, output: Path | None) -> Comparison:
     """Read each run, find what differs, and draw compare.png into `output` (None: no figure)."""
-    compared = [_read(run) for run in runs]
+    compared = [read_run(run) for run in runs]
     chosen = _metric(compared, metric)
     comparison = Comparison(compared, differences(compared), chosen)
     if output is not None:
@@ -143,7 +143,8 @@ def compare_runs(runs: list[Run], metric: str | None, output: Path | None) -> Co
     return comparison
 
 
-def _read(run: Run) -> Compared:
+def read_run(run: Run) -> Compared:
+    """One run folder as compare and the report show it (nothing needs to be finished)."""
     summary = describe(run)
     item = Compared(
         name=run.name,
