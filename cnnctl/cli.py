@@ -209,6 +209,9 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
 @click.option("--name", help="Run name (default: the config's name).")
 @click.option(
+    "--track", type=click.Choice(["mlflow"]), help="Shortcut for --set train.track=mlflow."
+)
+@click.option(
     "--resume",
     is_flag=False,
     flag_value=LATEST,
@@ -223,15 +226,14 @@ def train(
     overrides: tuple[str, ...],
     epochs: int | None,
     name: str | None,
+    track: str | None,
     resume: str | None,
     as_json: bool,
 ) -> None:
     """Train the network described by CONFIG into a new run folder."""
-    values = {
-        key: (option, value)
-        for key, option, value in (("train.epochs", "--epochs", epochs), ("name", "--name", name))
-        if value is not None
-    }
+    given = (("train.epochs", "--epochs", epochs), ("name", "--name", name))
+    given += (("train.track", "--track", track),)
+    values = {key: (option, value) for key, option, value in given if value is not None}
     if resume is None and config is None:
         raise click.UsageError("give a CONFIG file to train, or --resume RUN")
     with _stdout_for_json(as_json):
@@ -631,6 +633,39 @@ def report_command(run: str | None, output: Path | None) -> None:
 
     written = write_report(find_run(run, _setting("runs_dir")), output)
     click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.group(short_help="Experiment tracking (MLflow): send what is pending.")
+def track() -> None:
+    """Runs trained with --track mlflow (train.track: mlflow) are logged to MLflow when they end;
+    a run the server did not take waits in its folder for `cnnctl track sync`."""
+
+
+@track.command("sync")
+@click.argument("refs", nargs=-1, metavar="[RUN]...")
+@global_options
+def track_sync(refs: tuple[str, ...]) -> None:
+    """Send RUNs (default: every pending run in --runs-dir, tune trials too) to MLflow
+    (MLFLOW_TRACKING_URI, else where each was meant to go); a run already sent gets its
+    files again, an evaluation made since included."""
+    import importlib.util
+
+    from cnnctl.track import INSTALL
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise CnnctlError(f"MLflow is not installed: {INSTALL}")
+    from cnnctl.runs import find_run
+    from cnnctl.track.mlflow_log import pending_runs, sync_run
+
+    root = _setting("runs_dir")
+    runs = [find_run(ref, root) for ref in refs] if refs else pending_runs(root)
+    if not runs:
+        _note(f"nothing pending in {root}/")
+    from cnnctl.escape import safe_text
+
+    for run in runs:
+        record = sync_run(run)
+        click.echo(safe_text(f"sent {run.path} to {record['uri']} (run id {record['run_id']})"))
 
 
 @main.command(short_help="Versions, devices and data paths, for bug reports.")

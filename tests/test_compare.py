@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from cnnctl.cli import main
-from cnnctl.review.compare import compare_runs, comparison_view, flatten, resolve_runs
+from cnnctl.config.paths import flatten
+from cnnctl.review.compare import compare_runs, comparison_view, resolve_runs
 
 from conftest import SMALL
 

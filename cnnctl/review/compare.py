@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnctl.config import Config, load_config
+from cnnctl.config.paths import flatten, is_scalar
 from cnnctl.errors import CnnctlError, RunError
 from cnnctl.escape import safe, safe_text
 from cnnctl.report import Column, fitted_table, plural
@@ -183,24 +184,6 @@ def _json(run: Run, path: Path) -> dict[str, Any]:
     return {}
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Plain config data -> {dotted path: value}, into lists by index (model.layers.0.filters)."""
-    if isinstance(data, dict) and data:
-        items = data.items()
-    elif isinstance(data, list) and data and not all(_scalar(v) for v in data):
-        items = enumerate(data)
-    else:
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
 def differences(runs: list[Compared]) -> dict[str, list[Any]]:
     """The dotted paths whose values are not the same in every run, in config order."""
     paths = list(dict.fromkeys(path for run in runs for path in run.config))
@@ -294,7 +277,9 @@ def _differences_table(comparison: Comparison, width: int | None) -> Table:
 
 
 def _value(value: Any) -> str:
-    return "(not set)" if value is None else json.dumps(value) if not _scalar(value) else str(value)
+    return (
+        "(not set)" if value is None else json.dumps(value) if not is_scalar(value) else str(value)
+    )
 
 
 def _best(runs: list[Compared]) -> int | None:

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cnnctl.config.paths import flatten
 from cnnctl.errors import CnnctlError, RunError
 from cnnctl.limits import inside, read_bounded
-from cnnctl.review.compare import Compared, flatten, read_run
+from cnnctl.review.compare import Compared, read_run
 from cnnctl.runs import Run, write_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
