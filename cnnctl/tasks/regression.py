@@ -26,7 +26,7 @@ MAX_MAE_RISE = 0.05  # a quantized file may raise the MAE by at most this fracti
 
 class Regression(Task):
     name = "regression"
-    headline = ("mae", "min")  # the mean absolute error train.metrics logs by default
+    headline = ("mean_absolute_error", "min")  # Keras' name for train.metrics' default, mae
 
     # --------------------------------------------------------------------------- labels
 
