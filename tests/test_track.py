@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from cnnctl.cli import main
 from cnnctl.config.paths import flatten
-from cnnctl.track.mlflow_log import param_text
+from cnnctl.track.mlflow_log import param_text, shown_uri
 
 from conftest import SMALL
 
@@ -120,6 +120,19 @@ def test_sync_of_a_run_never_tracked_says_how_to_track(runner, run_copy):
     assert "hint: train with --track mlflow" in result.output
     nothing = runner.invoke(main, ["track", "sync"])
     assert nothing.exit_code == 0 and "nothing pending in runs/" in nothing.output
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("https://alice:secret@mlflow.example:8443/x", "https://mlflow.example:8443/x"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/runs/mlruns/mlflow.db", "sqlite:////tmp/runs/mlruns/mlflow.db"),
+    ],
+    ids=["credentials-dropped", "plain", "local-store"],
+)
+def test_track_json_never_keeps_a_password_of_the_uri(uri, shown):
+    assert shown_uri(uri) == shown
 
 
 def free_port() -> int:
