@@ -166,6 +166,26 @@ def start_server(port: int, folder: Path) -> subprocess.Popen:
     raise AssertionError("the MLflow server did not start: " + (folder / "server.log").read_text())
 
 
+def test_a_server_that_never_answers_costs_a_warning_not_the_run(runner, write, monkeypatch):
+    """A port that takes the connection and then says nothing: the request times out."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever answers
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+        config = write("small.yaml", TINY.replace("epochs: 2", "epochs: 1"))
+        started = time.monotonic()
+        result = runner.invoke(main, ["train", str(config), "--track", "mlflow", "--json"])
+        waited = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["epochs_done"] == 1  # stdout holds the JSON alone
+    assert f"warning: MLflow at http://127.0.0.1:{port}: could not log runs/small" in result.stderr
+    assert json.loads(Path("runs/small/track.json").read_text())["status"] == "pending"
+    assert json.loads(Path("runs/small/run.json").read_text())["status"] == "finished"
+    assert waited < 60
+
+
 @pytest.mark.slow  # a minute: the server makes its database before it answers
 def test_a_server_that_refuses_leaves_the_run_finished_and_sync_sends_it(
     runner, write, monkeypatch, tmp_path

@@ -34,6 +34,7 @@ LEFT_OUT = {TRACK_FILE, "report.html"}  # files of the run folder not sent as ar
 FOLDERS = ("export", "explain")  # sub-folders sent as artifacts (not checkpoints/)
 # A server that is down or slow must not hold a finished run: one try, short waits.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+SEND_SECONDS = 120  # a server that answers, but slowly: the rest waits for `track sync`
 
 Warn = Callable[[str], None]
 
@@ -104,12 +105,15 @@ def send_run(run: Run, uri: str, experiment: str, parent: str | None) -> str:
     run_id = created.info.run_id
     try:
         params = [Param(k, v) for k, v in params_of(config).items()]
+        deadline = time.monotonic() + SEND_SECONDS
         for chunk in _chunks(params, 100):  # MLflow takes at most 100 params a call
+            _in_time(deadline)
             client.log_batch(run_id, params=chunk)
         metrics = [Metric(k, v, ms, step) for k, v, ms, step in _metrics(run)]
         for chunk in _chunks(metrics, 1000):
+            _in_time(deadline)
             client.log_batch(run_id, metrics=chunk)
-        send_artifacts(client, run, run_id)
+        send_artifacts(client, run, run_id, deadline)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         with contextlib.suppress(Exception):  # what reached the server is not a whole run
@@ -118,12 +122,14 @@ def send_run(run: Run, uri: str, experiment: str, parent: str | None) -> str:
     return run_id
 
 
-def send_artifacts(client: Any, run: Run, run_id: str) -> int:
+def send_artifacts(client: Any, run: Run, run_id: str, deadline: float | None = None) -> int:
     """The run folder's files (model, curves, metrics, evaluation, export, explain)."""
+    deadline = deadline or time.monotonic() + SEND_SECONDS
     sent = 0
     for path in sorted(run.path.iterdir()):
         if path.name.startswith(".") or path.name in LEFT_OUT or not inside(run.path, path):
             continue
+        _in_time(deadline)
         if is_regular(path):
             client.log_artifact(run_id, str(path))
             sent += 1
@@ -131,6 +137,11 @@ def send_artifacts(client: Any, run: Run, run_id: str) -> int:
             client.log_artifacts(run_id, str(path), artifact_path=path.name)
             sent += 1
     return sent
+
+
+def _in_time(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"MLflow took over {SEND_SECONDS} s; the rest is left for later")
 
 
 def _metrics(run: Run) -> Iterator[tuple[str, float, int, int]]:
