@@ -231,9 +231,13 @@ def train(
     as_json: bool,
 ) -> None:
     """Train the network described by CONFIG into a new run folder."""
-    given = (("train.epochs", "--epochs", epochs), ("name", "--name", name))
-    given += (("train.track", "--track", track),)
-    values = {key: (option, value) for key, option, value in given if value is not None}
+    values = {
+        key: (option, value)
+        for key, option, value in (("train.epochs", "--epochs", epochs), ("name", "--name", name))
+        if value is not None
+    }
+    if track:
+        values["train.track"] = ("--track", track)
     if resume is None and config is None:
         raise click.UsageError("give a CONFIG file to train, or --resume RUN")
     with _stdout_for_json(as_json):
@@ -648,21 +652,16 @@ def track_sync(refs: tuple[str, ...]) -> None:
     """Send RUNs (default: every pending run in --runs-dir, tune trials too) to MLflow
     (MLFLOW_TRACKING_URI, else where each was meant to go); a run already sent gets its
     files again, an evaluation made since included."""
-    import importlib.util
-
-    from cnnctl.track import INSTALL
-
-    if importlib.util.find_spec("mlflow") is None:
-        raise CnnctlError(f"MLflow is not installed: {INSTALL}")
+    from cnnctl.escape import safe_text
     from cnnctl.runs import find_run
+    from cnnctl.track import need_mlflow
     from cnnctl.track.mlflow_log import pending_runs, sync_run
 
+    need_mlflow()
     root = _setting("runs_dir")
     runs = [find_run(ref, root) for ref in refs] if refs else pending_runs(root)
     if not runs:
         _note(f"nothing pending in {root}/")
-    from cnnctl.escape import safe_text
-
     for run in runs:
         record = sync_run(run)
         click.echo(safe_text(f"sent {run.path} to {record['uri']} (run id {record['run_id']})"))

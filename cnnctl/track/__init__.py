@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 
 from cnnctl.config import Config
-from cnnctl.errors import ConfigError
+from cnnctl.errors import CnnctlError, ConfigError
 
 INSTALL = "pip install 'cnnctl[track]'"
 
@@ -16,3 +16,9 @@ def need_tracker(config: Config) -> None:
     """A config that asks for MLflow where it is not installed: refused before training."""
     if config.train.track == "mlflow" and importlib.util.find_spec("mlflow") is None:
         raise ConfigError(f"{config.where(('train', 'track'))}: MLflow is not installed: {INSTALL}")
+
+
+def need_mlflow() -> None:
+    """`track sync` where MLflow is not installed: one line with the pip command."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise CnnctlError(f"MLflow is not installed: {INSTALL}")
