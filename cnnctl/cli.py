@@ -209,6 +209,9 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Shortcut for --set train.epochs=N.")
 @click.option("--name", help="Run name (default: the config's name).")
 @click.option(
+    "--track", type=click.Choice(["mlflow"]), help="Shortcut for --set train.track=mlflow."
+)
+@click.option(
     "--resume",
     is_flag=False,
     flag_value=LATEST,
@@ -223,6 +226,7 @@ def train(
     overrides: tuple[str, ...],
     epochs: int | None,
     name: str | None,
+    track: str | None,
     resume: str | None,
     as_json: bool,
 ) -> None:
@@ -232,6 +236,8 @@ def train(
         for key, option, value in (("train.epochs", "--epochs", epochs), ("name", "--name", name))
         if value is not None
     }
+    if track:
+        values["train.track"] = ("--track", track)
     if resume is None and config is None:
         raise click.UsageError("give a CONFIG file to train, or --resume RUN")
     with _stdout_for_json(as_json):
@@ -676,6 +682,73 @@ def runs(folder: Path | None, as_json: bool) -> None:
     console = _console()
     listing = report.runs_listing(found, studies, _width(console))
     _render(listing, [r.to_json() for r in [*found, *studies]], as_json, console)
+
+
+@main.command(short_help="Compare runs: results, config differences, curves overlaid.")
+@click.argument("refs", nargs=-1, required=True, metavar="RUN RUN...")
+@click.option("--metric", help="The metric whose curves to overlay (default: the task's headline).")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for compare.png and compare.json (default: RUNS_DIR/compare).",
+)
+@json_option
+@global_options
+def compare(refs: tuple[str, ...], metric: str | None, output: Path | None, as_json: bool) -> None:
+    """Compare RUNs (names or paths; a study folder of `cnnctl tune` gives its finished trials):
+    each run's results, the config paths that differ, and their curves in compare.png."""
+    from cnnctl.review.compare import compare_runs, comparison_view, resolve_runs
+
+    runs = resolve_runs(refs, _setting("runs_dir"))
+    result = compare_runs(runs, metric, output or _setting("runs_dir") / "compare")
+    console = _console()
+    _render(comparison_view(result, _width(console)), result.to_json(), as_json, console)
+
+
+@main.command("report", short_help="One self-contained HTML page of a run.")
+@click.argument("run", required=False)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write (default: RUN/report.html).",
+)
+@global_options
+def report_command(run: str | None, output: Path | None) -> None:
+    """Write RUN's config, curves, evaluation, explanations and export checks (default: the latest
+    run) into one HTML file with its images inside: it opens offline, from a mail or a CI."""
+    from cnnctl.review.page import write_report
+    from cnnctl.runs import find_run
+
+    written = write_report(find_run(run, _setting("runs_dir")), output)
+    click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.group(short_help="Experiment tracking (MLflow): send what is pending.")
+def track() -> None:
+    """Runs trained with --track mlflow (train.track: mlflow) are logged to MLflow when they end;
+    a run the server did not take waits in its folder for `cnnctl track sync`."""
+
+
+@track.command("sync")
+@click.argument("refs", nargs=-1, metavar="[RUN]...")
+@global_options
+def track_sync(refs: tuple[str, ...]) -> None:
+    """Send RUNs (default: every pending run in --runs-dir, tune trials too) to MLflow
+    (MLFLOW_TRACKING_URI, else where each was meant to go); a run already sent gets its
+    files again, an evaluation made since included."""
+    from cnnctl.escape import safe_text
+    from cnnctl.runs import find_run
+    from cnnctl.track import need_mlflow
+    from cnnctl.track.mlflow_log import pending_runs, sync_run
+
+    need_mlflow()
+    root = _setting("runs_dir")
+    runs = [find_run(ref, root) for ref in refs] if refs else pending_runs(root)
+    if not runs:
+        _note(f"nothing pending in {root}/")
+    for run in runs:
+        record = sync_run(run)
+        click.echo(safe_text(f"sent {run.path} to {record['uri']} (run id {record['run_id']})"))
 
 
 @main.command(short_help="Versions, devices and data paths, for bug reports.")

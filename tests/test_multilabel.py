@@ -13,6 +13,8 @@ import pytest
 
 from cnnctl.cli import main
 from cnnctl.config import load_config
+from cnnctl.review.compare import read_run
+from cnnctl.runs import Run
 from cnnctl.tasks.multilabel import Multilabel, _best_threshold
 
 CONFIG = """\
@@ -59,6 +61,8 @@ def test_train_evaluate_predict_export_and_predict_with_the_export(runner, train
     run = trained / "ml"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"micro_f1", "macro_f1", "subset_accuracy"} <= set(metrics["test"])
+    compared = read_run(Run(run))  # compare's and the report's headline: the task's own
+    assert (compared.headline, compared.test) == ("micro_f1", metrics["test"]["micro_f1"])
     done = runner.invoke(main, ["evaluate", "ml", "--runs-dir", str(trained)])
     assert done.exit_code == 0, done.output
     assert "micro F1" in done.output and "Hamming loss" in done.output

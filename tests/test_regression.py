@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from cnnctl.cli import main
+from cnnctl.review.compare import read_run
+from cnnctl.runs import Run
 
 CONFIG = """\
 name: {name}
@@ -78,6 +80,9 @@ def test_train_evaluate_predict_export_and_predict_with_the_export(runner, train
     run = trained / "count"
     stats = json.loads((run / "target_stats.json").read_text())
     assert len(stats["mean"]) == 2 and stats["mean"][1] == pytest.approx(stats["mean"][0] / 2)
+    compared = read_run(Run(run))  # compare's and the report's headline: the task's own
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert (compared.headline, compared.direction, compared.test) == ("mae", "min", test["mae"])
     done = runner.invoke(main, ["evaluate", "count", "--runs-dir", str(trained)])
     assert done.exit_code == 0, done.output
     assert "median AE" in done.output

@@ -73,3 +73,22 @@ def set_path(data: dict, key: str, value: Any) -> tuple[str | int, ...]:
             child = node[part] = {"type": child}  # `optimizer: adam` -> {type: adam, ...}
         node = child
     return parts
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Plain config data -> {dotted path: value}, into lists of sections by index
+    (model.layers.0.filters), as compare shows and tracking logs them."""
+    if isinstance(data, dict) and data:
+        items = data.items()
+    elif isinstance(data, list) and data and not all(is_scalar(v) for v in data):
+        items = enumerate(data)
+    else:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))

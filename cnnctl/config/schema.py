@@ -251,6 +251,9 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     lr_schedule: LRSchedule | None = None
     tensorboard: bool = False
+    # Experiment tracking: mlflow logs the run (config, epochs, test, files) when it ends
+    # (cnnctl[track]; MLFLOW_TRACKING_URI, else a local store in RUNS_DIR/mlruns).
+    track: Literal["none", "mlflow"] = "none"
     steps_per_execution: int = Field(default=8, ge=1, le=10_000)  # batches per call into TensorFlow
     jit_compile: Literal["auto"] | bool = (
         "auto"  # XLA; "auto" is Keras' choice (off on CPU, where it is slower)

@@ -4,7 +4,9 @@
 """
 
 from cnnctl.report.figures import (
+    compare_figure,
     curves_figure,
+    save_compare,
     save_confusion,
     save_curves,
     save_error_grid,
@@ -38,6 +40,7 @@ __all__ = [
     "TrainingDisplay",
     "check_warnings",
     "checks_table",
+    "compare_figure",
     "curves_figure",
     "datasets_table",
     "epoch_line",
@@ -51,6 +54,7 @@ __all__ = [
     "runs_listing",
     "runs_table",
     "studies_table",
+    "save_compare",
     "save_confusion",
     "save_curves",
     "save_error_grid",

@@ -158,3 +158,40 @@ def save_residuals(residuals: Any, names: Sequence[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def save_compare(
+    series: Sequence[tuple[str, Sequence[dict[str, float]]]], metric: str, path: Path
+) -> None:
+    """One metric of several runs overlaid: a colour a run, validation solid, training dashed."""
+    fig = compare_figure(series, metric)
+    fig.savefig(path, dpi=100, format="png")
+    _pyplot().close(fig)
+
+
+def compare_figure(series: Sequence[tuple[str, Sequence[dict[str, float]]]], metric: str) -> Any:
+    """The figure of `save_compare`, whole-numbered epochs on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    epochs = [row["epoch"] for _, rows in series for row in rows] or [1]
+    for i, (name, rows) in enumerate(series):
+        colour = colours(i % colours.N)
+        for key, style, what in ((f"val_{metric}", "-", "validation"), (metric, "--", "training")):
+            points = [(row["epoch"], row[key]) for row in rows if key in row]
+            if points:
+                x, y = zip(*points, strict=True)
+                label = f"{str(name)[:30]} ({what})"
+                ax.plot(x, y, linestyle=style, color=colour, marker="o", markersize=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: validation solid, training dashed")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(series) > 4 else 1)
+    fig.tight_layout()
+    return fig

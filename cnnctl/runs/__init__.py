@@ -21,6 +21,7 @@ from cnnctl.runs.summary import (
     checkpoint_is_whole,
     describe,
     describe_study,
+    epoch_rows,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "create_run",
     "describe",
     "describe_study",
+    "epoch_rows",
     "find_run",
     "list_runs",
     "list_studies",

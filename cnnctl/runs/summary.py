@@ -168,3 +168,27 @@ def _best_so_far(summary: RunSummary, rows: list[dict[str, str]], mode: str) -> 
     if values:
         pick = max if mode == "max" else min
         summary.best_value, summary.best_epoch = pick(values, key=lambda v: v[0])
+
+
+def epoch_rows(run: Run) -> list[dict[str, float]]:
+    """metrics.csv as numbers, one dict a finished epoch; cells that are not numbers left out.
+
+    Read through the limits (bounded bytes and rows); an unreadable file gives no rows.
+    """
+    from cnnctl.limits import limit
+
+    rows: list[dict[str, float]] = []
+    with contextlib.suppress(CnnctlError, ValueError, csv.Error):
+        run.check_inside(run.metrics_csv)
+        text = read_bounded(run.metrics_csv, RunError).decode()
+        for number, row in enumerate(csv.DictReader(io.StringIO(text))):
+            if number >= limit("csv_rows"):
+                break
+            values = {}
+            for key, cell in row.items():
+                with contextlib.suppress(TypeError, ValueError):
+                    values[str(key)] = float(cell)
+            if "epoch" in values:
+                values["epoch"] = int(values["epoch"])
+                rows.append(values)
+    return rows

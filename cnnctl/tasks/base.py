@@ -50,8 +50,9 @@ class Task(ABC):
     # Whether outputs have the image's height and width: a mirrored view's output is then
     # mirrored back before the two are averaged.
     spatial_output: ClassVar[bool] = False
-    # The test figure that sums a run up (`cnnctl runs`, metrics.json); mode_of() says its way.
-    headline: ClassVar[str] = "accuracy"
+    # The one test figure that ranks runs of this task (compare, report, tracking), and whether
+    # higher ("max") or lower ("min") is better: a key of metrics.json's "test".
+    headline: ClassVar[tuple[str, str]] = ("accuracy", "max")
 
     # --------------------------------------------------------------------------- labels
 

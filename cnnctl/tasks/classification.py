@@ -29,6 +29,7 @@ DEFAULT_TOP_K = 3  # classes predict shows per image without --top-k
 
 class Classification(Task):
     name = "classification"
+    headline = ("accuracy", "max")
 
     def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
         if y.ndim == 2 and y.shape[1] > 1:

@@ -40,6 +40,7 @@ from cnnctl.runs.results import TrainResult
 from cnnctl.scoring.evaluate import score_split
 from cnnctl.scoring.source import ScoringSource
 from cnnctl.tasks import TARGET_STATS, task_of
+from cnnctl.track import need_tracker
 from cnnctl.training.callbacks import (
     Display,
     EpochRecorder,
@@ -68,6 +69,7 @@ def train_run(
     `callbacks` run after cnnctl's own at each step (the epoch is saved before they see it).
     """
     need_tensorboard(config)
+    need_tracker(config)
     strategy = strategy_for(config)  # first: a multi-worker cluster must be set up before any TF op
     return _from_scratch(None, runs_root, config, strategy, display, offline, callbacks)
 
@@ -83,6 +85,7 @@ def resume_run(
     """Continue `run` in its own folder from its last finished epoch (or from the start)."""
     chief = is_chief()
     saved, wanted, state = check_resume(run, overrides, config_file, values)
+    need_tracker(wanted)
     strategy = strategy_for(wanted)
     if chief:
         clean_leftovers(run)
@@ -268,7 +271,7 @@ def _fit(
         test_chose_epoch=config.data.validation == "test",
         train_images=len(dataset.x_train),
         task=config.task,
-        headline=task_of(config).headline,
+        headline=task_of(config).headline[0],
     )
     if not write:
         return result
@@ -287,7 +290,18 @@ def _fit(
     result.seconds += time.time() - tested
     write_json(run.metrics_json, result.summary())
     set_status(run, "finished", epochs_done=recorder.epoch)
+    if train.track == "mlflow":  # after the run is whole: a tracker that fails changes nothing
+        from cnnctl.track.mlflow_log import track_run
+
+        track_run(run, run.path.parent, display.warn if display else _warn)
     return result
+
+
+def _warn(message: str) -> None:
+    """Warnings of a run without a display (a tune trial): stderr, its worker's log."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _mark(run: Run, write: bool, status: str, epochs_done: int) -> None:

@@ -225,6 +225,23 @@ def make_pruner(tune: TuneConfig, epochs: int) -> Any:
 # --------------------------------------------------------------------------- the study
 
 
+def _track_parent(
+    config: Config, name: str, folder: Path, runs_dir: Path, console: Console
+) -> str | None:
+    """With train.track: mlflow, the study's MLflow run, which its trials nest under."""
+    if config.train.track != "mlflow":
+        return None
+    from cnnctl.track import need_tracker
+    from cnnctl.track.mlflow_log import open_parent
+
+    need_tracker(config)
+
+    def warn(message: str) -> None:
+        console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
+
+    return open_parent(name, folder, runs_dir, warn)
+
+
 def run_study(config: Config, options: TuneOptions, console: Console) -> TuneResult:
     """Check the search space, then run trials in worker processes until the study has enough."""
     optuna = load_optuna()
@@ -266,6 +283,7 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     watcher = Watcher(
         study, config, name, folder, console, options.config_file, tuple(options.overrides)
     )
+    parent = _track_parent(config, name, folder, options.runs_dir, console)
     killed = fail_dead_trials(study, storage)
     done, running = counts(study)
     console.print(
@@ -308,6 +326,12 @@ def run_study(config: Config, options: TuneOptions, console: Console) -> TuneRes
     result = watcher.result(target)
     result.notes += save_plots(study, folder, tune.metric)
     done = counts(study)[0]
+    if parent is not None:
+        from cnnctl.track.mlflow_log import close_parent
+
+        value = (result.best or {}).get("value")
+        best = {tune.metric: value} if isinstance(value, (int, float)) else {}
+        close_parent(parent, folder, best, "KILLED" if interrupted or bad_codes else "FINISHED")
     if interrupted:
         raise Interrupted(
             f"stopped; {done} of {target} trials are done in {folder}",
