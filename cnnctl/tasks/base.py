@@ -43,6 +43,17 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ExplainTarget:
+    """One output `explain` maps: its index and name, the model's value for it, and the
+    weights (shaped like one image's output) whose sum with the output is the explained score."""
+
+    index: int
+    label: str
+    value: float
+    weights: np.ndarray
+
+
 class Task(ABC):
     """One kind of label: single-label classes, several labels, numbers, pixel classes."""
 
@@ -166,6 +177,28 @@ class Task(ABC):
         self, path: Path | str, output: np.ndarray, names: list[str], k: int
     ) -> Prediction:
         """What `predict` shows for one image."""
+
+    def explain_targets(
+        self, output: np.ndarray, names: list[str], chosen: int | None, k: int
+    ) -> list[ExplainTarget]:
+        """What `explain` maps for one image's `output`; a map explains sum(weights * output).
+
+        `chosen`: the output the user named (--class). Default: that one, else the rows
+        `prediction` gives (the top-k classes; each label above its threshold, or the most
+        probable where none is; each target's value). A task whose outputs are per pixel
+        (segmentation) overrides this to weigh the chosen class's predicted pixels.
+        """
+        picked = (
+            [(chosen, float(output[chosen]))]
+            if chosen is not None
+            else [(g.index, g.probability) for g in self.prediction("", output, names, k).top]
+        ) or [(int(np.argmax(output)), float(np.max(output)))]
+        targets = []
+        for index, value in picked:
+            weights = np.zeros(output.shape, np.float32)
+            weights[index] = 1.0
+            targets.append(ExplainTarget(int(index), names[index], float(value), weights))
+        return targets
 
     @abstractmethod
     def parity(
