@@ -59,3 +59,18 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     sums = np.bincount(inverse, weights=ranks)
     counts = np.bincount(inverse)
     return (sums / counts)[inverse]
+
+
+def deletion_wins(
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    maps: np.ndarray,
+    fraction: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per image: whether removing the `fraction` of pixels its map ranks highest lowers the
+    explained output (`probabilities(images)` gives one value per image) more than removing
+    a random `fraction` does (Petsiuk et al.'s deletion, at one step)."""
+    top = probabilities(delete_top(images, maps, fraction))
+    chance = probabilities(delete_random(images, fraction, seed))
+    return top < chance
