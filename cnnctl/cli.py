@@ -600,6 +600,8 @@ def explain_command(
 ) -> None:
     """Maps of the pixels that made the model's output, one overlay PNG per image and output."""
     source = _scoring_source(run_ref, model_file, "none", legacy_h5)
+    if model_file is None:
+        _note(f"explaining {source.model_file}")
     from cnnctl.scoring import explain as explaining
 
     if feature_maps:

@@ -126,6 +126,10 @@ def test_exported_files_take_occlusion_and_refuse_gradients(runner, run_copy, di
     keras_run = explain(runner, run_copy, str(digits[0]), "--method", "occlusion")
     onnx_row, keras_row = json.loads(result.stdout)[0], json.loads(keras_run.stdout)[0]
     assert onnx_row["label"] == keras_row["label"]
+    result = runner.invoke(main, ["evaluate", "--model", str(onnx), "--json"])
+    assert result.exit_code == 0, result.output
+    plain = run_copy / "small" / "errors-model.onnx.png"
+    assert plain.is_file() and _coloured(plain) < 0.005  # no gradients: the images alone
 
 
 def test_feature_maps_figure(runner, run_copy, digits):
@@ -215,3 +219,16 @@ def test_duplicate_stems_do_not_overwrite_each_other(runner, run_copy, digits, t
     assert result.exit_code == 0, result.output
     files = [row["files"][0] for row in json.loads(result.stdout)]
     assert len(set(files)) == 2
+
+
+def _coloured(png: Path) -> float:
+    """The share of a figure's pixels that are not grey (the heatmap's colours)."""
+    pixels = np.asarray(Image.open(png).convert("RGB"), np.int16)
+    return float(((pixels.max(axis=-1) - pixels.min(axis=-1)) > 40).mean())
+
+
+def test_evaluate_lays_grad_cam_over_its_gallery_of_errors(runner, run_copy):
+    result = runner.invoke(main, ["evaluate", "--runs-dir", str(run_copy), "--json"])
+    assert result.exit_code == 0, result.output
+    errors = run_copy / "small" / "errors.png"
+    assert _coloured(errors) > 0.02  # inferno over the 25 wrong digits

@@ -35,12 +35,16 @@ class Report:
 
     `fields` go into evaluation.json beside the common ones; `worst` becomes
     misclassified.csv (highest loss first); `figures` maps a file stem to a function
-    that writes that figure to the path it is given.
+    that writes that figure to the path it is given. `explain` lists (image index, weights
+    over its output) whose Grad-CAM maps a figure shows: evaluate puts them in `maps`
+    (image index -> map in 0..1) before the figures are drawn, where the model has gradients.
     """
 
     fields: dict[str, Any]
     worst: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    explain: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    maps: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
