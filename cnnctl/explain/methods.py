@@ -12,6 +12,7 @@ exported .onnx / .tflite files too.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,21 +34,48 @@ def gradient_maps(
 
     Grad-CAM and Grad-CAM++ are read at `layer` (a convolution, at any depth of nesting).
     """
+    step = _traced(model, method, layer, images.shape[1:], weights.shape[1:])
+    maps, outputs = [], []
+    for start in range(0, len(images), batch_size):
+        found, out = step(
+            np.ascontiguousarray(images[start : start + batch_size], np.float32),
+            np.ascontiguousarray(weights[start : start + batch_size], np.float32),
+        )
+        maps.append(found.numpy())
+        outputs.append(np.asarray(out))
+    return np.concatenate(maps).astype(np.float32), np.concatenate(outputs)
+
+
+# A model's traced map functions, kept while the model lives: tracing costs more than
+# mapping a hundred images, and evaluate and the bench map the same model more than once.
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced(model: Any, method: str, layer: Any, image_shape: tuple, weight_shape: tuple) -> Any:
+    """One traced TensorFlow function: (images, weights) -> (maps, outputs)."""
+    key = (method, id(layer), tuple(image_shape), tuple(weight_shape))
+    kept = _TRACES.setdefault(model, {})
+    if key not in kept:
+        kept[key] = (_trace(model, method, layer, image_shape, weight_shape), layer)
+    return kept[key][0]
+
+
+def _trace(model: Any, method: str, layer: Any, image_shape: tuple, weight_shape: tuple) -> Any:
+    """Trace the map function while the model's head is linear and `layer` is recorded: the
+    graph keeps both, so it runs later without either."""
     import tensorflow as tf
 
     combine = {"gradcam": gradcam, "gradcam++": gradcam_plus_plus, "saliency": saliency}[method]
-    height, width = images.shape[1:3]
+    height, width = image_shape[:2]
     with linear_head(model) as activation, recording([layer] if layer is not None else []) as seen:
 
         @tf.function(
             input_signature=[
-                tf.TensorSpec((None, *images.shape[1:]), tf.float32),
-                tf.TensorSpec((None, *weights.shape[1:]), tf.float32),
+                tf.TensorSpec((None, *image_shape), tf.float32),
+                tf.TensorSpec((None, *weight_shape), tf.float32),
             ]
         )
         def step(x: Any, w: Any) -> tuple[Any, Any]:
-            for outputs in seen:
-                outputs.clear()
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 raw = tf.cast(model(x, training=False), tf.float32)
@@ -61,14 +89,7 @@ def gradient_maps(
                 found = tf.image.resize(found[..., None], (height, width), "bilinear")[..., 0]
             return _unit(found), activation(raw)
 
-        maps, outputs = [], []
-        for start in range(0, len(images), batch_size):
-            found, out = step(
-                images[start : start + batch_size], weights[start : start + batch_size]
-            )
-            maps.append(found.numpy())
-            outputs.append(np.asarray(out))
-    return np.concatenate(maps).astype(np.float32), np.concatenate(outputs)
+        return step.get_concrete_function()
 
 
 def gradcam(activations: Any, grads: Any) -> Any:

@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnctl.escape import safe_text
+
 HEATMAP = "inferno"
 ALPHA = 0.5  # the heatmap's opacity over the image
+OVERLAY_SIZE = 224  # small images are enlarged by whole steps to about this many pixels
 
 
 def _pyplot():
@@ -36,26 +39,43 @@ def show_image(ax: Any, image: np.ndarray) -> None:
     ax.axis("off")
 
 
-def show_overlay(ax: Any, image: np.ndarray, heatmap: np.ndarray) -> Any:
-    """The image in grey with the map over it; returns the heatmap's artist (for a colour bar)."""
-    grey = np.asarray(image, np.float32).mean(axis=-1)
-    ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
-    shown = ax.imshow(heatmap, cmap=HEATMAP, alpha=ALPHA, vmin=0, vmax=1)
-    ax.axis("off")
-    return shown
-
-
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, title: str, path: Path) -> None:
-    """The image, and the image under its map with a colour bar, titled `title`."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
-    show_image(axes[0], image)
-    shown = show_overlay(axes[1], image, heatmap)
-    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
-    fig.suptitle(title[:120], fontsize=10, parse_math=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    """The image, and the image under its map with a colour bar, titled `title` (a PNG).
+
+    Drawn with Pillow, not as a matplotlib figure: a hundred overlays take a fraction of a
+    second instead of half a minute. Small images are enlarged by whole steps (no blur).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = heatmap.shape
+    scale = max(1, OVERLAY_SIZE // max(height, width))
+    size = (width * scale, height * scale)
+    pixels = np.clip(np.asarray(image, np.float32), 0, 255)
+    rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+    grey = rgb.mean(axis=-1, keepdims=True)
+    lut = _lut()
+    blend = (1 - ALPHA) * grey + ALPHA * lut[np.round(np.clip(heatmap, 0, 1) * 255).astype(int)]
+    font = ImageFont.load_default(size=13)
+    gap, bar, top = 10, 12, 30
+    canvas = Image.new("RGB", (3 * gap + 2 * size[0] + bar + 24, top + size[1] + gap), "white")
+    for column, picture in enumerate((rgb, blend)):
+        shown = Image.fromarray(picture.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
+        canvas.paste(shown, (gap + column * (size[0] + gap), top))
+    scale_bar = lut[np.linspace(255, 0, size[1]).astype(int)][:, None].repeat(bar, axis=1)
+    left = 3 * gap + 2 * size[0] - gap
+    canvas.paste(Image.fromarray(scale_bar.astype(np.uint8)), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left + bar + 3, top - 2), "1", fill="black", font=font)
+    draw.text((left + bar + 3, top + size[1] - 14), "0", fill="black", font=font)
+    draw.text((gap, 8), safe_text(title)[:120], fill="black", font=font)
+    canvas.save(path, format="PNG", compress_level=1)  # fast: a hundred overlays in a blink
+
+
+def _lut() -> np.ndarray:
+    """The heatmap's colour map as 256 RGB rows (0..255)."""
+    from matplotlib import colormaps
+
+    return colormaps[HEATMAP](np.linspace(0, 1, 256))[:, :3] * 255
 
 
 def save_features(
