@@ -81,7 +81,10 @@ def explain_bench(run: Path, images: np.ndarray, timed: int = 100) -> dict:
         auc = deletion_auc(lambda b: np.asarray(model(b)), x, maps, weights)
         faithful[method] = {
             "deletion_auc": round(float(auc.mean()), 4),
-            "wins_at_10pct": round(float(deletion_wins(probability, x, maps).mean()), 3),
+            # a random map against random removal measures nothing: left out
+            "wins_at_10pct": None
+            if method == "random"
+            else round(float(deletion_wins(probability, x, maps).mean()), 3),
         }
     return {
         "images_timed": timed,
@@ -116,7 +119,8 @@ def explain_markdown(result: dict) -> str:
         "| --- | ---: | ---: |",
     ]
     for name, row in result["faithfulness"].items():
-        lines.append(f"| {name} | {row['deletion_auc']:.3f} | {row['wins_at_10pct']:.0%} |")
+        wins = "-" if row["wins_at_10pct"] is None else f"{row['wins_at_10pct']:.0%}"
+        lines.append(f"| {name} | {row['deletion_auc']:.3f} | {wins} |")
     return "\n".join(lines) + "\n"
 
 
