@@ -211,7 +211,10 @@ def test_task_hooks_choose_what_is_explained():
     assert [t.label for t in chosen] == ["a"]
 
 
-def test_duplicate_stems_do_not_overwrite_each_other(runner, run_copy, digits, tmp_path):
+def test_duplicate_stems_do_not_overwrite_each_other(
+    runner, run_copy, digits, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("cnnctl.scoring.explain.CHUNK", 1)  # one image a step: names still unique
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(digits[0], other / digits[0].name)

@@ -22,6 +22,8 @@ from cnnctl.runs import atomic_write, write_json
 from cnnctl.scoring.source import ScoringSource
 from cnnctl.suggest import suggest
 
+CHUNK = 256  # images decoded, mapped and written per step
+
 
 @dataclass
 class Explained:
@@ -79,7 +81,48 @@ def explain_images(
     if not paths:
         return result
     model = source.load(compile=False)
-    _, height, width, channels = model.input_shape
+    names = _names(source, model)
+    index = _chosen(chosen, names)
+    folder = output or (source.run.path / "explain" if source.run else Path("explain"))
+    taken: set[str] = set()
+    for start in range(0, len(paths), CHUNK):  # a large folder never sits in memory whole
+        pixels, kept = _decode(paths[start : start + CHUNK], model.input_shape, invert, result)
+        if not kept:
+            continue
+        outputs = _outputs(model, pixels, batch_size)
+        rows = [
+            (i, target)
+            for i, output in enumerate(outputs)
+            for target in source.task.explain_targets(output, names, index, top_k)
+        ]
+        which = np.array([i for i, _ in rows])
+        weights = np.stack([t.weights for _, t in rows])
+        maps, layer_path = compute_maps(
+            model, source, pixels[which], weights, method, layer_name, batch_size
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        result.folder = folder
+        for (i, target), heatmap in zip(rows, maps, strict=True):
+            item = Explained(
+                str(kept[i]), target.label, target.index, target.value, method, layer_path
+            )
+            item.heatmap = heatmap if fmt == "json" else None
+            stem = _unique(f"{_slug(kept[i].stem)}-{_slug(method)}-{_slug(target.label)}", taken)
+            item.files = _write(folder, stem, pixels[i], heatmap, _title(kept[i], item), fmt)
+            result.items.append(item)
+    if fmt == "json":
+        report = folder / "explain.json"
+        write_json(report, [item.to_json(with_map=True) for item in result.items])
+        for item in result.items:
+            item.files.append(str(report))
+    return result
+
+
+def _decode(
+    paths: list[Path], input_shape: tuple, invert: bool, result: Explanations
+) -> tuple[np.ndarray, list[Path]]:
+    """The images as `predict` decodes them; each that fails goes to `result.failures`."""
+    _, height, width, channels = input_shape
     images, kept = [], []
     for path in paths:
         try:
@@ -87,55 +130,28 @@ def explain_images(
             kept.append(path)
         except ImageError as error:
             result.failures.append((str(path), str(error)))
-    if not kept:
-        return result
-    pixels = np.stack(images).astype(np.float32)
-    names = _names(source, model)
-    index = _chosen(chosen, names)
-    outputs = _outputs(model, pixels, batch_size)
-    rows = [
-        (i, target)
-        for i, output in enumerate(outputs)
-        for target in source.task.explain_targets(output, names, index, top_k)
-    ]
-    which = np.array([i for i, _ in rows])
-    weights = np.stack([t.weights for _, t in rows])
-    maps, layer_path = compute_maps(
-        model, source, pixels[which], weights, method, layer_name, batch_size
-    )
-    folder = output or (source.run.path / "explain" if source.run else Path("explain"))
-    folder.mkdir(parents=True, exist_ok=True)
-    result.folder = folder
-    taken: set[str] = set()
-    for (i, target), heatmap in zip(rows, maps, strict=True):
-        item = Explained(
-            str(kept[i]),
-            target.label,
-            target.index,
-            target.value,
-            method,
-            layer_path,
-            heatmap=heatmap,
-        )
-        stem = _unique(f"{_slug(kept[i].stem)}-{_slug(method)}-{_slug(target.label)}", taken)
-        title = f"{kept[i].name}: {target.label} {target.value:.3f} ({method}"
-        title += f" at {layer_path})" if layer_path else ")"
-        from cnnctl.explain.overlay import save_overlay
+    pixels = np.stack(images).astype(np.float32) if images else np.zeros((0, height, width, 1))
+    return pixels, kept
 
-        png = folder / f"{stem}.png"
-        atomic_write(png, lambda p, h=heatmap, x=pixels[i], t=title: save_overlay(x, h, t, p))
-        item.files.append(str(png))
-        if fmt == "npy":
-            npy = folder / f"{stem}.npy"
-            atomic_write(npy, lambda p, h=heatmap: _save_npy(p, h))
-            item.files.append(str(npy))
-        result.items.append(item)
-    if fmt == "json":
-        report = folder / "explain.json"
-        write_json(report, [item.to_json(with_map=True) for item in result.items])
-        for item in result.items:
-            item.files.append(str(report))
-    return result
+
+def _title(path: Path, item: Explained) -> str:
+    where = f" at {item.layer}" if item.layer else ""
+    return f"{path.name}: {item.label} {item.value:.3f} ({item.method}{where})"
+
+
+def _write(
+    folder: Path, stem: str, image: np.ndarray, heatmap: np.ndarray, title: str, fmt: str
+) -> list[str]:
+    """The overlay PNG (and the raw map with --format npy); the paths written."""
+    from cnnctl.explain.overlay import save_overlay
+
+    png = folder / f"{stem}.png"
+    atomic_write(png, lambda p: save_overlay(image, heatmap, title, p))
+    if fmt != "npy":
+        return [str(png)]
+    npy = folder / f"{stem}.npy"
+    atomic_write(npy, lambda p: _save_npy(p, heatmap))
+    return [str(png), str(npy)]
 
 
 def check_method(source: ScoringSource, method: str, layer_name: str | None) -> None:
