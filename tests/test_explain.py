@@ -235,3 +235,24 @@ def test_evaluate_lays_grad_cam_over_its_gallery_of_errors(runner, run_copy):
     assert result.exit_code == 0, result.output
     errors = run_copy / "small" / "errors.png"
     assert _coloured(errors) > 0.02  # inferno over the 25 wrong digits
+
+
+BACKBONE = """\
+data: {dataset: mnist}
+model:
+  input_shape: [28, 28, 1]
+  layers:
+    - {type: Resizing, height: 32, width: 32}
+    - {type: Backbone, name: MobileNetV3Small, weights: none}
+    - {type: Dense, units: 10, activation: softmax}
+"""
+
+
+def test_the_last_convolution_is_found_inside_a_backbone(write, mnist_test_set):
+    model = build_model(load_config(write("b.yaml", BACKBONE)), 10)
+    path, layer = find_layer(model, None, "b.keras")
+    assert path.startswith("backbone_1/") and path.endswith(layer.name)
+    assert path == conv_layers(model)[-1][0]
+    images = mnist_test_set[0][:2, :, :, None].astype(np.float32)
+    maps, _ = gradient_maps(model, images, np.eye(10, dtype=np.float32)[:2], "gradcam", layer)
+    assert maps.shape == (2, 28, 28) and np.isfinite(maps).all()
