@@ -138,6 +138,13 @@ def test_feature_maps_figure(runner, run_copy, digits):
     figure = Path(json.loads(result.stdout)["features"])
     assert figure == run_copy / "small" / "explain" / "features.png"
     assert Image.open(figure).size[1] > 200
+    figure.unlink()
+    result = explain(runner, run_copy, "--layers")  # no image: the run's first test image
+    assert result.exit_code == 0, result.output
+    assert figure.is_file()
+    result = explain(runner, run_copy, "--layers", "--image", "nowhere.png")
+    assert result.exit_code == 2
+    assert "nowhere.png: " in result.output and "give a PNG or JPEG file" in result.output
 
 
 RESIDUAL = """\
