@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -19,6 +22,8 @@ from cnnctl.explain.layers import conv_layers, find_layer
 from cnnctl.explain.methods import gradient_maps, occlusion_maps
 from cnnctl.model.builder import build_model
 from cnnctl.tasks import task_named
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -126,6 +131,30 @@ def test_exported_files_take_occlusion_and_refuse_gradients(runner, run_copy, di
     keras_run = explain(runner, run_copy, str(digits[0]), "--method", "occlusion")
     onnx_row, keras_row = json.loads(result.stdout)[0], json.loads(keras_run.stdout)[0]
     assert onnx_row["label"] == keras_row["label"]
+    script = (
+        "import sys; from cnnctl.cli import main\n"
+        "try: main(sys.argv[1:])\nexcept SystemExit as e: assert e.code == 0, e.code\n"
+        "print('tensorflow' in sys.modules)"
+    )
+    alone = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "explain",
+            "--model",
+            str(onnx),
+            str(digits[0]),
+            "--method",
+            "occlusion",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert alone.stdout.strip().endswith("False"), alone.stdout  # TensorFlow never imported
     result = runner.invoke(main, ["evaluate", "--model", str(onnx), "--json"])
     assert result.exit_code == 0, result.output
     plain = run_copy / "small" / "errors-model.onnx.png"
