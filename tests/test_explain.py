@@ -292,3 +292,40 @@ def test_the_last_convolution_is_found_inside_a_backbone(write, mnist_test_set):
     images = mnist_test_set[0][:2, :, :, None].astype(np.float32)
     maps, _ = gradient_maps(model, images, np.eye(10, dtype=np.float32)[:2], "gradcam", layer)
     assert maps.shape == (2, 28, 28) and np.isfinite(maps).all()
+
+
+@pytest.mark.parametrize(
+    ("task", "activation"), [("multilabel", "sigmoid"), ("regression", None)], ids=str
+)
+def test_multilabel_and_regression_models_are_explained_by_their_task(
+    task, activation, tmp_path, digits
+):
+    """A real Keras model of each head, saved and loaded as a file: one map per output the
+    task picks (labels at or above 0.5; every target), values as the model gives them."""
+    from cnnctl.scoring.explain import explain_images
+    from cnnctl.scoring.source import ScoringSource
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation=activation, bias_initializer="ones"),
+        ]
+    )
+    path = tmp_path / "m.keras"
+    model.save(path)
+    source = ScoringSource(path, None, None, task_named(task), ["a", "b", "c"])
+    result = explain_images(source, [str(digits[0])], output=tmp_path / "out", fmt="npy")
+    expected = np.asarray(model(np.asarray(Image.open(digits[0]), np.float32)[None, ..., None]))
+    values = {item.label: item.value for item in result.items}
+    picked = [
+        n for n, v in zip("abc", expected[0], strict=True) if task == "regression" or v >= 0.5
+    ]
+    assert sorted(values) == picked
+    assert [values[n] for n in picked] == pytest.approx(
+        [float(v) for n, v in zip("abc", expected[0], strict=True) if n in picked], abs=1e-5
+    )
+    assert all(np.load(item.files[1]).max() <= 1.0 for item in result.items)
