@@ -583,15 +583,15 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
 def explain_command(
     ctx: click.Context,
     paths: tuple[str, ...],
-    run_ref,
-    model_file,
+    run_ref: str | None,
+    model_file: Path | None,
     method: str,
-    chosen,
+    chosen: str | None,
     top_k: int,
-    layer,
+    layer: str | None,
     feature_maps: bool,
-    image,
-    output,
+    image: Path | None,
+    output: Path | None,
     fmt: str,
     invert: bool,
     batch_size: int,
@@ -608,7 +608,8 @@ def explain_command(
         shown = image or (Path(paths[0]) if paths else None)
         with _stdout_for_json(as_json):
             _tensorflow()
-            saved = explaining.feature_figure(source, shown, output, invert)
+            offline = bool(_setting("offline"))
+            saved = explaining.feature_figure(source, shown, output, invert, offline)
         return _render(f"wrote {saved}", {"features": str(saved)}, as_json)
     if not paths:
         raise click.UsageError("give image files, folders or globs to explain (or --layers)")
