@@ -325,6 +325,10 @@ def main() -> None:
     print("start-up", starts, flush=True)
     predict = predict_folder(work, model, 2000)
     print("predict", predict, flush=True)
+    from bench_explain import explain_bench  # beside this file
+
+    explained = explain_bench(model.parent, load_builtin("fashion_mnist").x_test[:200, ..., None])
+    print("explain", explained, flush=True)
     from bench_streaming import streaming  # beside this file
 
     stream = streaming(work, *((2000, 8000) if args.quick else (20000, 80000)))
@@ -368,6 +372,7 @@ def main() -> None:
         "predict_folder": predict,
         "accurate": accurate,
         "streaming": stream,
+        "explain": explained,
     }
     args.out.mkdir(exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(raw, indent=2) + "\n")
@@ -476,6 +481,10 @@ def markdown(raw: dict) -> str:
         from bench_streaming import streaming_markdown
 
         lines += [streaming_markdown(raw["streaming"])]
+    if raw.get("explain"):
+        from bench_explain import explain_markdown
+
+        lines += [explain_markdown(raw["explain"])]
     if raw["accurate"]:
         accs = [r["test_accuracy"] for r in raw["accurate"]]
         walls = [r["wall_seconds"] for r in raw["accurate"]]

@@ -18,6 +18,8 @@ from cnnctl import __version__
 # The choices of options are the constants their wings check against (no TensorFlow here).
 from cnnctl.config.schema import SPLITS, TTA_MODES
 from cnnctl.errors import CnnctlError, explain
+from cnnctl.explain import FORMATS as EXPLAIN_FORMATS
+from cnnctl.explain import METHODS as EXPLAIN_METHODS
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.scoring.export import FORMATS, QUANTIZE
 
@@ -529,6 +531,118 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
         base = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
         table = report.predictions_table(result.items, _width(console), base)
         _render(table, rows, fmt == "json", console)
+
+
+@main.command("explain", short_help="Show where the model looked: Grad-CAM and other maps.")
+@click.argument("paths", nargs=-1)
+@click.option("--run", "run_ref", metavar="RUN", help="Run whose model to use (default: latest).")
+@click.option("--model", "model_file", type=click.Path(path_type=Path), help="A model file.")
+@click.option(
+    "--method",
+    type=click.Choice(EXPLAIN_METHODS),
+    default="gradcam",
+    show_default=True,
+    help="Map method; only occlusion works on .onnx/.tflite files.",
+)
+@click.option("--class", "chosen", metavar="NAME", help="Explain this output (default: predicted).")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Explain the K most probable classes.",
+)
+@click.option("--layer", metavar="NAME", help="Convolution to read Grad-CAM at (default: last).")
+@click.option(
+    "--layers",
+    "feature_maps",
+    is_flag=True,
+    help="Instead: every convolution's feature maps and the first filters for one image.",
+)
+@click.option("--image", type=click.Path(path_type=Path), help="The image for --layers.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the figures (default: the run's explain/).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(EXPLAIN_FORMATS),
+    default="png",
+    show_default=True,
+    help="Besides each overlay PNG: npy (raw map) or explain.json.",
+)
+@click.option("--invert", is_flag=True, help="For dark-on-light images (MNIST is light on dark).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=EVAL_BATCH,
+    show_default=True,
+    help="Images per model call (lower it if memory runs out).",
+)
+@legacy_option
+@json_option
+@global_options
+@click.pass_context
+def explain_command(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    run_ref: str | None,
+    model_file: Path | None,
+    method: str,
+    chosen: str | None,
+    top_k: int,
+    layer: str | None,
+    feature_maps: bool,
+    image: Path | None,
+    output: Path | None,
+    fmt: str,
+    invert: bool,
+    batch_size: int,
+    legacy_h5: bool,
+    as_json: bool,
+) -> None:
+    """Maps of the pixels that made the model's output, one overlay PNG per image and output."""
+    source = _scoring_source(run_ref, model_file, "none", legacy_h5)
+    if model_file is None:
+        _note(f"explaining {source.model_file}")
+    from cnnctl.scoring import explain as explaining
+
+    if feature_maps:
+        shown = image or (Path(paths[0]) if paths else None)
+        with _stdout_for_json(as_json):
+            _tensorflow()
+            offline = bool(_setting("offline"))
+            saved = explaining.feature_figure(source, shown, output, invert, offline)
+        return _render(f"wrote {saved}", {"features": str(saved)}, as_json)
+    if not paths:
+        raise click.UsageError("give image files, folders or globs to explain (or --layers)")
+    explaining.check_method(source, method, layer)
+    with _stdout_for_json(as_json):
+        if not source.exported:
+            _tensorflow()
+        result = explaining.explain_images(
+            source, list(paths), method, chosen, top_k, layer, output, fmt, invert, batch_size
+        )
+    for path, reason in result.failures:
+        _note(f"{path}: {reason}")
+    if not result.items:
+        from cnnctl.errors import DataError
+
+        raise DataError(
+            "no image could be read", "pass PNG or JPEG files, folders of them, or globs"
+        )
+    from cnnctl import report
+
+    _render(
+        report.explain_table(result.items, result.folder),
+        [i.to_json() for i in result.items],
+        as_json,
+    )
+    if result.failures:
+        _note(f"{report.plural(len(result.failures), 'unreadable file')}")
+        ctx.exit(1)
 
 
 @main.command(short_help="Export a run's model to SavedModel, ONNX or TFLite.")

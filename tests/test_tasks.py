@@ -85,7 +85,7 @@ def test_scores_reports_rows_and_parity_from_outputs_alone(task, tmp_path):
     outputs = rng.dirichlet(np.ones(3), size=40).astype(np.float32)
     names = ["a", "b", "c"]
     metrics = task.score(outputs, y)
-    assert task.headline in metrics and all(np.isfinite(v) for v in metrics.values())
+    assert task.headline[0] in metrics and all(np.isfinite(v) for v in metrics.values())
     images = rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8)
     report = task.report(outputs, y, names, None, images)
     assert isinstance(report, Report) and report.fields

@@ -89,9 +89,16 @@ def save_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
 
 
 def save_error_grid(
-    images: Any, wrong: Sequence[dict[str, Any]], path: Path, shown: int = 25
+    images: Any,
+    wrong: Sequence[dict[str, Any]],
+    path: Path,
+    shown: int = 25,
+    maps: dict[int, Any] | None = None,
 ) -> None:
-    """The most confidently wrong examples, each titled `true -> predicted`."""
+    """The most confidently wrong examples, each titled `true -> predicted`; where `maps`
+    holds an example's Grad-CAM map (0..1), it lies over the image in inferno."""
+    import numpy as np
+
     plt = _pyplot()
     rows = wrong[:shown]
     columns = min(5, len(rows))
@@ -101,9 +108,16 @@ def save_error_grid(
         ax.axis("off")
     for ax, row in zip(axes.flat, rows, strict=False):
         image = images[row["index"]]
-        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+        heatmap = (maps or {}).get(row["index"])
+        if heatmap is None:
+            ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+        else:  # grey under the map, so the colours are the map's alone
+            ax.imshow(np.asarray(image, np.float32).mean(axis=-1), cmap="gray")
+            ax.imshow(heatmap, cmap="inferno", alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"{row['true'][:12]} -> {row['predicted'][:12]}", fontsize=8)
-    fig.suptitle("misclassified (highest loss first)", fontsize=10)
+    title = "misclassified (highest loss first)"
+    title += "; Grad-CAM of the predicted class" if maps else ""
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

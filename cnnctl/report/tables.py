@@ -419,3 +419,20 @@ def facts_table(facts: dict[str, Any]) -> Table:
             value = ", ".join(value)
         table.add_row(key, Text("\n".join(safe_text(line) for line in str(value).split("\n"))))
     return table
+
+
+def explain_table(items: Sequence[Any], folder: Path | None) -> Group:
+    """One row per map `explain` wrote: image, output explained, its value, the figure."""
+    table = Table(show_edge=False)
+    for name, justify in (("image", "left"), ("explained", "left"), ("value", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("figure", overflow="fold")
+    for item in items:
+        figure = Path(item.files[0]).name if item.files else ""
+        table.add_row(
+            Text(safe_text(item.path)), Text(safe_text(item.label)), f"{item.value:.3f}", figure
+        )
+    method = items[0].method if items else ""
+    layer = f" at {items[0].layer}" if items and items[0].layer else ""
+    saved = Text(f"{method}{layer}; saved in {safe_text(str(folder))}", style="dim")
+    return Group(table, saved)

@@ -48,6 +48,7 @@ def evaluate_run(
     scored = score_split(model, source.task, x, y, one_hot=_one_hot(source, model))
     x, y, files = _drop(scored.failed, x, y, files)
     task_report = source.task.report(scored.outputs, y, names, files, x)
+    _explain_gallery(model, source, x, task_report)
     result = EvaluationResult(
         model=str(source.model_file),
         data=dataset.origin,
@@ -115,6 +116,26 @@ def score_split(
     if failed and outputs:
         found = np.delete(found, failed, axis=0)
     return Scored(metrics, found, failed)
+
+
+def _explain_gallery(model: Any, source: ScoringSource, x: Any, task_report: Any) -> None:
+    """Grad-CAM maps of the examples the report's gallery shows (`Report.explain`).
+
+    An exported file has no gradients, and a model without convolutions no layer to read:
+    the gallery then shows the images alone.
+    """
+    if source.exported or not task_report.explain:
+        return
+    from cnnctl.scoring.explain import compute_maps
+
+    index = np.asarray([i for i, _ in task_report.explain])
+    weights = np.stack([w for _, w in task_report.explain])
+    try:
+        images = np.asarray(x[index], dtype=np.float32)
+        maps, _ = compute_maps(model, source, images, weights, "gradcam")
+    except DataError:  # no convolution, or an image that no longer decodes
+        return
+    task_report.maps.update(zip(index.tolist(), maps, strict=True))
 
 
 def _one_hot(source: ScoringSource, model: Any) -> bool:

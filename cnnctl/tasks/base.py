@@ -35,12 +35,27 @@ class Report:
 
     `fields` go into evaluation.json beside the common ones; `worst` becomes
     misclassified.csv (highest loss first); `figures` maps a file stem to a function
-    that writes that figure to the path it is given.
+    that writes that figure to the path it is given. `explain` lists (image index, weights
+    over its output) whose Grad-CAM maps a figure shows: evaluate puts them in `maps`
+    (image index -> map in 0..1) before the figures are drawn, where the model has gradients.
     """
 
     fields: dict[str, Any]
     worst: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    explain: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    maps: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ExplainTarget:
+    """One output `explain` maps: its index and name, the model's value for it, and the
+    weights (shaped like one image's output) whose sum with the output is the explained score."""
+
+    index: int
+    label: str
+    value: float
+    weights: np.ndarray
 
 
 class Task(ABC):
@@ -169,6 +184,28 @@ class Task(ABC):
         self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
     ) -> Prediction:
         """What `predict` shows for one image (`k`: --top-k, None when not given)."""
+
+    def explain_targets(
+        self, output: np.ndarray, names: list[str], chosen: int | None, k: int
+    ) -> list[ExplainTarget]:
+        """What `explain` maps for one image's `output`; a map explains sum(weights * output).
+
+        `chosen`: the output the user named (--class). Default: that one, else the rows
+        `prediction` gives (the top-k classes; each label above its threshold, or the most
+        probable where none is; each target's value). A task whose outputs are per pixel
+        (segmentation) overrides this to weigh the chosen class's predicted pixels.
+        """
+        picked = (
+            [(chosen, float(output[chosen]))]
+            if chosen is not None
+            else [(g.index, g.probability) for g in self.prediction("", output, names, k).top]
+        ) or [(int(np.argmax(output)), float(np.max(output)))]
+        targets = []
+        for index, value in picked:
+            weights = np.zeros(output.shape, np.float32)
+            weights[index] = 1.0
+            targets.append(ExplainTarget(int(index), names[index], float(value), weights))
+        return targets
 
     @abstractmethod
     def parity(

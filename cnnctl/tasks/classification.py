@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cnnctl.config import Config, TrainConfig
 
 TOP_K = 3  # classes listed for each wrong example
+SHOWN = 25  # wrong examples in errors.png
 
 
 DEFAULT_TOP_K = 3  # classes predict shows per image without --top-k
@@ -128,14 +129,20 @@ class Classification(Task):
         matrix = confusion_matrix(truth, outputs.argmax(axis=1), len(names))
         wrong = misclassified(truth, outputs, names, files)
         shown = {"confusion_matrix": lambda path: figures.save_confusion(matrix, names, path)}
-        if wrong:
-            shown["errors"] = lambda path: figures.save_error_grid(images, wrong, path)
         fields = {
             **class_report(matrix, names),
             "confusion_matrix": matrix.tolist(),
             "class_names": names,
         }
-        return Report(fields, wrong, shown)
+        # The gallery's maps explain the wrong class: where the model looked when it chose it.
+        picked = np.eye(len(names), dtype=np.float32)
+        explain = [(row["index"], picked[names.index(row["predicted"])]) for row in wrong[:SHOWN]]
+        result = Report(fields, wrong, shown, explain)
+        if wrong:
+            shown["errors"] = lambda path: figures.save_error_grid(
+                images, wrong, path, SHOWN, result.maps
+            )
+        return result
 
     def prediction(
         self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
