@@ -548,9 +548,9 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Explain the K most probable classes.",
+    default=None,
+    help="Explain the K most probable classes (default: the predicted class; multilabel: "
+    "every label above its threshold).",
 )
 @click.option("--layer", metavar="NAME", help="Convolution to read Grad-CAM at (default: last).")
 @click.option(
@@ -592,7 +592,7 @@ def explain_command(
     model_file: Path | None,
     method: str,
     chosen: str | None,
-    top_k: int,
+    top_k: int | None,
     layer: str | None,
     feature_maps: bool,
     image: Path | None,

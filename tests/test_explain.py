@@ -236,13 +236,15 @@ def test_task_hooks_choose_what_is_explained():
     assert [(t.label, t.index) for t in classification] == [("b", 1), ("c", 2)]
     assert classification[0].weights.tolist() == [0, 1, 0]
     multilabel = task_named("multilabel").explain_targets(
-        np.array([0.9, 0.2, 0.6], np.float32), names, None, 1
+        np.array([0.9, 0.2, 0.6], np.float32), names, None, None
     )
     assert [t.label for t in multilabel] == ["a", "c"]  # each label above its threshold
     regression = task_named("regression").explain_targets(
         np.array([3.5, -1.0], np.float32), ["x", "y"], None, 1
     )
     assert [(t.label, t.value) for t in regression] == [("x", 3.5), ("y", -1.0)]
+    predicted = task_named("classification").explain_targets(output, names, None, None)
+    assert [t.label for t in predicted] == ["b"]  # without --top-k: the predicted class
     chosen = task_named("classification").explain_targets(output, names, 0, 3)
     assert [t.label for t in chosen] == ["a"]
 

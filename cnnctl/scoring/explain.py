@@ -65,7 +65,7 @@ def explain_images(
     inputs: list[str],
     method: str = "gradcam",
     chosen: str | None = None,
-    top_k: int = 1,
+    top_k: int | None = None,
     layer_name: str | None = None,
     output: Path | None = None,
     fmt: str = "png",

@@ -186,7 +186,7 @@ class Task(ABC):
         """What `predict` shows for one image (`k`: --top-k, None when not given)."""
 
     def explain_targets(
-        self, output: np.ndarray, names: list[str], chosen: int | None, k: int
+        self, output: np.ndarray, names: list[str], chosen: int | None, k: int | None
     ) -> list[ExplainTarget]:
         """What `explain` maps for one image's `output`; a map explains sum(weights * output).
 

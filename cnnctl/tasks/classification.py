@@ -16,7 +16,7 @@ from cnnctl.errors import ConfigError, DataError
 from cnnctl.escape import safe, safe_text
 from cnnctl.runs.results import EvaluationResult, Guess, Prediction
 from cnnctl.suggest import suggest
-from cnnctl.tasks.base import Report, Task
+from cnnctl.tasks.base import ExplainTarget, Report, Task
 
 if TYPE_CHECKING:
     from cnnctl.config import Config, TrainConfig
@@ -143,6 +143,12 @@ class Classification(Task):
                 images, wrong, path, SHOWN, result.maps
             )
         return result
+
+    def explain_targets(
+        self, output: np.ndarray, names: list[str], chosen: int | None, k: int | None
+    ) -> list[ExplainTarget]:
+        """The predicted class, without --top-k (predict shows three)."""
+        return super().explain_targets(output, names, chosen, k or 1)
 
     def prediction(
         self, path: Path | str, output: np.ndarray, names: list[str], k: int | None
