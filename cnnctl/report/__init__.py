@@ -12,6 +12,7 @@ from cnnctl.report.figures import (
     save_residuals,
     save_scatter,
 )
+from cnnctl.report.masks import colour_mask, mask_colours, overlay, save_mask_gallery
 from cnnctl.report.tables import (
     Column,
     TrainingDisplay,
@@ -38,6 +39,10 @@ __all__ = [
     "TrainingDisplay",
     "check_warnings",
     "checks_table",
+    "colour_mask",
+    "mask_colours",
+    "overlay",
+    "save_mask_gallery",
     "curves_figure",
     "datasets_table",
     "epoch_line",

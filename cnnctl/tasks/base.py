@@ -50,6 +50,13 @@ class Task(ABC):
     # Whether outputs have the image's height and width: a mirrored view's output is then
     # mirrored back before the two are averaged.
     spatial_output: ClassVar[bool] = False
+    # Whether labels are images too (masks beside the images: data/masks.py reads them).
+    mask_labels: ClassVar[bool] = False
+    counted: ClassVar[str] = "images"  # what label_counts counts, for `datasets check`
+
+    def use_config(self, config: Config) -> None:
+        """Take up the config's settings the task scores with (nothing by default)."""
+        return None
 
     # --------------------------------------------------------------------------- labels
 
@@ -135,6 +142,16 @@ class Task(ABC):
             f"not to task: {self.name}",
             "remove train.class_weight",
         )
+
+    def loss_object(self, config: Config, outputs: int) -> Any:
+        """A Keras loss object to compile with, where the task makes its own; None: train.loss
+        by name (the default). Imports Keras only when called."""
+        return None
+
+    def metric_object(self, name: str, config: Config, outputs: int) -> Any:
+        """A Keras metric object for the name under train.metrics, where the task makes its
+        own; None: Keras' metric of that name (the default)."""
+        return None
 
     @abstractmethod
     def metric_hint(self) -> str:
