@@ -432,3 +432,22 @@ def test_geometric_augmentation_moves_image_and_asymmetric_mask_together(write):
     assert np.array_equal(x[kept], 100 * y[kept])  # every pixel still over its own class
     assert (x[~kept] == 0).all() and (~kept).any()  # filled from outside: ignored
     assert (y == 2).any() and (y == 1).any()
+
+
+def test_tta_mirrors_the_mirrored_masks_back_before_the_mean(runner, trained, scenes_csv, tmp_path):
+    from cnnctl.modelfile.load import load_model
+
+    images = [scenes_csv.parent / "images" / "test" / f"0001{i}.png" for i in range(2)]
+    out = tmp_path / "tta"
+    done = runner.invoke(
+        main,
+        ["predict", "--runs-dir", str(trained), "--tta", "horizontal_flip", "--output", str(out)]
+        + [str(p) for p in images],
+    )
+    assert done.exit_code == 0, done.output
+    model = load_model(trained / "seg" / "model.keras", compile=False)
+    x = np.stack([np.asarray(Image.open(p))[..., None] for p in images]).astype(np.float32)
+    mean = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1]))[:, :, ::-1]) / 2
+    for i, path in enumerate(images):
+        mask = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
+        assert (mask == mean[i].argmax(-1)).mean() > 0.999  # ties may break either way
