@@ -451,3 +451,58 @@ def test_tta_mirrors_the_mirrored_masks_back_before_the_mean(runner, trained, sc
     for i, path in enumerate(images):
         mask = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
         assert (mask == mean[i].argmax(-1)).mean() > 0.999  # ties may break either way
+
+
+def test_hostile_masks_are_skipped_never_read_a_fifo_and_never_decoded_past_the_limit(
+    masks_folder, monkeypatch
+):
+    import os
+
+    from cnnctl.config import DataConfig
+    from cnnctl.data.images import ImageError
+    from cnnctl.data.masks import load_mask_folder, read_mask
+    from cnnctl.errors import DataError
+
+    fifo = masks_folder / "masks" / "train" / "good0.png"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opening it for reading would hang
+    arrays = load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    image = masks_folder / "images" / "train" / "good0.png"  # a FIFO is no mask file at all
+    assert dict(arrays.skipped)[str(image)].startswith("no mask (expected")
+    monkeypatch.setenv("CNNCTL_LIMITS", "pixels=100")  # 16x16 masks: over it, header only
+    with pytest.raises(DataError, match="no usable pair"):
+        load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    mask = masks_folder / "masks" / "train" / "good1.png"
+    with pytest.raises(ImageError, match=r"good1.png: refused: 16x16 is more than 100 pixels"):
+        read_mask(mask, (16, 16), 3, 255)
+
+
+def test_class_weights_go_to_each_pixel_and_need_cross_entropy(write, scenes_csv, runner):
+    import tensorflow as tf
+
+    from cnnctl.data.pipeline import weighed
+
+    text = _unet(scenes_csv.parent, loss="sparse_categorical_crossentropy", epochs=1)
+    config = load_config(write("w.yaml", text + "  class_weight: {bag: 3.0}\n"))
+    names = [str(i) for i in range(10)] + ["bag"]
+    truth = np.array([[[0, 10], [255, 10]]])
+    task = Segmentation()
+    weights = task.pixel_weights(config, truth, names)
+    assert weights.tolist() == [1.0] * 10 + [3.0]
+    balanced = load_config(write("b.yaml", text + "  class_weight: balanced\n"))
+    counts = task.pixel_weights(balanced, np.array([[[0, 0, 0, 1]]]), ["a", "b"])
+    assert counts.tolist() == pytest.approx([4 / 6, 4 / 2])
+    _, _, w = weighed(weights, 255)(tf.zeros((1, 2, 2, 1)), tf.constant(truth))
+    assert w.numpy().tolist() == [[[1.0, 3.0], [0.0, 3.0]]]  # the ignored pixel weighs 0
+    with pytest.raises(ConfigError, match=r"w.yaml:\d+:\d+: train.class_weight.nope: no class"):
+        task.pixel_weights(
+            load_config(write("w.yaml", text + "  class_weight: {nope: 2}\n")), truth, names
+        )
+    dice = load_config(write("d.yaml", _unet(scenes_csv.parent) + "  class_weight: balanced\n"))
+    with pytest.raises(
+        ConfigError, match=r"d.yaml:\d+:\d+: train.class_weight: .*not crossentropy_dice"
+    ):
+        task.class_weights(dice, truth, names)
+    done = runner.invoke(main, ["train", "b.yaml", "--set", "data.limit=64"])
+    assert done.exit_code == 0, done.output
+    assert "mean_iou" in json.loads(Path("runs/seg/metrics.json").read_text())["test"]

@@ -33,12 +33,14 @@ def training_batches(
     epochs: int,
     joint: Sequence[Any] = (),
     ignore_index: int = 255,
+    pixel_weights: np.ndarray | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches for epochs `first_epoch`..`epochs - 1`, and the number of steps per epoch.
 
     Each epoch's order depends only on (seed, epoch), so a resumed run sees
     exactly the batches the uninterrupted run would have seen. `joint`: augmentation layers
-    that move each image and its mask together (labels are masks).
+    that move each image and its mask together (labels are masks); `pixel_weights`: a weight
+    per class, given to each mask pixel's loss as its sample weight (ignored pixels: 0).
     """
     if not isinstance(x, np.ndarray):  # images still in files: streamed
         from cnnctl.data import stream
@@ -66,7 +68,21 @@ def training_batches(
     )
     if joint:
         batches = batches.map(together(joint, ignore_index))
+    if pixel_weights is not None:
+        batches = batches.map(weighed(pixel_weights, ignore_index))
     return batches.prefetch(tf.data.AUTOTUNE), math.ceil(n / batch_size)
+
+
+def weighed(weights: np.ndarray, ignore_index: int):
+    """(images, masks) -> (images, masks, the weight of each pixel's class; 0 where ignored)."""
+    table = tf.constant(np.append(weights, 0.0).astype(np.float32))
+    classes = len(weights)
+
+    def apply(images: tf.Tensor, masks: tf.Tensor):
+        index = tf.where(masks == ignore_index, classes, tf.minimum(masks, classes))
+        return images, masks, tf.gather(table, tf.cast(index, tf.int32))
+
+    return apply
 
 
 def together(layers: Sequence[Any], ignore_index: int):

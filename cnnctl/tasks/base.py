@@ -153,6 +153,12 @@ class Task(ABC):
         own; None: Keras' metric of that name (the default)."""
         return None
 
+    def pixel_weights(self, config: Config, y: np.ndarray, names: Sequence[str]) -> Any:
+        """A weight per class for every labelled pixel's loss (labels that are masks), from
+        train.class_weight, as a numpy vector; None by default (`class_weights` serves the
+        tasks whose labels Keras' class_weight understands)."""
+        return None
+
     @abstractmethod
     def metric_hint(self) -> str:
         """What to put under train.metrics, for the unknown-metric message."""

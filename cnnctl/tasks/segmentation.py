@@ -22,6 +22,7 @@ from cnnctl import report as figures
 from cnnctl.errors import ConfigError, DataError
 from cnnctl.escape import safe
 from cnnctl.runs.results import EvaluationResult, Guess, Prediction
+from cnnctl.suggest import suggest
 from cnnctl.tasks.base import Report, Task
 
 if TYPE_CHECKING:
@@ -129,13 +130,42 @@ class Segmentation(Task):
         return False
 
     def class_weights(self, config: Config, y: np.ndarray, names: Sequence[str]) -> Any:
-        if config.train.class_weight is None:
+        self.pixel_weights(config, y, names)  # checked before the run folder exists
+        return None  # Keras' class_weight reads masks as one-hot rows: weights go per pixel
+
+    def pixel_weights(
+        self, config: Config, y: np.ndarray, names: Sequence[str]
+    ) -> np.ndarray | None:
+        """train.class_weight as a weight per class: `balanced` from the training pixels'
+        counts (n / (classes * count)), or {name: weight} (the others 1). Cross-entropy only:
+        Dice already weighs every class alike."""
+        wanted = config.train.class_weight
+        if wanted is None:
             return None
-        raise ConfigError(
-            f"{config.where(('train', 'class_weight'))}: class weights are not yet taken by "
-            "task: segmentation",
-            "remove train.class_weight; loss: dice or crossentropy_dice weighs every class alike",
-        )
+        where = config.where(("train", "class_weight"))
+        if config.train.loss != "sparse_categorical_crossentropy":
+            raise ConfigError(
+                f"{where}: class weights apply to loss: sparse_categorical_crossentropy, not "
+                f"{config.train.loss}",
+                "remove train.class_weight: Dice already weighs every class alike",
+            )
+        if wanted == "balanced":
+            counts = np.asarray(self.label_counts(y, len(names)), dtype=np.float64)
+            total = counts.sum()
+            safe = np.where(counts > 0, counts, 1.0)
+            return np.where(counts > 0, total / (len(names) * safe), 1.0).astype(np.float32)
+        weights = np.ones(len(names), dtype=np.float32)
+        for name, weight in wanted.items():
+            at = config.where(("train", "class_weight", name), at_key=True)
+            if name not in names:
+                raise ConfigError(
+                    f"{at}: no class named '{name}' in the data{suggest(name, list(names))}",
+                    f"classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}",
+                )
+            if not weight > 0 or not np.isfinite(weight):
+                raise ConfigError(f"{at}: a class weight must be above 0, got {weight}")
+            weights[list(names).index(name)] = float(weight)
+        return weights
 
     def loss_object(self, config: Config, outputs: int) -> Any:
         import keras

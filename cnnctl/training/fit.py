@@ -195,6 +195,7 @@ def _fit(
         epochs=train.epochs,
         joint=joint_augmentation(config),  # masks: geometric augmentation moves them too
         ignore_index=config.data.ignore_index,
+        pixel_weights=task_of(config).pixel_weights(config, dataset.y_train, dataset.class_names),
     )
     validation = eval_batches(
         dataset.x_val,
