@@ -445,6 +445,7 @@ def test_tta_mirrors_the_mirrored_masks_back_before_the_mean(runner, trained, sc
         + [str(p) for p in images],
     )
     assert done.exit_code == 0, done.output
+    assert "share" in done.output and "wrote 2 masks and overlays" in done.output
     model = load_model(trained / "seg" / "model.keras", compile=False)
     x = np.stack([np.asarray(Image.open(p))[..., None] for p in images]).astype(np.float32)
     mean = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1]))[:, :, ::-1]) / 2

@@ -243,7 +243,9 @@ def predictions_table(
     table = Table(show_edge=False)
     table.add_column("image", no_wrap=True)
     table.add_column("class", no_wrap=True)
-    table.add_column("prob", justify="right", no_wrap=True)
+    # a mask's rows give each class's share of the pixels, not a probability
+    measure = "share" if any(item.mask is not None for item in predictions) else "prob"
+    table.add_column(measure, justify="right", no_wrap=True)
     if keep_rest:
         table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
     for path, label, item, others in zip(paths, labels, predictions, rest, strict=True):
