@@ -82,6 +82,10 @@ AUGMENTATIONS = (
     "GaussianNoise",
 )
 
+# Augmentation that moves pixels: for masks (segmentation) it runs in the input pipeline on
+# the image and its mask together, with nearest-neighbour sampling, instead of in the model.
+GEOMETRIC = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom")
+
 OPTIMIZERS = (
     "SGD",
     "RMSprop",
@@ -100,6 +104,10 @@ OPTIMIZERS = (
 # Classes inside saved blocks beyond LAYERS: the shortcut's Add, and what the
 # applications are made of. The model-file allow-list takes these too.
 MODEL_FILE_CLASSES = ("Add", "Multiply", "Concatenate", "Normalization", "InputLayer")
+
+# cnnctl's own classes a saved model may name in its compile config: (module, registered
+# name). Code shipped with cnnctl that takes only numbers; nothing else outside Keras loads.
+OWN_OBJECTS = {("cnnctl.tasks.pixel_loss", "cnnctl>PixelLoss")}
 
 # Augmentation layers that pass images through unchanged at inference (RandomCrop does not: it
 # crops the centre). Left out of the exported graph, where their random ops have no ONNX form.

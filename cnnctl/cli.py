@@ -459,8 +459,8 @@ def _warn_if_training(source, model_file: Path | None) -> None:
 )
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the results to a file (.json, else CSV).",
+    type=click.Path(path_type=Path),
+    help="Write the results to a file (.json, else CSV); segmentation: a folder of masks.",
 )
 @json_option
 @global_options
@@ -499,6 +499,16 @@ def predict(
         raise DataError(
             "no image could be read", "pass PNG or JPEG files, folders of them, or globs"
         )
+    if output is not None and source.task.spatial_output:  # outputs are images: files of them
+        from cnnctl import report
+        from cnnctl.scoring.masks import write_masks
+
+        classes = (
+            len(source.names) if source.names else 1 + max(int(i.mask.max()) for i in result.items)
+        )
+        written = write_masks(result, output, classes)
+        _note(f"wrote {report.plural(len(written) // 2, 'mask')} and overlays to {output}")
+        output = None
     _show_predictions(result, paths, output, "json" if as_json else output_format)
     if result.failures:
         from cnnctl import report
@@ -515,6 +525,8 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
     if output is not None:
         from cnnctl.runs import write_text
 
+        if output.is_dir():
+            raise click.UsageError(f"--output {output}: is a folder; give a file name")
         fmt = fmt or ("json" if output.suffix == ".json" else "csv")
         if fmt == "table":
             raise click.UsageError(

@@ -39,7 +39,26 @@ def _labels(task: Task, n: int, seed: int = 0) -> np.ndarray:
         return y
     if task.name == "regression":  # three numbers per image
         return rng.normal(size=(n, 3)).astype(np.float32)
+    if task.name == "segmentation":  # a 4x4 mask per image, some pixels ignored (255)
+        y = rng.integers(0, 3, (n, 4, 4))
+        y[:, 0, 0] = 255
+        y[np.arange(n) % 3 == 0, 1, :3] = [0, 1, 2]  # every class seen
+        return y
     return rng.integers(0, 3, n)
+
+
+def _outputs(task: Task, n: int, seed: int = 0) -> np.ndarray:
+    """Outputs of a model for `n` examples of 3 classes (labels, targets): per pixel for
+    segmentation."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 4, 4) if task.spatial_output else (n,)
+    return rng.dirichlet(np.ones(3), size=shape).astype(np.float32)
+
+
+def _head(task: Task, outputs: int) -> tuple:
+    """The output shape of a network with `outputs` values per example (per pixel of the MNIST
+    config's 28x28 input for segmentation)."""
+    return (None, 28, 28, outputs) if task.spatial_output else (None, outputs)
 
 
 # Labels no source of the task may give: out of range or not finite.
@@ -47,6 +66,7 @@ BAD_LABELS = {
     "classification": np.array([0.5, -1.0]),
     "multilabel": np.array([[0.5, -1.0]]),
     "regression": np.array([[0.5, np.nan]]),
+    "segmentation": np.array([[0.5, -1.0]]),
 }
 
 
@@ -54,6 +74,9 @@ def _head_config(task: Task, write):
     """The MNIST config with its task, the last layer's activation the one the task wants."""
     text = (REPO / "configs" / "mnist.yaml").read_text()
     activation = {"multilabel": "sigmoid", "regression": "linear"}.get(task.name)
+    if task.spatial_output:
+        text = text.replace("  loss: categorical_crossentropy\n", "")
+        return load_config(write("head.yaml", f"task: {task.name}\n{text}"))
     if activation is None:
         return load_config(REPO / "configs" / "mnist.yaml")
     text = text.replace("softmax", activation).replace("  loss: categorical_crossentropy\n", "")
@@ -82,7 +105,7 @@ def test_output_names_come_from_the_source_or_the_labels(task):
 def test_scores_reports_rows_and_parity_from_outputs_alone(task, tmp_path):
     rng = np.random.default_rng(0)
     y = task.encode_labels(_labels(task, 40), "x")
-    outputs = rng.dirichlet(np.ones(3), size=40).astype(np.float32)
+    outputs = _outputs(task, 40)
     names = ["a", "b", "c"]
     metrics = task.score(outputs, y)
     assert task.headline[0] in metrics and all(np.isfinite(v) for v in metrics.values())
@@ -100,15 +123,15 @@ def test_scores_reports_rows_and_parity_from_outputs_alone(task, tmp_path):
 
 
 def test_tta_merge_of_two_equal_views_is_that_view(task):
-    outputs = np.random.default_rng(1).random((4, 3)).astype(np.float32)
+    outputs = _outputs(task, 4, seed=1)
     assert np.allclose(task.merge_tta(outputs, outputs), outputs)
 
 
 def test_a_head_of_the_wrong_size_is_named_at_the_last_layer(task, write):
     config = _head_config(task, write)
     with pytest.raises(ConfigError, match=r"\.yaml:\d+:\d+: model.layers\[5\]"):
-        task.check_head((None, 10), 3, config)
-    task.check_head((None, 10), 10, config)  # the right size passes
+        task.check_head(_head(task, 10), 3, config)
+    task.check_head(_head(task, 10), 10, config)  # the right size passes
 
 
 @pytest.mark.parametrize("task_name", ["multilabel", "regression"])

@@ -33,7 +33,7 @@ BUILTIN_DATASETS = tuple(BUILTIN_SHAPES)
 # A run's, a study's or a trial's name: also a folder name, so no separators and no dot first.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # What a label is: one module each in cnnctl/tasks/ (the registry there checks it is this list).
-TASKS = ("classification", "multilabel", "regression")
+TASKS = ("classification", "multilabel", "regression", "segmentation")
 SPLITS = ("train", "validation", "test")  # the three splits every dataset is read into
 TTA_MODES = ("none", "horizontal_flip")  # test-time augmentation: none, or image + mirror
 # Classification losses, and whether each wants one-hot labels.
@@ -47,18 +47,22 @@ LOSSES = {
     "mse": False,  # regression
     "mae": False,
     "huber": False,
+    "dice": False,  # segmentation: 1 - mean Dice over the classes, ignore_index left out
+    "crossentropy_dice": False,  # segmentation: sparse cross-entropy + Dice
 }
 # The losses each task takes; the first is its default. Classification keeps its own list.
 TASK_LOSSES = {
     "classification": tuple(LOSSES)[:5],
     "multilabel": ("binary_crossentropy",),
     "regression": ("mse", "mae", "huber"),
+    "segmentation": ("sparse_categorical_crossentropy", "dice", "crossentropy_dice"),
 }
 # Metrics compiled when train.metrics is not given (classification: accuracy, as before).
 TASK_METRICS = {
     "classification": ["accuracy"],
     "multilabel": ["binary_accuracy"],
     "regression": ["mae"],
+    "segmentation": ["mean_iou"],  # over the classes, ignore_index left out
 }
 SMOOTHED_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy")
 
@@ -71,7 +75,7 @@ class _Strict(BaseModel):
 
 
 # Layer types that hold layers of their own (cnnctl/blocks.py builds them).
-NESTING_TYPES = ("Residual",)
+NESTING_TYPES = ("Residual", "Skip")
 
 
 class ObjectSpec(_Strict):
@@ -80,7 +84,7 @@ class ObjectSpec(_Strict):
     type: str
     args: dict[str, Any] = Field(default_factory=dict)
     layers: list[ObjectSpec] | None = (
-        None  # a Residual block's own layers, validated like model.layers
+        None  # a Residual or Skip block's own layers, validated like model.layers
     )
 
     @model_validator(mode="before")
@@ -127,6 +131,10 @@ class DataConfig(_Strict):
     # regression: a number column, or a list of them
     label_column: str | list[str] = "label"
     standardize_targets: bool | None = None  # regression: train on (y - mean) / std
+    # segmentation: the class of each mask value (default: the folder's classes.txt), and the
+    # mask value left out of loss and metrics
+    classes: list[str] | None = Field(default=None, min_length=2)
+    ignore_index: int = Field(default=255, ge=0, le=65535)
     image_shape: list[int] | None = Field(
         default=None, min_length=3, max_length=3
     )  # CSV; default: the model's
@@ -182,7 +190,7 @@ def mode_of(monitor: str, mode: str = "auto") -> str:
         return mode
     return (
         "max"
-        if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1"))
+        if any(word in monitor for word in ("acc", "auc", "precision", "recall", "f1", "iou"))
         else "min"
     )
 

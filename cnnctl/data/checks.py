@@ -26,6 +26,7 @@ class Checks:
     duplicates: dict[str, int] = field(default_factory=dict)  # "train/test" -> images in both
     skipped: tuple[tuple[str, str], ...] = ()
     warnings: list[str] = field(default_factory=list)
+    counted: str = "images"  # what `counts` counts: images, or pixels (segmentation)
 
 
 def check_dataset(dataset: Dataset, task: Task | None = None) -> Checks:
@@ -43,7 +44,11 @@ def check_dataset(dataset: Dataset, task: Task | None = None) -> Checks:
             )
         counts[split] = task.label_counts(y, k)
     checks = Checks(
-        dataset.class_names, counts, skipped=dataset.skipped, warnings=list(dataset.warnings)
+        dataset.class_names,
+        counts,
+        skipped=dataset.skipped,
+        warnings=list(dataset.warnings),
+        counted=task.counted,
     )
     digests = {split: _digests(dataset.split(split)[0]) for split in SPLITS}
     validation_is_test = dataset.x_val is dataset.x_test

@@ -103,6 +103,11 @@ def load_arrays(
         )
     where = data.where(("path",))
     if path.is_dir():
+        if task.mask_labels:  # images/ and masks/: labels are images too
+            from cnnctl.data.masks import load_mask_folder
+
+            task.check_source("mask_folder", where)
+            return load_mask_folder(path, image_shape_of(data, input_shape), data)
         if is_idx_folder(path):
             task.check_source("idx", where)
             return load_idx_folder(path)
@@ -236,6 +241,10 @@ def num_classes_of(config: Config) -> int | None:
     if config.data.dataset:
         return len(BUILTINS[config.data.dataset].classes)
     path = Path(config.data.path)
+    if task_of(config).mask_labels:  # images/ and masks/: data.classes or classes.txt
+        from cnnctl.data.masks import class_names, is_mask_folder
+
+        return len(class_names(path, config.data)) if is_mask_folder(path) else None
     if path.is_dir() and not is_idx_folder(path):
         from cnnctl.data.index import folder_classes
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -29,11 +31,16 @@ def training_batches(
     one_hot: bool,
     first_epoch: int,
     epochs: int,
+    joint: Sequence[Any] = (),
+    ignore_index: int = 255,
+    pixel_weights: np.ndarray | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches for epochs `first_epoch`..`epochs - 1`, and the number of steps per epoch.
 
     Each epoch's order depends only on (seed, epoch), so a resumed run sees
-    exactly the batches the uninterrupted run would have seen.
+    exactly the batches the uninterrupted run would have seen. `joint`: augmentation layers
+    that move each image and its mask together (labels are masks); `pixel_weights`: a weight
+    per class, given to each mask pixel's loss as its sample weight (ignored pixels: 0).
     """
     if not isinstance(x, np.ndarray):  # images still in files: streamed
         from cnnctl.data import stream
@@ -58,9 +65,41 @@ def training_batches(
         tf.data.Dataset.range(first_epoch, epochs)
         .flat_map(epoch_order)
         .map(_gather(x_t, y_t, num_classes, one_hot), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
     )
-    return batches, math.ceil(n / batch_size)
+    if joint:
+        batches = batches.map(together(joint, ignore_index))
+    if pixel_weights is not None:
+        batches = batches.map(weighed(pixel_weights, ignore_index))
+    return batches.prefetch(tf.data.AUTOTUNE), math.ceil(n / batch_size)
+
+
+def weighed(weights: np.ndarray, ignore_index: int):
+    """(images, masks) -> (images, masks, the weight of each pixel's class; 0 where ignored)."""
+    table = tf.constant(np.append(weights, 0.0).astype(np.float32))
+    classes = len(weights)
+
+    def apply(images: tf.Tensor, masks: tf.Tensor):
+        index = tf.where(masks == ignore_index, classes, tf.minimum(masks, classes))
+        return images, masks, tf.gather(table, tf.cast(index, tf.int32))
+
+    return apply
+
+
+def together(layers: Sequence[Any], ignore_index: int):
+    """A batch of images and masks through the same random geometric layers: the mask rides as
+    one more channel. It is shifted by one first, so that pixels a layer fills with 0 (from
+    outside the image, fill_mode constant) come back as ignore_index."""
+
+    def apply(images: tf.Tensor, masks: tf.Tensor):
+        stacked = tf.concat([images, tf.cast(masks + 1, tf.float32)[..., None]], axis=-1)
+        for layer in layers:
+            stacked = layer(stacked, training=True)
+        moved = tf.cast(tf.round(stacked[..., -1]), masks.dtype)
+        return stacked[..., :-1], tf.where(
+            moved == 0, tf.cast(ignore_index, masks.dtype), moved - 1
+        )
+
+    return apply
 
 
 def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, num_classes: int, one_hot: bool):

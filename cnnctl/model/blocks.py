@@ -1,4 +1,5 @@
-"""Blocks: a `Residual` stack or a pretrained Keras Applications `Backbone`, built as one layer.
+"""Blocks: a `Residual` stack, a `Skip` (U-Net level) or a pretrained Keras Applications
+`Backbone`, built as one layer.
 
 Each block is a small functional model made only of standard Keras layers, so it
 sits in the top-level Sequential as one layer and saves and loads through `.keras`
@@ -23,8 +24,9 @@ from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, DataError, ModelFileError, first_line
 from cnnctl.suggest import suggest
 
-BLOCK_TYPES = ("Residual", "Backbone")
+BLOCK_TYPES = ("Residual", "Skip", "Backbone")
 RESIDUAL_ARGS = ("layers", "shortcut", "activation", "name")
+SKIP_ARGS = ("layers", "merge", "name")
 BACKBONE_ARGS = ("name", "weights", "trainable", "pooling")
 MAX_WEIGHTS_BYTES = 2 * 2**30
 PREPROCESS = "preprocess"  # the name of a Backbone's frozen input-preprocessing layer
@@ -100,9 +102,11 @@ def build_block(
     make: MakeLayer,
     offline: bool = False,
 ) -> keras.Model:
-    """The `Residual` or `Backbone` at `path`, for inputs of `shape` (batch axis first)."""
+    """The `Residual`, `Skip` or `Backbone` at `path`, for inputs of `shape` (batch axis first)."""
     if spec.type == "Residual":
         return _residual(spec, shape, config, path, make)
+    if spec.type == "Skip":
+        return _skip(spec, shape, config, path, make)
     return _backbone(spec, shape, config, path, offline)
 
 
@@ -161,23 +165,7 @@ def _residual(
         str(p) for p in path[2:] if isinstance(p, int)
     )
     inputs = keras.Input(shape=tuple(shape[1:]))
-    x = inputs
-    for index, inner in enumerate(spec.layers):
-        where = (*path, "layers", index)
-        if inner.type == "Backbone":
-            raise ConfigError(
-                f"{config.where(where)}: a Backbone cannot sit inside a Residual block",
-                "put the Backbone in model.layers itself",
-            )
-        layer = make(inner, tuple(x.shape), config, where)
-        try:
-            x = layer(x)
-        except Exception as error:  # Keras raises many kinds for impossible shapes
-            raise ConfigError(
-                f"{config.where(where)}: {inner.type} cannot take an input of shape "
-                f"{tuple(x.shape)}: {first_line(error)}",
-                "check the sizes of this layer and of the layers before it",
-            ) from None
+    x = _path(spec, inputs, config, path, make)
     where = config.where((*path, "shortcut") if "shortcut" in spec.args else path)
     outputs = keras.layers.Add(name=f"{name}_add")([x, _shortcut(inputs, x, shortcut, where, name)])
     if spec.args.get("activation") is not None:
@@ -189,6 +177,69 @@ def _residual(
                 "use a Keras activation name such as relu",
             ) from None
     return keras.Model(inputs, outputs, name=name)
+
+
+def _path(spec: ObjectSpec, inputs: Any, config: Config, path: tuple, make: MakeLayer) -> Any:
+    """A block's own layers applied to `inputs`, each mistake named at its line."""
+    x = inputs
+    for index, inner in enumerate(spec.layers or ()):
+        where = (*path, "layers", index)
+        if inner.type == "Backbone":
+            raise ConfigError(
+                f"{config.where(where)}: a Backbone cannot sit inside a {spec.type} block",
+                "put the Backbone in model.layers itself",
+            )
+        layer = make(inner, tuple(x.shape), config, where)
+        try:
+            x = layer(x)
+        except Exception as error:  # Keras raises many kinds for impossible shapes
+            raise ConfigError(
+                f"{config.where(where)}: {inner.type} cannot take an input of shape "
+                f"{tuple(x.shape)}: {first_line(error)}",
+                "check the sizes of this layer and of the layers before it",
+            ) from None
+    return x
+
+
+# --------------------------------------------------------------------------- Skip
+
+
+def _skip(spec: ObjectSpec, shape: tuple, config: Config, path: tuple, make: MakeLayer) -> Any:
+    """merge(x, layers(x)): a U-Net level. The path must give back the height and width it was
+    given (pool, then upsample), so that its output lines up with its input pixel for pixel."""
+    _check_args(spec, SKIP_ARGS, config, path)
+    if not spec.layers:
+        raise ConfigError(
+            f"{config.where(path)}: a Skip block needs `layers:`, the layers of its path",
+            "for example layers: [MaxPooling2D, {type: Conv2D, filters: 32, kernel_size: 3, "
+            "padding: same}, {type: UpSampling2D, size: 2}]",
+        )
+    merge = _choice(spec, "merge", ("concatenate", "add"), "concatenate", config, path)
+    name = spec.args.get("name") or "skip_" + "_".join(
+        str(p) for p in path[2:] if isinstance(p, int)
+    )
+    inputs = keras.Input(shape=tuple(shape[1:]))
+    x = _path(spec, inputs, config, path, make)
+    a, b = tuple(inputs.shape[1:]), tuple(x.shape[1:])
+    if len(a) != len(b) or a[:-1] != b[:-1]:
+        raise ConfigError(
+            f"{config.where(path)}: the Skip block's layers turn shape {a} into {b}; its path "
+            "must keep height and width",
+            "upsample as often as you pool inside the block (UpSampling2D or Conv2DTranspose "
+            "with strides 2 after each MaxPooling2D), with padding: same",
+        )
+    if merge == "add" and a != b:
+        where = config.where((*path, "merge"))
+        raise ConfigError(
+            f"{where}: merge: add needs the path to keep the channels too; it turns {a} into {b}",
+            f"set merge: concatenate, or end the path with {a[-1]} filters",
+        )
+    merged = (
+        keras.layers.Concatenate(name=f"{name}_concat")([inputs, x])
+        if merge == "concatenate"
+        else keras.layers.Add(name=f"{name}_add")([inputs, x])
+    )
+    return keras.Model(inputs, merged, name=name)
 
 
 def _shortcut(inputs: Any, outputs: Any, mode: str, where: str, name: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from cnnctl.allowlist import AUGMENTATIONS, LAYERS, OPTIMIZERS
+from cnnctl.allowlist import AUGMENTATIONS, GEOMETRIC, LAYERS, OPTIMIZERS
 from cnnctl.config import Config, ObjectSpec
 from cnnctl.errors import ConfigError, first_line
 from cnnctl.limits import limit
@@ -79,9 +79,12 @@ def _build(
     model = keras.Sequential(name=config.name.replace("-", "_").replace(".", "_"))
     model.add(keras.Input(shape=tuple(config.model.input_shape)))
     # Augmentation sees raw 0..255 pixels, the range Keras' augmentation layers assume by default.
+    joint = task_of(config).mask_labels  # geometric ones move the masks too: in the pipeline
     for index, spec in enumerate(config.data.augment):
         path = ("data", "augment", index)
-        model.add(_instantiate(spec, _resolve(spec, "augmentation", config, path), config, path))
+        layer = _instantiate(spec, _resolve(spec, "augmentation", config, path), config, path)
+        if not (joint and spec.type in GEOMETRIC):
+            model.add(layer)
     if config.data.normalize:
         # Inside the model, so that a saved model takes raw 0..255 pixels.
         model.add(keras.layers.Rescaling(1.0 / 255, name="normalize"))
@@ -110,6 +113,23 @@ def _build(
     return model
 
 
+def joint_augmentation(config: Config) -> list[Any]:
+    """The geometric layers of data.augment, for images and masks moved together in the input
+    pipeline (where labels are masks; else none): nearest-neighbour sampling, so that a mask
+    keeps its class values."""
+    if not task_of(config).mask_labels:
+        return []
+    layers = []
+    for index, spec in enumerate(config.data.augment):
+        if spec.type not in GEOMETRIC:
+            continue
+        path = ("data", "augment", index)
+        cls = _resolve(spec, "augmentation", config, path)
+        nearest = {"interpolation": "nearest"} if "interpolation" in _arguments_of(cls) else {}
+        layers.append(_instantiate(spec, cls, config, path, nearest))
+    return layers
+
+
 def _layer(
     spec: ObjectSpec, shape: tuple, config: Config, path: tuple, extra: dict | None = None
 ) -> Any:
@@ -131,24 +151,29 @@ def compile_model(model: keras.Model, config: Config, steps_per_epoch: int | Non
     optimizer = _instantiate(
         train.optimizer, _resolve(train.optimizer, "optimizer", config, path), config, path
     )
-    for index, name in enumerate(train.metrics):  # given as named, Keras logs them by that name
+    task = task_of(config)
+    outputs = model.output_shape[-1]
+    metrics: list[Any] = []
+    for index, name in enumerate(train.metrics):
+        made = task.metric_object(name, config, outputs)
+        metrics.append(name if made is None else made)  # by name, Keras logs it by that name
         try:
-            name in ("accuracy", "acc") or keras.metrics.get(name)
+            made is not None or name in ("accuracy", "acc") or keras.metrics.get(name)
         except ValueError:
             known = ["accuracy", *(n for n in keras.metrics.__dict__ if not n.startswith("_"))]
             raise ConfigError(
                 f"{config.where(('train', 'metrics', index))}: unknown metric "
                 f"'{name}'{suggest(name, known)}",
-                task_of(config).metric_hint(),
+                task.metric_hint(),
             ) from None
-    loss: Any = train.loss
+    loss: Any = task.loss_object(config, outputs) or train.loss
     if train.label_smoothing:  # categorical_crossentropy -> keras.losses.CategoricalCrossentropy
         loss_class = getattr(keras.losses, train.loss.title().replace("_", ""))
         loss = loss_class(label_smoothing=train.label_smoothing)
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=list(train.metrics),
+        metrics=metrics,
         jit_compile=train.jit_compile,
         steps_per_execution=steps_per_execution(train.steps_per_execution, steps_per_epoch),
     )

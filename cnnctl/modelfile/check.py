@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cnnctl.allowlist import OWN_OBJECTS
 from cnnctl.errors import ModelFileError, first_line
 from cnnctl.limits import refuse_over
 
@@ -104,6 +105,8 @@ def check_config(path: Path, config: Any) -> None:
         if not isinstance(name, str):
             raise ModelFileError(f"{path}: damaged model config (class_name {name!r})")
         if name == KERAS_TENSOR and module is None and _plain_tensor(item):
+            continue
+        if (module, registered) in OWN_OBJECTS and owner is None:  # cnnctl's own loss
             continue
         if module is not None and (not isinstance(module, str) or module.split(".")[0] != "keras"):
             raise ModelFileError(f"{path}: refused: it names code from module '{module}'", GUIDE)

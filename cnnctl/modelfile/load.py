@@ -61,6 +61,8 @@ def load_model(path: Path, compile: bool = True, legacy_h5: bool = False) -> Any
 def _keras_load(path: Path, source: Path, compile: bool) -> Any:
     import keras
 
+    import cnnctl.tasks.pixel_loss  # noqa: F401  registers cnnctl's own loss (OWN_OBJECTS)
+
     try:
         return keras.saving.load_model(source, safe_mode=True, compile=compile)
     except ValueError as error:

@@ -14,6 +14,7 @@ from cnnctl.report.figures import (
     save_residuals,
     save_scatter,
 )
+from cnnctl.report.masks import colour_mask, mask_colours, overlay, save_mask_gallery
 from cnnctl.report.tables import (
     Column,
     TrainingDisplay,
@@ -41,7 +42,11 @@ __all__ = [
     "TrainingDisplay",
     "check_warnings",
     "checks_table",
+    "colour_mask",
     "compare_figure",
+    "mask_colours",
+    "overlay",
+    "save_mask_gallery",
     "curves_figure",
     "datasets_table",
     "epoch_line",

@@ -243,7 +243,9 @@ def predictions_table(
     table = Table(show_edge=False)
     table.add_column("image", no_wrap=True)
     table.add_column("class", no_wrap=True)
-    table.add_column("prob", justify="right", no_wrap=True)
+    # a mask's rows give each class's share of the pixels, not a probability
+    measure = "share" if any(item.mask is not None for item in predictions) else "prob"
+    table.add_column(measure, justify="right", no_wrap=True)
     if keep_rest:
         table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
     for path, label, item, others in zip(paths, labels, predictions, rest, strict=True):
@@ -366,7 +368,8 @@ def predictions_csv(predictions: Sequence[Prediction]) -> str:
 
 def checks_table(checks: Any) -> Group:
     """Images per class and split, then the warnings (leakage, unreadable files, checksums)."""
-    table = Table(show_edge=False, title="images per class", title_justify="left")
+    counted = getattr(checks, "counted", "images")
+    table = Table(show_edge=False, title=f"{counted} per class", title_justify="left")
     table.add_column("class", overflow="ellipsis", max_width=24)
     for split in checks.counts:
         table.add_column(split, justify="right")
@@ -383,7 +386,19 @@ def checks_table(checks: Any) -> Group:
         )
     table.add_section()
     table.add_row("total", *(f"{sum(c):,}" for c in checks.counts.values()))
-    return Group(table, *check_warnings(checks))
+    return Group(table, *check_warnings(checks), *skipped_lines(checks.skipped))
+
+
+SKIPPED_SHOWN = 20  # files listed by `datasets check`; --json lists them all
+
+
+def skipped_lines(skipped: Sequence[tuple[str, str]]) -> list[Text]:
+    """Each file left out, `path: reason` (the first SKIPPED_SHOWN, then how many more)."""
+    lines = [Text(f"  {safe_text(path)}: {safe_text(reason)}") for path, reason in skipped]
+    if len(lines) > SKIPPED_SHOWN:
+        more = len(lines) - SKIPPED_SHOWN
+        lines = [*lines[:SKIPPED_SHOWN], Text(f"  ... and {more:,} more (all in --json)")]
+    return [Text("skipped:", style="yellow"), *lines] if lines else []
 
 
 def check_warnings(checks: Any) -> list[Text]:

@@ -94,9 +94,11 @@ class Prediction:
 
     path: str
     top: list[Guess]
+    # segmentation: the class of each pixel (what predict writes as a mask file); not in JSON
+    mask: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"path": self.path, "top": [asdict(guess) for guess in self.top]}
 
 
 @dataclass

@@ -68,6 +68,13 @@ class Task(ABC):
     # The one test figure that ranks runs of this task (compare, report, tracking), and whether
     # higher ("max") or lower ("min") is better: a key of metrics.json's "test".
     headline: ClassVar[tuple[str, str]] = ("accuracy", "max")
+    # Whether labels are images too (masks beside the images: data/masks.py reads them).
+    mask_labels: ClassVar[bool] = False
+    counted: ClassVar[str] = "images"  # what label_counts counts, for `datasets check`
+
+    def use_config(self, config: Config) -> None:
+        """Take up the config's settings the task scores with (nothing by default)."""
+        return None
 
     # --------------------------------------------------------------------------- labels
 
@@ -153,6 +160,22 @@ class Task(ABC):
             f"not to task: {self.name}",
             "remove train.class_weight",
         )
+
+    def loss_object(self, config: Config, outputs: int) -> Any:
+        """A Keras loss object to compile with, where the task makes its own; None: train.loss
+        by name (the default). Imports Keras only when called."""
+        return None
+
+    def metric_object(self, name: str, config: Config, outputs: int) -> Any:
+        """A Keras metric object for the name under train.metrics, where the task makes its
+        own; None: Keras' metric of that name (the default)."""
+        return None
+
+    def pixel_weights(self, config: Config, y: np.ndarray, names: Sequence[str]) -> Any:
+        """A weight per class for every labelled pixel's loss (labels that are masks), from
+        train.class_weight, as a numpy vector; None by default (`class_weights` serves the
+        tasks whose labels Keras' class_weight understands)."""
+        return None
 
     @abstractmethod
     def metric_hint(self) -> str:

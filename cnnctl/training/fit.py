@@ -24,7 +24,7 @@ from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
 from cnnctl.errors import Interrupted, TrainingFailed
 from cnnctl.limits import EVAL_BATCH
-from cnnctl.model.builder import build_model, compile_model
+from cnnctl.model.builder import build_model, compile_model, joint_augmentation
 from cnnctl.modelfile.load import load_model
 from cnnctl.runs import (
     Run,
@@ -196,6 +196,9 @@ def _fit(
         one_hot=task_of(config).one_hot(train),
         first_epoch=state.epoch,
         epochs=train.epochs,
+        joint=joint_augmentation(config),  # masks: geometric augmentation moves them too
+        ignore_index=config.data.ignore_index,
+        pixel_weights=task_of(config).pixel_weights(config, dataset.y_train, dataset.class_names),
     )
     validation = eval_batches(
         dataset.x_val,

@@ -1,0 +1,242 @@
+"""Segmentation data: images with a mask each, whose pixel values are class indices.
+
+    DIR/images/[train/|test/]NAME.png   the images (any format cnnctl reads)
+    DIR/masks/[train/|test/]NAME.png    one single-channel PNG each (8 or 16 bit grey, or
+                                        palette read as indices), the image's own size
+    DIR/classes.txt                     one class name a line (index = pixel value); or
+                                        data.classes
+
+A pair is skipped, and reported as `path: reason`, where its mask is missing, unreadable, of
+another size than its image, or holds a value that is neither a class nor data.ignore_index; a
+mask without an image is reported too. Every file is opened as a regular file only and its
+size checked from the header before it is decoded (limits.py). Decoded pairs are kept in
+memory, within the same budget as image folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from struct import error as struct_error
+
+import numpy as np
+
+from cnnctl.config import DataConfig
+from cnnctl.data.images import ImageError, image_paths, load_image, size_refusal
+from cnnctl.data.index import SPLIT_FOLDERS
+from cnnctl.data.sources import Arrays
+from cnnctl.errors import ConfigError, DataError
+from cnnctl.limits import open_regular, read_bounded
+
+MASK_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")  # single channel, 8 or 16 bit
+CLASSES_FILE = "classes.txt"
+
+
+def is_mask_folder(folder: Path) -> bool:
+    return (folder / "images").is_dir() and (folder / "masks").is_dir()
+
+
+def class_names(folder: Path, data: DataConfig) -> tuple[str, ...]:
+    """data.classes, else the folder's classes.txt (one name a line)."""
+    if data.classes:
+        return tuple(data.classes)
+    file = folder / CLASSES_FILE
+    if not file.exists():
+        raise ConfigError(
+            f"{data.where(('path',))}: {folder} has no {CLASSES_FILE} and data.classes is not "
+            "given",
+            "list the class of each mask value: data.classes: [background, cell, ...], "
+            f"or write {file} with one name a line",
+        )
+    text = read_bounded(file, DataError).decode("utf-8", errors="replace")
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) < 2:
+        raise DataError(f"{file}: {len(names)} class names; a mask needs at least 2 classes")
+    return names
+
+
+def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig) -> Arrays:
+    """Images and masks of `folder` as arrays: images (N, H, W, C) uint8 at `shape`, masks
+    (N, H, W) int32 (resized with nearest-neighbour where the images are), per split."""
+    if data.cache in ("none", "disk"):
+        raise ConfigError(
+            f"{data.where(('cache',))}: task: segmentation keeps its images and masks in memory",
+            "remove data.cache (or set it to auto or memory)",
+        )
+    if not is_mask_folder(folder):
+        raise DataError(
+            f"{folder}: task: segmentation reads a folder with images/ and masks/",
+            "put each image in images/ and its mask (same name, .png) in masks/",
+        )
+    names = class_names(folder, data)
+    skipped: list[tuple[str, str]] = []
+    pairs = _pairs(folder, skipped)
+    budget = _memory_budget()
+    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1]
+    if len(pairs) * per_pair > budget:
+        raise DataError(
+            f"{folder}: {len(pairs):,} pairs take {len(pairs) * per_pair:,} bytes decoded, more "
+            f"than a quarter of this machine's memory ({budget:,})",
+            "use fewer or smaller images (data.image_size)",
+        )
+    found: dict[str, tuple[list, list, list]] = {}
+    for split, image, mask in pairs:
+        try:
+            pixels, labels = read_pair(image, mask, shape, len(names), data.ignore_index)
+        except ImageError as error:
+            skipped.append(_reason(error, image))
+            continue
+        xs, ys, files = found.setdefault(split, ([], [], []))
+        xs.append(pixels)
+        ys.append(labels)
+        files.append(image)
+    if "train" not in found:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"{folder}: no usable pair of image and mask{first}")
+
+    def stack(split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if split not in found:
+            return None, None
+        return np.stack(found[split][0]), np.stack(found[split][1])
+
+    x_train, y_train = stack("train")
+    x_test, y_test = stack("test")
+    x_val, y_val = stack("validation")
+    return Arrays(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        names,
+        str(folder),
+        x_val=x_val,
+        y_val=y_val,
+        skipped=tuple(skipped),
+        files={split: tuple(files) for split, (_, _, files) in found.items()},
+    )
+
+
+def _memory_budget() -> int:
+    from cnnctl.data.folders import memory_budget
+
+    return memory_budget()
+
+
+def _reason(error: ImageError, image: str) -> tuple[str, str]:
+    """`(path, reason)`: the mask's path where the reason is the mask's (it says so first)."""
+    text = str(error)
+    if text.startswith("mask "):
+        path, _, reason = text.removeprefix("mask ").partition(": ")
+        return path, reason
+    return image, text
+
+
+def _pairs(folder: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(split, image, mask) for each image; images without a mask and masks without an image
+    go to `skipped`."""
+    images_root, masks_root = folder / "images", folder / "masks"
+    splits = {
+        SPLIT_FOLDERS[p.name]: p.name
+        for p in sorted(images_root.iterdir())
+        if p.is_dir() and p.name in SPLIT_FOLDERS
+    }
+    masks = {
+        os.path.splitext(os.path.relpath(p, masks_root))[0]: p for p in image_paths(masks_root)
+    }
+    pairs, used = [], set()
+    for image in image_paths(images_root):
+        relative = os.path.relpath(image, images_root)
+        top = relative.split(os.sep, 1)[0]
+        split = next((s for s, name in splits.items() if name == top), "train")
+        key = os.path.splitext(relative)[0]
+        mask = masks.get(key)
+        if mask is None:
+            skipped.append((image, f"no mask (expected {masks_root / key}.png)"))
+            continue
+        used.add(key)
+        pairs.append((split, image, mask))
+    for key in sorted(set(masks) - used):
+        skipped.append((masks[key], "a mask without an image"))
+    if splits and "train" not in splits:
+        raise DataError(
+            f"{images_root}: has {', '.join(sorted(splits.values()))}/ but no train/",
+            "put the training images in images/train/ and their masks in masks/train/",
+        )
+    return pairs
+
+
+def read_pair(
+    image: str, mask: str, shape: tuple[int, int, int], classes: int, ignore: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image at `shape` and its mask at the same height and width; `ImageError` if either
+    cannot be used (a mask's reason starts with `mask PATH: `)."""
+    width, height = image_size(Path(image))
+    labels = read_mask(Path(mask), (width, height), classes, ignore)
+    pixels = load_image(Path(image), shape[0], shape[1], shape[2])
+    if labels.shape != (shape[0], shape[1]):
+        from PIL import Image
+
+        labels = np.asarray(
+            Image.fromarray(labels).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        )
+    return pixels, labels.astype(np.int32)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """An image's width and height, from its header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open_regular(path, DataError) as stream, Image.open(stream) as opened:
+            return opened.width, opened.height
+    except DataError as error:
+        raise ImageError(str(error.message).removeprefix(f"{path}: ")) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:
+        raise ImageError(f"damaged image header ({error})") from None
+
+
+def read_mask(path: Path, size: tuple[int, int], classes: int, ignore: int) -> np.ndarray:
+    """A mask's class indices (H, W), uint8 or uint16, checked: single channel, `size`
+    (width, height), and every value a class (0..classes-1) or `ignore`."""
+    from PIL import Image, UnidentifiedImageError
+
+    def refuse(reason: str) -> ImageError:
+        return ImageError(f"mask {path}: {reason}")
+
+    Image.MAX_IMAGE_PIXELS = None  # the header is checked below, with cnnctl's own limit
+    try:
+        stream = open_regular(path, DataError)
+    except DataError as error:
+        raise refuse(str(error.message).removeprefix(f"{path}: ")) from None
+    try:
+        with stream, Image.open(stream) as opened:
+            refusal = size_refusal(opened.width, opened.height, opened.mode)
+            if refusal:
+                raise refuse(refusal)
+            if opened.mode not in MASK_MODES:
+                raise refuse(
+                    f"a mask must be single-channel (8 or 16 bit grey, or palette), got "
+                    f"{opened.mode}"
+                )
+            if opened.size != size:
+                raise refuse(
+                    f"mask is {opened.width}x{opened.height} but its image is {size[0]}x{size[1]}"
+                )
+            opened.load()
+            values = np.asarray(opened)  # a palette image gives its indices
+    except UnidentifiedImageError:
+        raise refuse("not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:
+        raise refuse(f"damaged or truncated image ({error})") from None
+    if values.ndim != 2:
+        raise refuse(f"a mask must be single-channel, got shape {values.shape}")
+    bad = (values >= classes) & (values != ignore)
+    if bad.any():
+        row, column = (int(v) for v in np.argwhere(bad)[0])
+        raise refuse(
+            f"value {int(values[row, column])} at x={column}, y={row} is no class "
+            f"(0..{classes - 1}) and not ignore_index {ignore}"
+        )
+    return values.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8)

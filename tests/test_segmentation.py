@@ -1,0 +1,509 @@
+"""task: segmentation: Skip blocks (U-Nets) from YAML, masks read and vetted pair by pair, IoU
+and Dice with ignore_index, and the full path on small real scenes (real Keras): train ->
+evaluate -> predict (mask files against the model's argmax) -> export -> predict with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnctl.cli import main
+from cnnctl.config import load_config
+from cnnctl.errors import ConfigError
+from cnnctl.tasks.segmentation import Segmentation, scores
+
+UNET = """\
+name: {name}
+task: segmentation
+data:
+  path: {path}
+  validation: 0.2
+model:
+  input_shape: [64, 64, 1]
+  layers:
+    - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}
+    - type: Skip
+      layers:
+        - MaxPooling2D
+        - {{type: Conv2D, filters: 16, kernel_size: 3, padding: same, activation: relu}}
+        - type: Skip
+          layers:
+            - MaxPooling2D
+            - {{type: Conv2D, filters: 16, kernel_size: 3, padding: same, activation: relu}}
+            - {{type: UpSampling2D, size: 2}}
+        - {{type: Conv2DTranspose, filters: 16, kernel_size: 2, strides: 2, padding: same}}
+    - {{type: Conv2D, filters: {classes}, kernel_size: 1, activation: softmax}}
+train:
+  epochs: {epochs}
+  batch_size: 32
+  optimizer: {{type: Adam, learning_rate: 0.003}}
+  loss: {loss}
+"""
+
+
+def _unet(
+    path: Path, name: str = "seg", classes: int = 11, epochs: int = 2, loss="crossentropy_dice"
+):
+    return UNET.format(name=name, path=path, classes=classes, epochs=epochs, loss=loss)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_iou_and_dice_on_a_hand_computed_4x4_mask_leave_ignored_pixels_out():
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 255, 255]])
+    guess = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [2, 0, 2, 0], [2, 2, 1, 1]])
+    outputs = np.eye(3, dtype=np.float32)[guess][None]  # one-hot "probabilities"
+    task = Segmentation()
+    matrix = task.confusion(outputs, truth[None])
+    # 12 pixels counted (4 ignored): class 0 has 4, predicted 0 on 3 of them (and on one 2)
+    assert matrix.tolist() == [[3, 1, 0], [0, 4, 0], [1, 0, 3]]
+    found = scores(matrix)
+    # IoU: 0 -> 3/(4+4-3) = 0.6; 1 -> 4/(4+5-4) = 0.8; 2 -> 3/(4+3-3) = 0.75
+    assert np.allclose(found["iou"], [0.6, 0.8, 0.75])
+    assert found["mean_iou"] == pytest.approx((0.6 + 0.8 + 0.75) / 3, abs=1e-6)
+    assert np.allclose(found["dice"], [6 / 8, 8 / 9, 6 / 7])
+    assert found["pixel_accuracy"] == pytest.approx(10 / 12, abs=1e-6)
+    assert found["frequency_weighted_iou"] == pytest.approx(
+        (4 * 0.6 + 4 * 0.8 + 4 * 0.75) / 12, abs=1e-6
+    )
+    # the ignored pixels' predictions change nothing
+    other = guess.copy()
+    other[2:, 2:] = 0
+    assert task.confusion(np.eye(3)[other][None], truth[None]).tolist() == matrix.tolist()
+
+
+def test_keras_mean_iou_and_the_loss_leave_ignored_pixels_out_as_numpy_does():
+    import keras
+
+    from cnnctl.tasks.pixel_loss import PixelLoss
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (2, 4, 4))
+    truth[:, 0, :] = 255
+    outputs = rng.dirichlet(np.ones(3), size=(2, 4, 4)).astype(np.float32)
+    metric = keras.metrics.MeanIoU(3, ignore_class=255, sparse_y_pred=False)
+    metric.update_state(truth, outputs)
+    assert float(metric.result()) == pytest.approx(
+        scores(Segmentation().confusion(outputs, truth))["mean_iou"], abs=1e-5
+    )
+    ce = float(PixelLoss(3, 255, 1.0, 0.0)(truth, outputs))
+    keep = truth != 255
+    picked = np.take_along_axis(outputs, np.where(keep, truth, 0)[..., None], -1)[..., 0]
+    per_image = [-np.log(picked[i][keep[i]]).mean() for i in range(2)]
+    assert ce == pytest.approx(np.mean(per_image), rel=1e-4)
+    changed = outputs.copy()
+    changed[:, 0] = outputs[:, 0, ::-1]  # other probabilities on the ignored row only
+    for dice, crossentropy in ((1.0, 0.0), (1.0, 1.0)):
+        loss = PixelLoss(3, 255, crossentropy, dice)
+        assert float(loss(truth, outputs)) == pytest.approx(float(loss(truth, changed)), rel=1e-5)
+    perfect = np.eye(3, dtype=np.float32)[np.where(keep, truth, 0)]
+    assert float(PixelLoss(3, 255, 0.0, 1.0)(truth, perfect)) == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- Skip blocks
+
+
+ISSUE_UNET = """\
+name: unet
+task: segmentation
+data: {path: cells}
+model:
+  input_shape: [128, 128, 3]
+  layers:
+    - {type: Conv2D, filters: 16, kernel_size: 3, padding: same, activation: relu}
+    - type: Skip
+      layers:
+        - MaxPooling2D
+        - {type: Conv2D, filters: 32, kernel_size: 3, padding: same, activation: relu}
+        - type: Skip
+          layers:
+            - MaxPooling2D
+            - {type: Conv2D, filters: 64, kernel_size: 3, padding: same, activation: relu}
+            - {type: UpSampling2D, size: 2}
+        - {type: Conv2D, filters: 32, kernel_size: 3, padding: same, activation: relu}
+        - {type: UpSampling2D, size: 2}
+    - {type: Conv2D, filters: 3, kernel_size: 1, activation: softmax}
+"""
+
+
+def test_the_issues_unet_builds_as_one_sequential_of_layers_and_blocks(write):
+    from cnnctl.model.builder import build_model
+
+    model = build_model(load_config(write("unet.yaml", ISSUE_UNET)), 3)
+    assert model.output_shape == (None, 128, 128, 3)
+    skip = model.layers[2]
+    assert skip.name == "skip_1" and skip.output_shape == (None, 128, 128, 16 + 32)
+    inner = [layer.name for layer in skip.layers]
+    assert "skip_1_concat" in inner and any(name.startswith("skip_") for name in inner[1:-1])
+
+
+def test_a_skip_path_that_changes_the_size_is_named_at_its_line_with_both_shapes(write):
+    from cnnctl.model.builder import build_model
+
+    text = ISSUE_UNET.replace("        - {type: UpSampling2D, size: 2}\n", "")
+    with pytest.raises(
+        ConfigError,
+        match=r"unet.yaml:12:11: model.layers\[1\].layers\[2\]: .*shape \(64, 64, 32\) into "
+        r"\(32, 32, 32\); its path must keep height and width",
+    ):
+        build_model(load_config(write("unet.yaml", text)), 3)
+    text = ISSUE_UNET.replace("\n        - {type: UpSampling2D, size: 2}\n", "\n")  # the outer one
+    with pytest.raises(
+        ConfigError,
+        match=r"unet2.yaml:8:7: model.layers\[1\]: .*\(128, 128, 16\) into \(64, 64, 32\)",
+    ):
+        build_model(load_config(write("unet2.yaml", text)), 3)
+
+
+def test_merge_add_needs_the_channels_kept_and_merge_is_checked(write):
+    from cnnctl.model.builder import build_model
+
+    text = ISSUE_UNET.replace(
+        "    - type: Skip\n      layers:", "    - type: Skip\n      merge: add\n      layers:", 1
+    )
+    with pytest.raises(ConfigError, match=r"unet.yaml:9:14: model.layers\[1\].merge: merge: add"):
+        build_model(load_config(write("unet.yaml", text)), 3)
+    text = text.replace("merge: add", "merge: sum")
+    with pytest.raises(ConfigError, match=r"unknown value 'sum'"):
+        build_model(load_config(write("unet.yaml", text)), 3)
+
+
+def test_a_head_that_is_not_per_pixel_softmax_is_named_at_the_last_layer(write):
+    from cnnctl.model.builder import build_model
+
+    config = load_config(write("unet.yaml", ISSUE_UNET.replace("softmax", "sigmoid")))
+    with pytest.raises(ConfigError, match=r"model.layers\[2\]: .*activation is sigmoid"):
+        build_model(config, 3)
+    with pytest.raises(ConfigError, match=r"model.layers\[2\]: the last layer gives 3 classes"):
+        build_model(load_config(write("unet.yaml", ISSUE_UNET)), 5)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _pair(root: Path, name: str, image: np.ndarray, mask: Image.Image | None, split="train"):
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / "images" / split / f"{name}.png")
+    if mask is not None:
+        mask.save(root / "masks" / split / f"{name}.png")
+
+
+@pytest.fixture
+def masks_folder(tmp_path) -> Path:
+    """Good pairs in 8-bit, 16-bit and palette masks, beside one bad pair of each kind."""
+    root = tmp_path / "cells"
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    values = rng.integers(0, 3, (16, 16)).astype(np.uint8)
+    values[0, 0] = 255
+    for i in range(6):
+        _pair(root, f"good{i}", image, Image.fromarray(values, "L"))
+    _pair(root, "test0", image, Image.fromarray(values, "L"), split="test")
+    wide = Image.fromarray(values.astype(np.uint16))
+    _pair(root, "sixteen", image, wide)
+    palette = Image.fromarray(values, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [9] * (256 * 3 - 9))
+    _pair(root, "palette", image, palette)
+    bad = values.copy()
+    bad[3, 5] = 7
+    _pair(root, "badvalue", image, Image.fromarray(bad, "L"))
+    _pair(root, "nomask", image, None)
+    _pair(root, "small", image, Image.fromarray(values[:8], "L"))
+    _pair(root, "rgb", image, Image.fromarray(np.stack([values] * 3, -1), "RGB"))
+    Image.fromarray(values, "L").save(root / "masks" / "train" / "orphan.png")
+    (root / "classes.txt").write_text("background\ncell\nnucleus\n")
+    return root
+
+
+def test_masks_are_read_and_every_bad_pair_is_skipped_with_its_reason(masks_folder):
+    from cnnctl.config import DataConfig
+    from cnnctl.data.masks import load_mask_folder
+
+    arrays = load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    assert arrays.class_names == ("background", "cell", "nucleus")
+    assert arrays.x_train.shape == (8, 16, 16, 1) and arrays.y_train.shape == (8, 16, 16)
+    assert arrays.x_test.shape == (1, 16, 16, 1)
+    first = arrays.y_train[0]
+    for row in arrays.y_train:  # 8-bit, 16-bit and palette masks give the same indices
+        assert np.array_equal(row, first)
+    assert first[0, 0] == 255
+    reasons = {Path(path).name: reason for path, reason in arrays.skipped}
+    masks = masks_folder / "masks" / "train"
+    assert reasons == {
+        "badvalue.png": "value 7 at x=5, y=3 is no class (0..2) and not ignore_index 255",
+        "nomask.png": f"no mask (expected {masks / 'nomask'}.png)",
+        "small.png": "mask is 16x8 but its image is 16x16",
+        "rgb.png": "a mask must be single-channel (8 or 16 bit grey, or palette), got RGB",
+        "orphan.png": "a mask without an image",
+    }
+    assert dict(arrays.skipped)[str(masks / "badvalue.png")]  # the mask's path, not the image's
+
+
+def test_datasets_check_lists_every_skipped_pair(runner, masks_folder, write):
+    config = write(
+        "cells.yaml",
+        ISSUE_UNET.replace("cells", str(masks_folder))
+        .replace("[128, 128, 3]", "[16, 16, 1]")
+        .replace("data: {path", "data: {validation: 0.25, path"),
+    )
+    done = runner.invoke(main, ["datasets", "check", str(config)])
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())
+    assert "5 unreadable files skipped" in text
+    for name in (
+        "badvalue.png: value 7",
+        "nomask.png: no mask",
+        "small.png: mask is 16x8",
+        "rgb.png: a mask must be",
+        "orphan.png: a mask without an image",
+    ):
+        assert name in text, name
+
+
+def test_a_folder_without_classes_and_other_sources_are_refused_with_the_fix(masks_folder, write):
+    from cnnctl.data.dataset import dataset_for
+
+    (masks_folder / "classes.txt").unlink()
+    text = ISSUE_UNET.replace("cells", str(masks_folder)).replace("[128, 128, 3]", "[16, 16, 1]")
+    with pytest.raises(ConfigError, match=r"data.path: .*has no classes.txt") as error:
+        dataset_for(load_config(write("a.yaml", text)))
+    assert "data.classes" in error.value.hint
+    config = load_config(write("b.yaml", text.replace(str(masks_folder), "x.csv")))
+    Path("x.csv").write_text("path,label\n")
+    with pytest.raises(ConfigError, match="reads a folder with images/ and masks/, not a"):
+        dataset_for(config)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, scenes_csv) -> Path:
+    """A small U-Net trained once on the small scenes; returns its runs folder."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("segmentation")
+    (root / "seg.yaml").write_text(_unet(scenes_csv.parent))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNCTL_CACHE_DIR", str(root / "cache"))
+        patch.setenv("CNNCTL_OFFLINE", "1")
+        patch.chdir(root)
+        result = CliRunner().invoke(main, ["train", "seg.yaml", "--runs-dir", str(root / "runs")])
+    assert result.exit_code == 0, result.output
+    return root / "runs"
+
+
+def test_train_evaluate_predict_masks_export_and_predict_with_the_export(
+    runner, trained, scenes_csv, tmp_path
+):
+    from cnnctl.modelfile.load import load_model
+
+    run = trained / "seg"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"mean_iou", "pixel_accuracy", "frequency_weighted_iou"} <= set(metrics["test"])
+    done = runner.invoke(main, ["evaluate", "seg", "--runs-dir", str(trained)])
+    assert done.exit_code == 0, done.output
+    assert "mean IoU" in done.output and "ignore_index 255" in done.output
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["task"] == "segmentation" and len(report["per_class"]) == 11
+    assert {"iou", "dice", "pixels"} <= set(report["per_class"]["bag"])
+    assert np.asarray(report["confusion_matrix"]).shape == (11, 11)
+    assert report["ignored_pixels"] > 0
+    assert (run / "worst.png").stat().st_size > 0 and (run / "confusion_matrix.png").is_file()
+
+    # predict: one mask per image, pixel for pixel the model's argmax, at the image's own size
+    scenes = scenes_csv.parent / "images" / "test"
+    images = [scenes / f"0000{i}.png" for i in range(3)]
+    big = tmp_path / "big.png"
+    Image.open(images[0]).resize((96, 80), Image.Resampling.NEAREST).save(big)
+    out = tmp_path / "masks"
+    rows = runner.invoke(
+        main,
+        [
+            "predict",
+            "--runs-dir",
+            str(trained),
+            "--format",
+            "json",
+            "--output",
+            str(out),
+            *map(str, images),
+            str(big),
+        ],
+    )
+    assert rows.exit_code == 0, rows.output
+    shares = json.loads(rows.stdout)
+    assert len(shares) == 4 and sum(t["probability"] for t in shares[0]["top"]) == pytest.approx(
+        1, abs=1e-4
+    )
+    model = load_model(run / "model.keras", compile=False)
+    pixels = np.stack([np.asarray(Image.open(p))[..., None] for p in images]).astype(np.float32)
+    expected = np.asarray(model(pixels)).argmax(-1)
+    for i, path in enumerate(images):
+        mask = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
+        assert np.array_equal(mask, expected[i])
+        assert Image.open(out / f"{path.stem}.overlay.png").mode == "RGB"
+    assert Image.open(out / "big.mask.png").size == (96, 80)
+
+    # export, then the exported file predicts the same masks
+    exported = runner.invoke(
+        main, ["export", "seg", "--runs-dir", str(trained), "--format", "onnx"]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "pixel agreement" in exported.output
+    record = json.loads((run / "export" / "export.json").read_text())
+    entry = record[-1] if isinstance(record, list) else next(iter(record.values()))
+    onnx = next((run / "export").glob("*.onnx"))
+    out2 = tmp_path / "masks-onnx"
+    again = runner.invoke(
+        main, ["predict", "--model", str(onnx), "--output", str(out2), *map(str, images)]
+    )
+    assert again.exit_code == 0, again.output
+    for path in images:
+        a = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
+        b = np.asarray(Image.open(out2 / f"{path.stem}.mask.png"))
+        assert (a == b).mean() > 0.999
+    scored = runner.invoke(main, ["evaluate", "--model", str(onnx), "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["mean_iou"] == pytest.approx(report["mean_iou"], abs=1e-3)
+    assert entry
+
+
+def test_a_bad_config_is_refused_before_any_run_folder(runner, scenes_csv, write):
+    config = write("seg.yaml", _unet(scenes_csv.parent, classes=4))
+    done = runner.invoke(main, ["train", str(config)])
+    assert done.exit_code == 2
+    assert "seg.yaml:" in done.output and "gives 4 classes per pixel" in done.output
+    assert not Path("runs").exists()
+    config = write("seg2.yaml", _unet(scenes_csv.parent, loss="binary_crossentropy"))
+    done = runner.invoke(main, ["train", str(config)])
+    assert (
+        done.exit_code == 2 and "use loss: sparse_categorical_crossentropy or dice" in done.output
+    )
+
+
+# --------------------------------------------------------------------------- augmentation
+
+AUGMENT = """\
+  augment:
+    - {type: RandomFlip, mode: horizontal_and_vertical}
+    - {type: RandomRotation, factor: 0.25, fill_mode: constant}
+    - {type: RandomTranslation, height_factor: 0.2, width_factor: 0.2, fill_mode: constant}
+    - {type: RandomZoom, height_factor: 0.2, fill_mode: constant}
+    - {type: RandomContrast, factor: 0.2}
+"""
+
+
+def test_geometric_augmentation_moves_image_and_asymmetric_mask_together(write):
+    import keras
+    import tensorflow as tf
+
+    from cnnctl.data.pipeline import together
+    from cnnctl.model.builder import build_model, joint_augmentation
+
+    text = ISSUE_UNET.replace("data: {path: cells}\n", "data:\n  path: cells\n" + AUGMENT)
+    config = load_config(write("aug.yaml", text.replace("[128, 128, 3]", "[32, 32, 1]")))
+    layers = joint_augmentation(config)
+    assert [type(layer).__name__ for layer in layers] == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomZoom",
+    ]
+    assert all(getattr(layer, "interpolation", "nearest") == "nearest" for layer in layers)
+    inside = [type(layer).__name__ for layer in build_model(config, 3).layers]
+    assert "RandomContrast" in inside and "RandomFlip" not in inside  # photometric: image only
+    keras.utils.set_random_seed(0)
+    mask = np.zeros((8, 32, 32), dtype=np.int32)  # an L: class 1 its bar, class 2 its foot
+    mask[:, 4:24, 6:10] = 1
+    mask[:, 20:24, 10:22] = 2
+    images = (mask * 100)[..., None].astype(np.float32)
+    x, y = together(layers, 255)(tf.constant(images), tf.constant(mask))
+    x, y = x.numpy()[..., 0], y.numpy()
+    assert set(np.unique(y)) <= {0, 1, 2, 255}
+    assert not np.array_equal(y[0], mask[0]) and not np.array_equal(y[0], y[1])  # moved, apart
+    kept = y != 255
+    assert np.array_equal(x[kept], 100 * y[kept])  # every pixel still over its own class
+    assert (x[~kept] == 0).all() and (~kept).any()  # filled from outside: ignored
+    assert (y == 2).any() and (y == 1).any()
+
+
+def test_tta_mirrors_the_mirrored_masks_back_before_the_mean(runner, trained, scenes_csv, tmp_path):
+    from cnnctl.modelfile.load import load_model
+
+    images = [scenes_csv.parent / "images" / "test" / f"0001{i}.png" for i in range(2)]
+    out = tmp_path / "tta"
+    done = runner.invoke(
+        main,
+        ["predict", "--runs-dir", str(trained), "--tta", "horizontal_flip", "--output", str(out)]
+        + [str(p) for p in images],
+    )
+    assert done.exit_code == 0, done.output
+    assert "share" in done.output and "wrote 2 masks and overlays" in done.output
+    model = load_model(trained / "seg" / "model.keras", compile=False)
+    x = np.stack([np.asarray(Image.open(p))[..., None] for p in images]).astype(np.float32)
+    mean = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1]))[:, :, ::-1]) / 2
+    for i, path in enumerate(images):
+        mask = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
+        assert (mask == mean[i].argmax(-1)).mean() > 0.999  # ties may break either way
+
+
+def test_hostile_masks_are_skipped_never_read_a_fifo_and_never_decoded_past_the_limit(
+    masks_folder, monkeypatch
+):
+    import os
+
+    from cnnctl.config import DataConfig
+    from cnnctl.data.images import ImageError
+    from cnnctl.data.masks import load_mask_folder, read_mask
+    from cnnctl.errors import DataError
+
+    fifo = masks_folder / "masks" / "train" / "good0.png"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opening it for reading would hang
+    arrays = load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    image = masks_folder / "images" / "train" / "good0.png"  # a FIFO is no mask file at all
+    assert dict(arrays.skipped)[str(image)].startswith("no mask (expected")
+    monkeypatch.setenv("CNNCTL_LIMITS", "pixels=100")  # 16x16 masks: over it, header only
+    with pytest.raises(DataError, match="no usable pair"):
+        load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    mask = masks_folder / "masks" / "train" / "good1.png"
+    with pytest.raises(ImageError, match=r"good1.png: refused: 16x16 is more than 100 pixels"):
+        read_mask(mask, (16, 16), 3, 255)
+
+
+def test_class_weights_go_to_each_pixel_and_need_cross_entropy(write, scenes_csv, runner):
+    import tensorflow as tf
+
+    from cnnctl.data.pipeline import weighed
+
+    text = _unet(scenes_csv.parent, loss="sparse_categorical_crossentropy", epochs=1)
+    config = load_config(write("w.yaml", text + "  class_weight: {bag: 3.0}\n"))
+    names = [str(i) for i in range(10)] + ["bag"]
+    truth = np.array([[[0, 10], [255, 10]]])
+    task = Segmentation()
+    weights = task.pixel_weights(config, truth, names)
+    assert weights.tolist() == [1.0] * 10 + [3.0]
+    balanced = load_config(write("b.yaml", text + "  class_weight: balanced\n"))
+    counts = task.pixel_weights(balanced, np.array([[[0, 0, 0, 1]]]), ["a", "b"])
+    assert counts.tolist() == pytest.approx([4 / 6, 4 / 2])
+    _, _, w = weighed(weights, 255)(tf.zeros((1, 2, 2, 1)), tf.constant(truth))
+    assert w.numpy().tolist() == [[[1.0, 3.0], [0.0, 3.0]]]  # the ignored pixel weighs 0
+    with pytest.raises(ConfigError, match=r"w.yaml:\d+:\d+: train.class_weight.nope: no class"):
+        task.pixel_weights(
+            load_config(write("w.yaml", text + "  class_weight: {nope: 2}\n")), truth, names
+        )
+    dice = load_config(write("d.yaml", _unet(scenes_csv.parent) + "  class_weight: balanced\n"))
+    with pytest.raises(
+        ConfigError, match=r"d.yaml:\d+:\d+: train.class_weight: .*not crossentropy_dice"
+    ):
+        task.class_weights(dice, truth, names)
+    done = runner.invoke(main, ["train", "b.yaml", "--set", "data.limit=64"])
+    assert done.exit_code == 0, done.output
+    assert "mean_iou" in json.loads(Path("runs/seg/metrics.json").read_text())["test"]
