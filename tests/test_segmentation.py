@@ -507,3 +507,36 @@ def test_class_weights_go_to_each_pixel_and_need_cross_entropy(write, scenes_csv
     done = runner.invoke(main, ["train", "b.yaml", "--set", "data.limit=64"])
     assert done.exit_code == 0, done.output
     assert "mean_iou" in json.loads(Path("runs/seg/metrics.json").read_text())["test"]
+
+
+def test_explain_maps_the_pixels_of_a_class(runner, trained, scenes_csv, tmp_path):
+    """Grad-CAM of a segmentation model explains one class's predicted pixels: by default the
+    class other than the background covering most pixels (the background where nothing else is
+    predicted), a named class with --class."""
+    import json
+
+    image = str(scenes_csv.parent / "images" / "test" / "00010.png")
+    predicted = runner.invoke(main, ["predict", "--runs-dir", str(trained), "--json", image])
+    shares = {t["label"]: t["probability"] for t in json.loads(predicted.stdout)[0]["top"]}
+    names = json.loads((trained / "seg" / "classes.json").read_text())
+    items = {name: share for name, share in shares.items() if name != names[0]}
+    out = tmp_path / "maps"
+    args = [
+        "explain",
+        "--runs-dir",
+        str(trained),
+        "--json",
+        "--format",
+        "npy",
+        "--output",
+        str(out),
+    ]
+    done = runner.invoke(main, [*args, image])
+    assert done.exit_code == 0, done.output
+    [row] = json.loads(done.stdout)
+    assert row["label"] == (max(items, key=items.get) if items else names[0])
+    heatmap = np.load(next(Path(f) for f in row["files"] if f.endswith(".npy")))
+    assert heatmap.shape == (64, 64) and 0 <= heatmap.min() and heatmap.max() <= 1
+    named = runner.invoke(main, [*args, "--class", names[2], image])
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout)[0]["label"] == names[2]
