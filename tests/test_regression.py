@@ -181,6 +181,7 @@ def test_a_loss_for_classes_is_refused_at_its_line(runner, write, tmp_path, scen
     assert "use loss: mse or mae or huber" in result.output
 
 
+@pytest.mark.slow
 def test_tune_minimizes_the_validation_mae(runner, write, tmp_path, scenes_csv):
     """tune on a regression run: val_mae is logged, its goal is minimize, the best trial is the
     lowest."""
