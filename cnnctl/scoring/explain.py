@@ -81,7 +81,7 @@ def explain_images(
     if not paths:
         return result
     model = source.load(compile=False)
-    names = _names(source, model)
+    names = source.output_names(model)
     index = _chosen(chosen, names)
     folder = output or (source.run.path / "explain" if source.run else Path("explain"))
     taken: set[str] = set()
@@ -194,17 +194,6 @@ def compute_maps(
 
         layer_path, layer = find_layer(model, layer_name, str(source.model_file))
     return gradient_maps(model, images, weights, method, layer, batch_size)[0], layer_path
-
-
-def _names(source: ScoringSource, model: Any) -> list[str]:
-    outputs = model.output_shape[-1]
-    if source.names is not None and len(source.names) != outputs:
-        raise DataError(
-            f"{Path(source.model_file).parent / 'classes.json'}: {len(source.names)} class "
-            f"names for a model with {outputs} outputs",
-            "the file does not belong to this model",
-        )
-    return source.names or [str(i) for i in range(outputs)]
 
 
 def _chosen(chosen: str | None, names: list[str]) -> int | None:

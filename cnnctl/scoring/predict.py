@@ -40,14 +40,7 @@ def predict_images(
     model = source.load(compile=False)
     model_path, task = source.model_file, source.task
     _, height, width, channels = model.input_shape
-    outputs = model.output_shape[-1]
-    if source.names is not None and len(source.names) != outputs:
-        raise DataError(
-            f"{Path(model_path).parent / 'classes.json'}: {len(source.names)} class names "
-            f"for a model with {outputs} outputs",
-            "the file does not belong to this model",
-        )
-    names = source.names or [str(i) for i in range(outputs)]
+    names = source.output_names(model)
 
     if not source.exported and height * width > SMALL_INPUT:
         # Large inputs: TensorFlow is loaded, decode in parallel inside tf.data.

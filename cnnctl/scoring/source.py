@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.config import Config, load_config
-from cnnctl.errors import ModelFileError, RunError
+from cnnctl.errors import DataError, ModelFileError, RunError
 from cnnctl.limits import read_json
 from cnnctl.modelfile.exported import exported_class_names, exported_record, is_exported
 from cnnctl.runs import Run, find_run, run_of_model
@@ -59,6 +59,18 @@ class ScoringSource:
 
             model = load_model(self.model_file, compile=compile, legacy_h5=self.legacy_h5)
         return with_tta(model, self.tta, self.task)
+
+    def output_names(self, model: Any) -> list[str]:
+        """One name per output of `model` (a class, label or target; "0", "1", ... where nothing
+        records them); names of another model's outputs are refused."""
+        outputs = model.output_shape[-1]
+        if self.names is not None and len(self.names) != outputs:
+            raise DataError(
+                f"{Path(self.model_file).parent / 'classes.json'}: {len(self.names)} class "
+                f"names for a model with {outputs} outputs",
+                "the file does not belong to this model",
+            )
+        return self.names or [str(i) for i in range(outputs)]
 
     def traced(self, model: Any) -> Any:
         """`model` (a Keras model this source loaded) as a traced graph function on batches of

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnctl.errors import DataError, ModelFileError
-from cnnctl.limits import read_json
+from cnnctl.modelfile.exported import exported_record
 from cnnctl.scoring.source import ScoringSource
 
 RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert", ".keras": "keras", ".h5": "keras"}
@@ -86,29 +85,15 @@ def served_source(source: ScoringSource, explicit: bool) -> ScoringSource:
 
 def _export_record(path: Path) -> dict[str, Any] | None:
     """export.json's record of `path` (None: not recorded, or not a regular file)."""
-    index = path.parent / "export.json"
-    if not path.is_file() or not index.is_file():
-        return None
-    records = read_json(index, ModelFileError)
-    for record in records.get("exports", []) if isinstance(records, dict) else []:
-        if isinstance(record, dict) and record.get("file") == path.name:
-            return record
-    return None
+    return (exported_record(path) or None) if path.is_file() else None
 
 
 def load_served(source: ScoringSource, max_batch_size: int) -> ServedModel:
     """Load the source's model, check its names, and warm it up at the batch sizes it will see."""
     model = source.load(compile=False)
     _, height, width, channels = model.input_shape
-    outputs = model.output_shape[-1]
-    if source.names is not None and len(source.names) != outputs:
-        raise DataError(
-            f"{Path(source.model_file).parent / 'classes.json'}: {len(source.names)} class "
-            f"names for a model with {outputs} outputs",
-            "the file does not belong to this model",
-        )
-    names = source.names or [str(i) for i in range(outputs)]
-    score = model if source.exported else _traced(model, (height, width, channels))
+    names = source.output_names(model)
+    score = model if source.exported else _as_numpy(source.traced(model))
     for size in (1, max_batch_size):  # the first calls build kernels and allocate: not a user's
         score(np.zeros((size, height, width, channels), np.float32))
     record = _export_record(source.model_file) if source.exported else None
@@ -122,10 +107,8 @@ def load_served(source: ScoringSource, max_batch_size: int) -> ServedModel:
     )
 
 
-def _traced(model: Any, shape: tuple[int, int, int]) -> Callable[[np.ndarray], Any]:
-    """A Keras model as one traced function of any batch size (eager calls cost milliseconds)."""
+def _as_numpy(function: Any) -> Callable[[np.ndarray], Any]:
+    """A traced Keras model (any batch size: eager calls cost milliseconds) on numpy batches."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, *shape), tf.float32)
-    function = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
     return lambda batch: function(tf.constant(batch, tf.float32)).numpy()
