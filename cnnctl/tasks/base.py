@@ -85,9 +85,14 @@ class Task(ABC):
         Raises `DataError` naming `origin` when they cannot be labels of this task.
         """
 
-    @abstractmethod
     def held_out(self, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-        """A boolean mask of the examples to hold out (`fraction` of them, chosen by `seed`)."""
+        """A boolean mask of the examples to hold out (`fraction` of them, chosen by `seed`);
+        at random by default (a task with classes stratifies)."""
+        held = np.zeros(len(y), dtype=bool)
+        held[np.random.default_rng(seed).permutation(len(y))[: int(round(len(y) * fraction))]] = (
+            True
+        )
+        return held
 
     @abstractmethod
     def output_names(

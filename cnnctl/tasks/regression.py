@@ -77,13 +77,6 @@ class Regression(Task):
             raise DataError(f"{origin}: target of example {row} is {y[row].tolist()}, not finite")
         return y
 
-    def held_out(self, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-        held = np.zeros(len(y), dtype=bool)
-        held[np.random.default_rng(seed).permutation(len(y))[: int(round(len(y) * fraction))]] = (
-            True
-        )
-        return held
-
     def output_names(
         self, given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str
     ) -> tuple[str, ...]:

@@ -70,12 +70,6 @@ class Segmentation(Task):
             )
         return y.astype(np.int32)
 
-    def held_out(self, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-        held = np.zeros(len(y), dtype=bool)
-        take = int(round(len(y) * fraction))
-        held[np.random.default_rng(seed).permutation(len(y))[:take]] = True
-        return held
-
     def output_names(
         self, given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str
     ) -> tuple[str, ...]:
