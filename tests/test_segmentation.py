@@ -540,3 +540,17 @@ def test_explain_maps_the_pixels_of_a_class(runner, trained, scenes_csv, tmp_pat
     named = runner.invoke(main, [*args, "--class", names[2], image])
     assert named.exit_code == 0, named.output
     assert json.loads(named.stdout)[0]["label"] == names[2]
+
+
+def test_runs_shows_mean_iou_as_the_headline(runner, trained):
+    import json
+
+    done = runner.invoke(main, ["runs", str(trained), "--json"])
+    assert done.exit_code == 0, done.output
+    (row,) = [r for r in json.loads(done.stdout) if r["name"] == "seg"]
+    test = json.loads((trained / "seg" / "metrics.json").read_text())["test"]
+    assert (row["task"], row["headline"], row["test_value"]) == (
+        "segmentation",
+        "mean_iou",
+        test["mean_iou"],
+    )

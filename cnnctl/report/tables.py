@@ -312,7 +312,7 @@ def runs_table(runs: Sequence[RunSummary], width: int | None = None) -> Table:
 
 def _short(metric: str) -> str:
     """A headline metric's name as a narrow table cell shows it."""
-    return {"accuracy": "acc", "micro_f1": "micro-F1"}.get(metric, metric)
+    return {"accuracy": "acc", "micro_f1": "micro-F1", "mean_iou": "mIoU"}.get(metric, metric)
 
 
 def studies_table(studies: Sequence[StudySummary], width: int | None = None) -> Table:
