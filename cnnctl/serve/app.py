@@ -95,7 +95,13 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
 
     @app.post("/v1/predict", openapi_extra=UPLOAD_DOC)
     async def predict(
-        request: Request, top_k: int = Query(3, ge=1, le=10_000, description="Classes per image")
+        request: Request,
+        top_k: int | None = Query(
+            None, ge=1, le=10_000, description="Classes per image (default: the task's, as predict)"
+        ),
+        overlay: bool = Query(
+            False, description="Segmentation: add each mask's coloured overlay (a PNG data URL)"
+        ),
     ) -> Response:
         """What `cnnctl predict --format json` prints for the uploaded images."""
         if not state["ready"]:
@@ -115,7 +121,13 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
             return answer({"error": f"busy: {error}"}, 503, {"Retry-After": "1"})
         except CnnctlError as error:  # the runtime failed on this model
             return answer({"error": error.message}, 500)
-        return answer(served.rows(outputs, [name for name, _ in images], top_k))
+        names = [name for name, _ in images]
+        if not overlay:
+            return answer(served.rows(outputs, names, top_k))
+        rows = await asyncio.get_running_loop().run_in_executor(
+            decoders, served.rows, outputs, names, top_k, arrays
+        )
+        return answer(rows)
 
     @app.get("/v1/model")
     async def model() -> Response:

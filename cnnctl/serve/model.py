@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnctl import report
 from cnnctl.errors import DataError, ModelFileError
 from cnnctl.limits import read_json
 from cnnctl.scoring.source import ScoringSource
@@ -38,13 +39,25 @@ class ServedModel:
     def runtime(self) -> str:
         return RUNTIMES.get(self.source.model_file.suffix.lower(), "keras")
 
-    def rows(self, outputs: np.ndarray, paths: list[str], top_k: int) -> list[dict[str, Any]]:
-        """What `predict --format json` prints for these outputs (the task's rows)."""
+    def rows(
+        self,
+        outputs: np.ndarray,
+        paths: list[str],
+        top_k: int | None,
+        images: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:
+        """What `predict --format json` prints for these outputs (the task's rows). With the
+        decoded `images`, a task whose outputs are masks adds each one's coloured `overlay`
+        (predict's NAME.overlay.png, at the model's input size) as a PNG data URL."""
         task = self.source.task
-        return [
-            task.prediction(path, row, self.names, top_k).to_json()
-            for path, row in zip(paths, outputs, strict=True)
-        ]
+        rows = []
+        for i, (path, output) in enumerate(zip(paths, outputs, strict=True)):
+            item = task.prediction(path, output, self.names, top_k)
+            row = item.to_json()
+            if images is not None and item.mask is not None:
+                row["overlay"] = overlay_png(images[i], item.mask, len(self.names))
+            rows.append(row)
+        return rows
 
     def describe(self) -> dict[str, Any]:
         """GET /v1/model: what is served, and how."""
@@ -68,6 +81,19 @@ class ServedModel:
             f"{self.source.model_file} ({self.runtime}, task {self.source.task.name}, "
             f"{len(self.names)} outputs: {shown}; tta {self.source.tta})"
         )
+
+
+def overlay_png(image: np.ndarray, mask: np.ndarray, classes: int) -> str:
+    """The image tinted by its mask, as predict colours its overlays: a PNG data URL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(report.overlay(pixels, mask, classes), "RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def served_source(source: ScoringSource, explicit: bool) -> ScoringSource:

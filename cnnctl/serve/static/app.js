@@ -39,6 +39,13 @@ function card(file, prediction) {
   image.alt = file.name;
   image.src = URL.createObjectURL(file);
   image.onload = () => URL.revokeObjectURL(image.src);
+  box.appendChild(image);
+  if (typeof prediction.overlay === "string" && prediction.overlay.startsWith("data:image/png;base64,")) {
+    const tinted = element("img", "overlay");  // segmentation: the mask's colours on the image
+    tinted.alt = `${file.name}: predicted mask`;
+    tinted.src = prediction.overlay;
+    box.appendChild(tinted);
+  }
   const rows = element("div", "rows");
   rows.appendChild(element("div", "name", file.name));
   for (const guess of prediction.top) {
@@ -56,7 +63,7 @@ function card(file, prediction) {
     rows.appendChild(row);
   }
   if (!prediction.top.length) rows.appendChild(element("div", "muted", "no label above its threshold"));
-  box.append(image, rows);
+  box.appendChild(rows);
   return box;
 }
 
@@ -68,7 +75,8 @@ async function send(files) {
   $("status").textContent = `scoring ${files.length} image(s)…`;
   $("status").className = "muted";
   try {
-    const response = await fetch(`/v1/predict?top_k=${topK}`, {
+    const overlay = task === "segmentation" ? "&overlay=1" : "";
+    const response = await fetch(`/v1/predict?top_k=${topK}${overlay}`, {
       method: "POST", body: form, headers: headers(),
     });
     const answer = await response.json();
