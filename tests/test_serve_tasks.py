@@ -5,8 +5,11 @@ PNGs; segmentation's coloured overlay comes back on request, equal to predict's 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import csv
 import io
+import json
+import signal
 from pathlib import Path
 
 import httpx
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_serve import Server, predict_json, upload
+from test_serve import EVIL, Server, browser, predict_json, upload  # noqa: F401 (a fixture)
 
 from cnnctl.cli import main
 
@@ -74,11 +77,11 @@ def scene_pngs(scenes_csv) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory, scenes_csv):
-    """task -> (runs folder, server): a one-epoch run of the task, served; each made once."""
-    made: dict[str, tuple[Path, Server]] = {}
-
-    def serve(task: str) -> tuple[Path, Server]:
-        if task not in made:
+    """task -> (runs folder, server): a one-epoch run of each task, served. Each server starts
+    on a thread while the next task trains (a server's start is mostly imports and warm-up)."""
+    starting: dict[str, tuple[Path, concurrent.futures.Future]] = {}
+    with concurrent.futures.ThreadPoolExecutor(len(LAYERS)) as pool:
+        for task in LAYERS:
             root = tmp_path_factory.mktemp(task)
             (root / f"{task}.yaml").write_text(_config(task, scenes_csv))
             runs = root / "runs"
@@ -90,10 +93,14 @@ def serving(tmp_path_factory, scenes_csv):
                     main, ["train", f"{task}.yaml", "--runs-dir", str(runs)]
                 )
             assert result.exit_code == 0, result.output
-            made[task] = runs, Server(["--runs-dir", str(runs)], root)
-        return made[task]
-
-    yield serve
+            if task == "segmentation":  # class names the page must show as text, not HTML
+                names = [f"{EVIL}{i}" for i in range(11)]
+                (runs / task / "classes.json").write_text(json.dumps(names))
+            starting[task] = runs, pool.submit(Server, ["--runs-dir", str(runs)], root)
+        made = {task: (runs, future.result()) for task, (runs, future) in starting.items()}
+    yield made
+    for _, server in made.values():  # all drain at once
+        server.process.send_signal(signal.SIGTERM)
     for _, server in made.values():
         assert server.stop() == 0, server.stderr
 
@@ -101,7 +108,7 @@ def serving(tmp_path_factory, scenes_csv):
 @pytest.fixture(params=["multilabel", "regression", "segmentation"])
 def served(request, serving):
     """(task, runs folder, server) for each task but classification (tests/test_serve.py's)."""
-    return request.param, *serving(request.param)
+    return request.param, *serving[request.param]
 
 
 def test_every_task_answers_what_predict_prints(served, scene_pngs):
@@ -127,7 +134,7 @@ def test_every_task_answers_what_predict_prints(served, scene_pngs):
 
 
 def test_segmentation_overlay_on_request_is_predicts_overlay_file(serving, scene_pngs, tmp_path):
-    runs, server = serving("segmentation")
+    runs, server = serving["segmentation"]
     response = upload(server.url, scene_pngs, overlay=1)
     assert response.status_code == 200, response.text
     rows = response.json()
@@ -142,3 +149,29 @@ def test_segmentation_overlay_on_request_is_predicts_overlay_file(serving, scene
         written = Image.open(tmp_path / f"{png.stem}.overlay.png")
         assert served_png.size == written.size == (64, 64)
         assert np.array_equal(np.asarray(served_png), np.asarray(written))
+
+
+def test_the_page_shows_segmentation_overlays_and_class_names_as_text(
+    browser,  # noqa: F811 (test_serve's fixture)
+    serving,
+    scene_pngs,
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    runs, server = serving["segmentation"]
+    expected = predict_json(runs, scene_pngs[:1])[0]["top"]
+    assert expected[0]["label"].startswith(EVIL)
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: "segmentation model" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "files").send_keys(str(scene_pngs[0]))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card img.overlay"))
+    card = browser.find_element(By.CSS_SELECTOR, "#results .card")
+    labels = [label.text for label in card.find_elements(By.CSS_SELECTOR, ".label")]
+    assert labels == [guess["label"] for guess in expected]
+    tinted = card.find_element(By.CSS_SELECTOR, "img.overlay")
+    assert tinted.get_attribute("src").startswith("data:image/png;base64,")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", tinted) == 64)
+    assert len(card.find_elements(By.TAG_NAME, "img")) == 2  # preview, overlay; none injected
+    assert browser.title == "cnnctl serve"  # no onerror ran

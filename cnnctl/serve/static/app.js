@@ -71,12 +71,14 @@ async function send(files) {
   if (!files.length) return;
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
-  const topK = Math.max(1, parseInt($("topk").value, 10) || 3);
+  const topK = parseInt($("topk").value, 10);  // empty: the task's default, as predict's
+  const params = new URLSearchParams();
+  if (topK >= 1) params.set("top_k", String(topK));
+  if (task === "segmentation") params.set("overlay", "1");  // the mask's colours on the image
   $("status").textContent = `scoring ${files.length} image(s)…`;
   $("status").className = "muted";
   try {
-    const overlay = task === "segmentation" ? "&overlay=1" : "";
-    const response = await fetch(`/v1/predict?top_k=${topK}${overlay}`, {
+    const response = await fetch(`/v1/predict?${params}`, {
       method: "POST", body: form, headers: headers(),
     });
     const answer = await response.json();
