@@ -101,8 +101,8 @@ def serving(tmp_path_factory, scenes_csv):
     yield made
     for _, server in made.values():  # all drain at once
         server.process.send_signal(signal.SIGTERM)
-    for _, server in made.values():
-        assert server.stop() == 0, server.stderr
+    for _, server in made.values():  # one SIGTERM each: a second one may cut the exit short
+        assert server.process.wait(timeout=60) == 0, server.stderr
 
 
 @pytest.fixture(params=["multilabel", "regression", "segmentation"])
@@ -151,7 +151,32 @@ def test_segmentation_overlay_on_request_is_predicts_overlay_file(serving, scene
         assert np.array_equal(np.asarray(served_png), np.asarray(written))
 
 
-def test_the_page_shows_segmentation_overlays_and_class_names_as_text(
+@pytest.mark.parametrize("task", ["multilabel", "segmentation"])
+def test_explain_draws_what_cnnctl_explain_draws(task, serving, scene_pngs, tmp_path):
+    runs, server = serving[task]
+    assert httpx.get(f"{server.url}/v1/model").json()["explain"] is True
+    response = upload(server.url, scene_pngs[:1], path="/v1/explain")
+    assert response.status_code == 200, response.text
+    row = response.json()
+    command = ["explain", "--runs-dir", str(runs), "--output", str(tmp_path), "--json"]
+    result = CliRunner().invoke(main, [*command, str(scene_pngs[0])])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)[0]
+    written = Path(expected.pop("files")[0])
+    assert {k: v for k, v in row.items() if k != "overlay"} == {**expected, "path": "00000.png"}
+    drawn = Image.open(io.BytesIO(base64.b64decode(row["overlay"].split(",", 1)[1])))
+    saved = np.asarray(Image.open(written), np.int16)
+    assert drawn.size == Image.open(written).size
+    # the title differs only in the path shown; the maps agree to a shade
+    assert np.abs(np.asarray(drawn, np.int16)[30:] - saved[30:]).max() <= 2
+    two = upload(server.url, scene_pngs[:2], path="/v1/explain")
+    assert (two.status_code, two.json()) == (
+        422,
+        {"error": "2 images: explain takes one a request"},
+    )
+
+
+def test_the_page_shows_segmentation_overlays_grad_cam_and_class_names_as_text(
     browser,  # noqa: F811 (test_serve's fixture)
     serving,
     scene_pngs,
@@ -174,4 +199,13 @@ def test_the_page_shows_segmentation_overlays_and_class_names_as_text(
     assert tinted.get_attribute("src").startswith("data:image/png;base64,")
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", tinted) == 64)
     assert len(card.find_elements(By.TAG_NAME, "img")) == 2  # preview, overlay; none injected
+    card.find_element(By.CSS_SELECTOR, "button.explain").click()  # the model is Keras: Grad-CAM
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results figure.gradcam img"))
+    figure = browser.find_element(By.CSS_SELECTOR, "#results figure.gradcam")
+    drawn = figure.find_element(By.TAG_NAME, "img")
+    assert drawn.get_attribute("src").startswith("data:image/png;base64,")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", drawn) > 64)
+    caption = figure.find_element(By.TAG_NAME, "figcaption").text
+    assert caption.startswith(f"gradcam of {EVIL}")  # the class name, as text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) == 3
     assert browser.title == "cnnctl serve"  # no onerror ran

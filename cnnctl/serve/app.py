@@ -70,6 +70,7 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
         metrics.observe_batch,
     )
     decoders = ThreadPoolExecutor(2, thread_name_prefix="cnnctl-decode")
+    explainer = ThreadPoolExecutor(1, thread_name_prefix="cnnctl-explain")
     state = {"ready": False}
 
     @contextlib.asynccontextmanager
@@ -82,6 +83,7 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
             state["ready"] = False
             await batcher.stop()
             decoders.shutdown(wait=True)
+            explainer.shutdown(wait=True)
 
     app = FastAPI(
         title="cnnctl serve",
@@ -128,6 +130,46 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
             decoders, served.rows, outputs, names, top_k, arrays
         )
         return answer(rows)
+
+    explaining = asyncio.Semaphore(1)  # one Grad-CAM at a time; a second waits, a third: 503
+    waiting = {"explain": 0}
+
+    @app.post("/v1/explain", openapi_extra=UPLOAD_DOC)
+    async def explain(request: Request) -> Response:
+        """Grad-CAM of one image, as `cnnctl explain` draws it (a Keras model only)."""
+        if not state["ready"]:
+            return answer({"error": "the model is not ready"}, 503, {"Retry-After": "1"})
+        if served.keras_model is None:
+            return answer(
+                {
+                    "error": f"{served.source.model_file.name}: explain needs gradients, which an "
+                    "exported file does not give; serve the run's model.keras with --model"
+                },
+                501,
+            )
+        if waiting["explain"] >= 2:
+            return answer(
+                {"error": "busy: an explanation is being drawn"}, 503, {"Retry-After": "1"}
+            )
+        waiting["explain"] += 1
+        try:
+            body = await read_body(request.stream(), request.headers.get("content-length"))
+            images = uploaded_images(request.headers.get("content-type", ""), body)
+            del body
+            if len(images) != 1:
+                raise UploadError(422, f"{len(images)} images: explain takes one a request")
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(decoders, decode_all, images, served.input_shape)
+            async with explaining:
+                row = await loop.run_in_executor(explainer, served.explain, arrays[0], images[0][0])
+        except UploadError as error:
+            closing = {"Connection": "close"} if error.status in (408, 413) else None
+            return answer({"error": error.message}, error.status, closing)
+        except CnnctlError as error:  # this model cannot be explained (no convolution, ...)
+            return answer({"error": error.message}, 422)
+        finally:
+            waiting["explain"] -= 1
+        return answer(row)
 
     @app.get("/v1/model")
     async def model() -> Response:

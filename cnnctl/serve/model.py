@@ -34,6 +34,7 @@ class ServedModel:
     input_shape: tuple[int, int, int]  # height, width, channels
     names: list[str]
     export_check: dict[str, Any] | None  # the parity check export.json records for this file
+    keras_model: Any = None  # the Keras model, for Grad-CAM (None: an exported file, no gradients)
 
     @property
     def runtime(self) -> str:
@@ -59,6 +60,18 @@ class ServedModel:
             rows.append(row)
         return rows
 
+    def explain(self, image: np.ndarray, name: str) -> dict[str, Any]:
+        """POST /v1/explain: what `cnnctl explain` says of one image with its defaults (Grad-CAM
+        of the task's first target), its overlay PNG as a data URL."""
+        import base64
+
+        from cnnctl.scoring.explain import explain_one
+
+        item, png = explain_one(self.keras_model, self.source, self.names, image, name)
+        row = item.to_json()
+        del row["files"]
+        return {**row, "overlay": "data:image/png;base64," + base64.b64encode(png).decode()}
+
     def describe(self) -> dict[str, Any]:
         """GET /v1/model: what is served, and how."""
         height, width, channels = self.input_shape
@@ -72,6 +85,7 @@ class ServedModel:
             "run": str(self.source.run.path) if self.source.run is not None else None,
             "export_parity": self.export_check,
             "tta": self.source.tta,
+            "explain": self.keras_model is not None,
         }
 
     def banner(self) -> str:
@@ -145,6 +159,7 @@ def load_served(source: ScoringSource, max_batch_size: int) -> ServedModel:
         (height, width, channels),
         names,
         check if isinstance(check, dict) else None,
+        None if source.exported else model,
     )
 
 
