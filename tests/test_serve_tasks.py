@@ -151,7 +151,7 @@ def test_segmentation_overlay_on_request_is_predicts_overlay_file(serving, scene
         assert np.array_equal(np.asarray(served_png), np.asarray(written))
 
 
-@pytest.mark.parametrize("task", ["multilabel", "segmentation"])
+@pytest.mark.parametrize("task", ["multilabel", "regression", "segmentation"])
 def test_explain_draws_what_cnnctl_explain_draws(task, serving, scene_pngs, tmp_path):
     runs, server = serving[task]
     assert httpx.get(f"{server.url}/v1/model").json()["explain"] is True
