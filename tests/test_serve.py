@@ -121,9 +121,9 @@ def predict_json(runs: Path, pngs: list[Path], *args: str) -> list[dict]:
     return [{**row, "path": Path(row["path"]).name} for row in json.loads(result.stdout)]
 
 
-def upload(url: str, pngs: list[Path], **params) -> httpx.Response:
+def upload(url: str, pngs: list[Path], path: str = "/v1/predict", **params) -> httpx.Response:
     files = [("file", (p.name, p.read_bytes(), "image/png")) for p in pngs]
-    return httpx.post(f"{url}/v1/predict", files=files, params=params, timeout=30)
+    return httpx.post(f"{url}{path}", files=files, params=params, timeout=30)
 
 
 def test_predictions_equal_predict_json(keras_server, trained, pngs):
@@ -207,6 +207,10 @@ def test_a_run_with_a_checked_onnx_export_is_served_without_tensorflow(
         described = httpx.get(f"{server.url}/v1/model").json()
         assert described["runtime"] == "onnxruntime"
         assert described["export_parity"]["passed"] is True
+        assert described["explain"] is False
+        explained = upload(server.url, pngs[:1], path="/v1/explain")
+        assert explained.status_code == 501
+        assert explained.json()["error"].startswith("model.onnx: explain needs gradients")
     finally:
         assert server.stop() == 0, server.stderr
 

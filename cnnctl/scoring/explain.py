@@ -118,6 +118,32 @@ def explain_images(
     return result
 
 
+def explain_one(
+    model: Any,
+    source: ScoringSource,
+    names: list[str],
+    image: np.ndarray,
+    name: str,
+    method: str = "gradcam",
+) -> tuple[Explained, bytes]:
+    """One decoded image (H, W, C) explained as `explain` explains a file named `name` with
+    its defaults (the task's first target): the row, and the overlay PNG's bytes, drawn as
+    `explain` draws NAME-METHOD-LABEL.png (serve's /v1/explain)."""
+    import io
+
+    from cnnctl.explain.overlay import save_overlay
+
+    check_method(source, method, None)
+    pixels = np.asarray(image, np.float32)[None]
+    output = _outputs(model, pixels, 1)[0]
+    target = source.task.explain_targets(output, names, None, None)[0]
+    maps, layer_path = compute_maps(model, source, pixels, target.weights[None], method)
+    item = Explained(name, target.label, target.index, target.value, method, layer_path)
+    buffer = io.BytesIO()
+    save_overlay(pixels[0], maps[0], _title(Path(name), item), buffer)
+    return item, buffer.getvalue()
+
+
 def _decode(
     paths: list[Path], input_shape: tuple, invert: bool, result: Explanations
 ) -> tuple[np.ndarray, list[Path]]:

@@ -70,6 +70,7 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
         metrics.observe_batch,
     )
     decoders = ThreadPoolExecutor(2, thread_name_prefix="cnnctl-decode")
+    explainer = ThreadPoolExecutor(1, thread_name_prefix="cnnctl-explain")
     state = {"ready": False}
 
     @contextlib.asynccontextmanager
@@ -82,6 +83,7 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
             state["ready"] = False
             await batcher.stop()
             decoders.shutdown(wait=True)
+            explainer.shutdown(wait=True)
 
     app = FastAPI(
         title="cnnctl serve",
@@ -95,7 +97,13 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
 
     @app.post("/v1/predict", openapi_extra=UPLOAD_DOC)
     async def predict(
-        request: Request, top_k: int = Query(3, ge=1, le=10_000, description="Classes per image")
+        request: Request,
+        top_k: int | None = Query(
+            None, ge=1, le=10_000, description="Classes per image (default: the task's, as predict)"
+        ),
+        overlay: bool = Query(
+            False, description="Segmentation: add each mask's coloured overlay (a PNG data URL)"
+        ),
     ) -> Response:
         """What `cnnctl predict --format json` prints for the uploaded images."""
         if not state["ready"]:
@@ -115,7 +123,53 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
             return answer({"error": f"busy: {error}"}, 503, {"Retry-After": "1"})
         except CnnctlError as error:  # the runtime failed on this model
             return answer({"error": error.message}, 500)
-        return answer(served.rows(outputs, [name for name, _ in images], top_k))
+        names = [name for name, _ in images]
+        if not overlay:
+            return answer(served.rows(outputs, names, top_k))
+        rows = await asyncio.get_running_loop().run_in_executor(
+            decoders, served.rows, outputs, names, top_k, arrays
+        )
+        return answer(rows)
+
+    explaining = asyncio.Semaphore(1)  # one Grad-CAM at a time; a second waits, a third: 503
+    waiting = {"explain": 0}
+
+    @app.post("/v1/explain", openapi_extra=UPLOAD_DOC)
+    async def explain(request: Request) -> Response:
+        """Grad-CAM of one image, as `cnnctl explain` draws it (a Keras model only)."""
+        if not state["ready"]:
+            return answer({"error": "the model is not ready"}, 503, {"Retry-After": "1"})
+        if served.keras_model is None:
+            return answer(
+                {
+                    "error": f"{served.source.model_file.name}: explain needs gradients, which an "
+                    "exported file does not give; serve the run's model.keras with --model"
+                },
+                501,
+            )
+        if waiting["explain"] >= 2:
+            return answer(
+                {"error": "busy: an explanation is being drawn"}, 503, {"Retry-After": "1"}
+            )
+        waiting["explain"] += 1
+        try:
+            body = await read_body(request.stream(), request.headers.get("content-length"))
+            images = uploaded_images(request.headers.get("content-type", ""), body)
+            del body
+            if len(images) != 1:
+                raise UploadError(422, f"{len(images)} images: explain takes one a request")
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(decoders, decode_all, images, served.input_shape)
+            async with explaining:
+                row = await loop.run_in_executor(explainer, served.explain, arrays[0], images[0][0])
+        except UploadError as error:
+            closing = {"Connection": "close"} if error.status in (408, 413) else None
+            return answer({"error": error.message}, error.status, closing)
+        except CnnctlError as error:  # this model cannot be explained (no convolution, ...)
+            return answer({"error": error.message}, 422)
+        finally:
+            waiting["explain"] -= 1
+        return answer(row)
 
     @app.get("/v1/model")
     async def model() -> Response:

@@ -11,7 +11,16 @@ import json
 import time
 from typing import Any
 
-ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs")
+ROUTES = (
+    "/",
+    "/v1/predict",
+    "/v1/explain",
+    "/v1/model",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+)
 OPEN = {"/", "/healthz", "/readyz", "/static", "/docs", "/openapi.json"}  # no key needed
 
 

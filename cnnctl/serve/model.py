@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnctl import report
 from cnnctl.modelfile.exported import exported_record
 from cnnctl.scoring.source import ScoringSource
 
@@ -32,18 +33,43 @@ class ServedModel:
     input_shape: tuple[int, int, int]  # height, width, channels
     names: list[str]
     export_check: dict[str, Any] | None  # the parity check export.json records for this file
+    keras_model: Any = None  # the Keras model, for Grad-CAM (None: an exported file, no gradients)
 
     @property
     def runtime(self) -> str:
         return RUNTIMES.get(self.source.model_file.suffix.lower(), "keras")
 
-    def rows(self, outputs: np.ndarray, paths: list[str], top_k: int) -> list[dict[str, Any]]:
-        """What `predict --format json` prints for these outputs (the task's rows)."""
+    def rows(
+        self,
+        outputs: np.ndarray,
+        paths: list[str],
+        top_k: int | None,
+        images: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:
+        """What `predict --format json` prints for these outputs (the task's rows). With the
+        decoded `images`, a task whose outputs are masks adds each one's coloured `overlay`
+        (predict's NAME.overlay.png, at the model's input size) as a PNG data URL."""
         task = self.source.task
-        return [
-            task.prediction(path, row, self.names, top_k).to_json()
-            for path, row in zip(paths, outputs, strict=True)
-        ]
+        rows = []
+        for i, (path, output) in enumerate(zip(paths, outputs, strict=True)):
+            item = task.prediction(path, output, self.names, top_k)
+            row = item.to_json()
+            if images is not None and item.mask is not None:
+                row["overlay"] = overlay_png(images[i], item.mask, len(self.names))
+            rows.append(row)
+        return rows
+
+    def explain(self, image: np.ndarray, name: str) -> dict[str, Any]:
+        """POST /v1/explain: what `cnnctl explain` says of one image with its defaults (Grad-CAM
+        of the task's first target), its overlay PNG as a data URL."""
+        import base64
+
+        from cnnctl.scoring.explain import explain_one
+
+        item, png = explain_one(self.keras_model, self.source, self.names, image, name)
+        row = item.to_json()
+        del row["files"]
+        return {**row, "overlay": "data:image/png;base64," + base64.b64encode(png).decode()}
 
     def describe(self) -> dict[str, Any]:
         """GET /v1/model: what is served, and how."""
@@ -58,6 +84,7 @@ class ServedModel:
             "run": str(self.source.run.path) if self.source.run is not None else None,
             "export_parity": self.export_check,
             "tta": self.source.tta,
+            "explain": self.keras_model is not None,
         }
 
     def banner(self) -> str:
@@ -67,6 +94,19 @@ class ServedModel:
             f"{self.source.model_file} ({self.runtime}, task {self.source.task.name}, "
             f"{len(self.names)} outputs: {shown}; tta {self.source.tta})"
         )
+
+
+def overlay_png(image: np.ndarray, mask: np.ndarray, classes: int) -> str:
+    """The image tinted by its mask, as predict colours its overlays: a PNG data URL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(report.overlay(pixels, mask, classes), "RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def served_source(source: ScoringSource, explicit: bool) -> ScoringSource:
@@ -104,6 +144,7 @@ def load_served(source: ScoringSource, max_batch_size: int) -> ServedModel:
         (height, width, channels),
         names,
         check if isinstance(check, dict) else None,
+        None if source.exported else model,
     )
 
 

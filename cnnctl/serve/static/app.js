@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let task = "classification";
+let explainable = false;  // a Keras model: POST /v1/explain draws Grad-CAM
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -23,6 +24,7 @@ async function describe() {
     const model = await response.json();
     if (!response.ok) throw new Error(model.error || response.statusText);
     task = model.task;
+    explainable = model.explain === true;
     $("model").textContent =
       `${model.task} model ${model.file} (${model.runtime}), ${model.class_names.length} ` +
       `outputs, input ${model.input_shape.slice(1).join("×")}`;
@@ -39,6 +41,13 @@ function card(file, prediction) {
   image.alt = file.name;
   image.src = URL.createObjectURL(file);
   image.onload = () => URL.revokeObjectURL(image.src);
+  box.appendChild(image);
+  if (dataPng(prediction.overlay)) {
+    const tinted = element("img", "overlay");  // segmentation: the mask's colours on the image
+    tinted.alt = `${file.name}: predicted mask`;
+    tinted.src = prediction.overlay;
+    box.appendChild(tinted);
+  }
   const rows = element("div", "rows");
   rows.appendChild(element("div", "name", file.name));
   for (const guess of prediction.top) {
@@ -56,19 +65,57 @@ function card(file, prediction) {
     rows.appendChild(row);
   }
   if (!prediction.top.length) rows.appendChild(element("div", "muted", "no label above its threshold"));
-  box.append(image, rows);
+  if (explainable) rows.appendChild(explainButton(file, box));
+  box.appendChild(rows);
   return box;
+}
+
+function dataPng(value) {
+  return typeof value === "string" && value.startsWith("data:image/png;base64,");
+}
+
+function explainButton(file, box) {
+  const button = element("button", "explain", "Grad-CAM");
+  button.type = "button";
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    button.textContent = "drawing…";
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const response = await fetch("/v1/explain", { method: "POST", body: form, headers: headers() });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.error || response.statusText);
+      if (!dataPng(answer.overlay)) throw new Error("no overlay in the answer");
+      const figure = element("figure", "gradcam");
+      const picture = element("img");
+      picture.alt = `${file.name}: Grad-CAM of ${answer.label}`;
+      picture.src = answer.overlay;
+      const where = answer.layer ? ` at ${answer.layer}` : "";
+      figure.append(picture, element("figcaption", "muted", `${answer.method} of ${answer.label}${where}`));
+      box.after(figure);
+      button.remove();
+    } catch (error) {
+      button.disabled = false;
+      button.textContent = "Grad-CAM";
+      box.appendChild(element("div", "error", `explain refused: ${error.message}`));
+    }
+  });
+  return button;
 }
 
 async function send(files) {
   if (!files.length) return;
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
-  const topK = Math.max(1, parseInt($("topk").value, 10) || 3);
+  const topK = parseInt($("topk").value, 10);  // empty: the task's default, as predict's
+  const params = new URLSearchParams();
+  if (topK >= 1) params.set("top_k", String(topK));
+  if (task === "segmentation") params.set("overlay", "1");  // the mask's colours on the image
   $("status").textContent = `scoring ${files.length} image(s)…`;
   $("status").className = "muted";
   try {
-    const response = await fetch(`/v1/predict?top_k=${topK}`, {
+    const response = await fetch(`/v1/predict?${params}`, {
       method: "POST", body: form, headers: headers(),
     });
     const answer = await response.json();
