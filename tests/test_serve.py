@@ -160,6 +160,10 @@ def test_model_health_readiness_and_docs(keras_server, trained):
     assert httpx.get(f"{keras_server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{keras_server.url}/readyz").json() == {"status": "ready"}
     assert "/v1/predict" in httpx.get(f"{keras_server.url}/openapi.json").json()["paths"]
+    docs = httpx.get(f"{keras_server.url}/docs").text  # offline: every asset from this server
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs)
+    assert assets and all(url.startswith("/") for url in assets), assets
+    assert all(httpx.get(f"{keras_server.url}{url}").status_code == 200 for url in assets)
 
 
 def test_metrics_count_requests_batches_and_not_random_paths(keras_server, pngs):

@@ -14,8 +14,10 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from cnnctl.errors import CnnctlError
 from cnnctl.serve.batcher import Batcher, QueueFull
@@ -89,6 +91,8 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
         title="cnnctl serve",
         summary=f"{served.source.task.name} model {served.source.model_file.name}",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs loads Swagger UI from a CDN: served offline below
+        redoc_url=None,
     )
 
     def answer(data: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -204,5 +208,17 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
     async def page() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"))
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """The OpenAPI page, with Swagger UI's files from the swagger-ui-bundle package."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="cnnctl serve - API",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon-32x32.png",
+        )
+
+    app.mount("/static/docs", StaticFiles(directory=swagger_ui_path), name="docs")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return Guard(app, metrics, options.api_key)
