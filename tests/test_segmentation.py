@@ -652,6 +652,7 @@ def test_a_bad_mask_among_streamed_pairs_is_skipped_and_reported(masks_folder, r
         assert sorted(arrays.skipped) == sorted(expected.skipped)
         assert np.array_equal(np.asarray(arrays.x_train), expected.x_train)
         assert np.array_equal(arrays.y_train, expected.y_train)
+        assert arrays.y_train.dtype == np.uint8  # a quarter of the in-memory route's int32
     config = write(
         "cells.yaml",
         ISSUE_UNET.replace("data: {path: cells}", f"data: {{path: {masks_folder}, cache: none}}")

@@ -13,7 +13,8 @@ size checked from the header before it is decoded (limits.py). Decoded pairs are
 memory, within the same budget as image folders; with data.cache none or disk (or auto, when
 the images would not fit) the images stay in files and stream as image folders do (decoded
 each epoch, or once into the decode cache), each worker of a cluster reading only its share,
-while the masks are read and checked before training and kept in memory as the labels.
+while the masks are read and checked before training and kept in memory as the labels (8 bit
+class indices, 16 where values need it: a pixel's mask takes a third of an RGB image's bytes).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig
     pairs = _pairs(folder, skipped)
     budget = _memory_budget()
     mode = _placement(data.cache, len(pairs), shape)
-    per_pair = (int(np.prod(shape)) if mode == "memory" else 0) + 4 * shape[0] * shape[1]
+    # in memory: the image and an int32 mask; streamed: a mask of 8 (or 16) bit class indices
+    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1] if mode == "memory" else 0
+    per_pair = per_pair or 2 * shape[0] * shape[1]
     if len(pairs) * per_pair > budget:
         raise DataError(
             f"{folder}: {len(pairs):,} pairs take {len(pairs) * per_pair:,} bytes decoded, more "
@@ -221,19 +224,20 @@ def read_pair_mask(
     image: str, mask: str, shape: tuple[int, int, int], classes: int, ignore: int
 ) -> np.ndarray:
     """The mask of a pair (its image's header read, not its pixels) at `shape`'s height and
-    width, int32; `ImageError` as `read_pair` gives it."""
+    width, 8 or 16 bit as its values need (a quarter or half of int32's memory); `ImageError`
+    as `read_pair` gives it."""
     width, height = image_size(Path(image))
-    return _resized(read_mask(Path(mask), (width, height), classes, ignore), shape)
+    return _resized(read_mask(Path(mask), (width, height), classes, ignore), shape, compact=True)
 
 
-def _resized(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _resized(labels: np.ndarray, shape: tuple[int, int, int], compact: bool = False) -> np.ndarray:
     if labels.shape != (shape[0], shape[1]):
         from PIL import Image
 
         labels = np.asarray(
             Image.fromarray(labels).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
         )
-    return labels.astype(np.int32)
+    return labels if compact else labels.astype(np.int32)
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -77,13 +77,14 @@ def training_batches(
 
 
 def _per_pixel(joint: Sequence[Any], ignore_index: int, pixel_weights: np.ndarray | None):
-    """Streamed (images, masks, weight per image) -> the same through `together` and `weighed`,
-    the weight spread over the pixels (Keras would broadcast a weight per image along the
-    width): an image that failed to decode (weight 0) gives each of its pixels weight 0."""
+    """Streamed (images, masks, weight per image) -> the same (masks int32) through `together`
+    and `weighed`, the weight spread over the pixels (Keras would broadcast a weight per image
+    along the width): an image that failed to decode (weight 0) gives its pixels weight 0."""
     move = together(joint, ignore_index) if joint else None
     weigh = weighed(pixel_weights, ignore_index) if pixel_weights is not None else None
 
     def apply(images: tf.Tensor, masks: tf.Tensor, weights: tf.Tensor):
+        masks = tf.cast(masks, tf.int32)  # kept 8 or 16 bit; int32 as in memory
         if move is not None:
             images, masks = move(images, masks)
         pixels = tf.ones(tf.shape(masks), tf.float32)
