@@ -614,14 +614,16 @@ def test_streamed_pairs_move_image_and_mask_together(scenes_csv, write):
         assert np.array_equal(y1, y2) and np.allclose(x1, x2, atol=1e-4)  # moved as in memory
 
 
-@pytest.mark.parametrize("cache", ["none", "disk"])
+@pytest.mark.parametrize(
+    ("cache", "loss"), [("none", "crossentropy_dice"), ("disk", "sparse_categorical_crossentropy")]
+)
 def test_training_streamed_pairs_gives_the_in_memory_first_epoch_loss(
-    runner, write, scenes_csv, cache
+    runner, write, scenes_csv, cache, loss
 ):
     import csv
 
     def first_loss(name: str, mode: str) -> float:
-        text = _unet(scenes_csv.parent, name=name, epochs=1).replace(
+        text = _unet(scenes_csv.parent, name=name, epochs=1, loss=loss).replace(
             "  validation: 0.2\n", f"  validation: 0.2\n  limit: 96\n  cache: {mode}\n"
         )
         done = runner.invoke(main, ["train", str(write(f"{name}.yaml", text))])
