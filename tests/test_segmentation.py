@@ -554,3 +554,127 @@ def test_runs_shows_mean_iou_as_the_headline(runner, trained):
         "mean_iou",
         test["mean_iou"],
     )
+
+
+# --------------------------------------------------------------------------- streamed pairs
+
+
+def _pair_batches(path: Path, cache: str, **extra) -> list[tuple[np.ndarray, ...]]:
+    """Two epochs of training batches of the scenes as `cache` places them."""
+    from cnnctl.config import DataConfig
+    from cnnctl.data.dataset import load_dataset
+    from cnnctl.data.pipeline import training_batches
+    from cnnctl.tasks import task_named
+
+    data = DataConfig(path=str(path), cache=cache, validation=0.2, limit=96)
+    dataset = load_dataset(data, (64, 64, 1), seed=5, task=task_named("segmentation"))
+    batches, steps = training_batches(
+        dataset.x_train,
+        dataset.y_train,
+        batch_size=32,
+        seed=5,
+        num_classes=11,
+        one_hot=False,
+        first_epoch=0,
+        epochs=2,
+        **extra,
+    )
+    return [tuple(np.asarray(t) for t in batch) for batch in batches]
+
+
+def test_streamed_pairs_give_the_in_memory_batches_and_each_worker_its_share(
+    scenes_csv, monkeypatch
+):
+    weights = np.linspace(0.5, 2.0, 11).astype(np.float32)
+    memory = _pair_batches(scenes_csv.parent, "memory", pixel_weights=weights)
+    assert len(memory) == 6 and memory[0][1].shape == (32, 64, 64)
+    for mode in ("none", "disk"):
+        streamed = _pair_batches(scenes_csv.parent, mode, pixel_weights=weights)
+        assert len(streamed) == len(memory)
+        for (x1, y1, w1), (x2, y2, w2) in zip(memory, streamed, strict=True):
+            assert np.array_equal(x1, x2) and np.array_equal(y1, y2) and np.array_equal(w1, w2)
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}
+    shares = []
+    for index in range(3):
+        monkeypatch.setenv(
+            "TF_CONFIG",
+            json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        shares.append(_pair_batches(scenes_csv.parent, "none", pixel_weights=weights))
+    for step, whole in enumerate(memory):  # 32 split three ways: 10, 11 and 11 pairs
+        parts, n = [share[step] for share in shares], len(whole[0])
+        assert [len(part[0]) for part in parts] == [n * (i + 1) // 3 - n * i // 3 for i in range(3)]
+        for k in range(3):
+            assert np.array_equal(np.concatenate([part[k] for part in parts]), whole[k])
+
+
+def test_streamed_pairs_move_image_and_mask_together(scenes_csv, write):
+    import keras
+
+    from cnnctl.model.builder import joint_augmentation
+
+    text = _unet(scenes_csv.parent).replace("  validation: 0.2\n", "  validation: 0.2\n" + AUGMENT)
+    config = load_config(write("aug.yaml", text))
+    found = {}
+    for mode in ("memory", "none"):
+        keras.utils.set_random_seed(0)
+        found[mode] = _pair_batches(scenes_csv.parent, mode, joint=joint_augmentation(config))
+    still = _pair_batches(scenes_csv.parent, "none")
+    images, masks, weights = found["none"][0]
+    assert not np.array_equal(masks, still[0][1])  # moved
+    assert (masks == 255).any() and set(np.unique(masks)) <= set(range(11)) | {255}
+    assert weights.shape == masks.shape and (weights == 1).all()
+    for (x1, y1, *_), (x2, y2, *_) in zip(found["memory"], found["none"], strict=True):
+        assert np.array_equal(y1, y2) and np.allclose(x1, x2, atol=1e-4)  # moved as in memory
+
+
+@pytest.mark.parametrize(
+    ("cache", "loss"), [("none", "crossentropy_dice"), ("disk", "sparse_categorical_crossentropy")]
+)
+def test_training_streamed_pairs_gives_the_in_memory_first_epoch_loss(
+    runner, write, scenes_csv, cache, loss
+):
+    import csv
+
+    def first_loss(name: str, mode: str) -> float:
+        text = _unet(scenes_csv.parent, name=name, epochs=1, loss=loss).replace(
+            "  validation: 0.2\n", f"  validation: 0.2\n  limit: 96\n  cache: {mode}\n"
+        )
+        done = runner.invoke(main, ["train", str(write(f"{name}.yaml", text))])
+        assert done.exit_code == 0, done.output
+        with open(f"runs/{name}/metrics.csv") as stream:
+            return float(next(csv.DictReader(stream))["loss"])
+
+    memory, streamed = first_loss("memory", "memory"), first_loss(cache, cache)
+    assert streamed == pytest.approx(memory, rel=1e-5)
+
+
+def test_a_bad_mask_among_streamed_pairs_is_skipped_and_reported(masks_folder, runner, write):
+    from cnnctl.config import DataConfig
+    from cnnctl.data.masks import load_mask_folder
+
+    expected = load_mask_folder(masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder)))
+    for mode in ("none", "disk"):
+        data = DataConfig(path=str(masks_folder), cache=mode)
+        arrays = load_mask_folder(masks_folder, (16, 16, 1), data)
+        assert type(arrays.x_train).__name__ == "FileImages" and len(arrays.x_train) == 8
+        assert sorted(arrays.skipped) == sorted(expected.skipped)
+        assert np.array_equal(np.asarray(arrays.x_train), expected.x_train)
+        assert np.array_equal(arrays.y_train, expected.y_train)
+        assert arrays.y_train.dtype == np.uint8  # a quarter of the in-memory route's int32
+    config = write(
+        "cells.yaml",
+        ISSUE_UNET.replace("data: {path: cells}", f"data: {{path: {masks_folder}, cache: none}}")
+        .replace("[128, 128, 3]", "[16, 16, 1]")
+        .replace("name: unet", "name: unet\ntrain: {epochs: 1, batch_size: 4}"),
+    )
+    image = masks_folder / "images" / "train" / "good2.png"
+    data = image.read_bytes()  # its header reads, its pixels do not: found while streaming
+    image.write_bytes(data[: data.index(b"IDAT") + 12])
+    done = runner.invoke(main, ["train", str(config)])
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.output.split())
+    assert "5 unreadable files skipped" in text and "could not be decoded" in text
+    listed = Path("runs/unet/skipped.csv").read_text()
+    assert "badvalue.png" in listed and "value 7 at x=5, y=3" in listed
+    assert "good2.png,damaged or truncated image" in listed

@@ -193,6 +193,17 @@ def _images_in(folder: Path) -> list[str]:
     return images
 
 
+def checked_index(
+    paths: list[str],
+    labels: np.ndarray,
+    splits: list[str],
+    names: tuple[str, ...],
+    origin: str,
+) -> FileIndex:
+    """An index of files found elsewhere (a folder of images and masks), header-checked."""
+    return _checked(paths, labels, splits, names, origin)
+
+
 def _checked(
     paths: list[str],
     labels: list[int] | np.ndarray,

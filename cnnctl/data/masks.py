@@ -10,12 +10,17 @@ A pair is skipped, and reported as `path: reason`, where its mask is missing, un
 another size than its image, or holds a value that is neither a class nor data.ignore_index; a
 mask without an image is reported too. Every file is opened as a regular file only and its
 size checked from the header before it is decoded (limits.py). Decoded pairs are kept in
-memory, within the same budget as image folders.
+memory, within the same budget as image folders; with data.cache none or disk (or auto, when
+the images would not fit) the images stay in files and stream as image folders do (decoded
+each epoch, or once into the decode cache), each worker of a cluster reading only its share,
+while the masks are read and checked before training and kept in memory as the labels (8 bit
+class indices, 16 where values need it: a pixel's mask takes a third of an RGB image's bytes).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from struct import error as struct_error
 
@@ -58,11 +63,6 @@ def class_names(folder: Path, data: DataConfig) -> tuple[str, ...]:
 def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig) -> Arrays:
     """Images and masks of `folder` as arrays: images (N, H, W, C) uint8 at `shape`, masks
     (N, H, W) int32 (resized with nearest-neighbour where the images are), per split."""
-    if data.cache in ("none", "disk"):
-        raise ConfigError(
-            f"{data.where(('cache',))}: task: segmentation keeps its images and masks in memory",
-            "remove data.cache (or set it to auto or memory)",
-        )
     if not is_mask_folder(folder):
         raise DataError(
             f"{folder}: task: segmentation reads a folder with images/ and masks/",
@@ -72,13 +72,18 @@ def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig
     skipped: list[tuple[str, str]] = []
     pairs = _pairs(folder, skipped)
     budget = _memory_budget()
-    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1]
+    mode = _placement(data.cache, len(pairs), shape)
+    # in memory: the image and an int32 mask; streamed: a mask of 8 (or 16) bit class indices
+    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1] if mode == "memory" else 0
+    per_pair = per_pair or 2 * shape[0] * shape[1]
     if len(pairs) * per_pair > budget:
         raise DataError(
             f"{folder}: {len(pairs):,} pairs take {len(pairs) * per_pair:,} bytes decoded, more "
             f"than a quarter of this machine's memory ({budget:,})",
             "use fewer or smaller images (data.image_size)",
         )
+    if mode != "memory":
+        return _streamed(folder, pairs, shape, data, names, skipped, mode)
     found: dict[str, tuple[list, list, list]] = {}
     for split, image, mask in pairs:
         try:
@@ -114,6 +119,45 @@ def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig
         skipped=tuple(skipped),
         files={split: tuple(files) for split, (_, _, files) in found.items()},
     )
+
+
+def _streamed(
+    folder: Path,
+    pairs: list[tuple[str, str, str]],
+    shape: tuple[int, int, int],
+    data: DataConfig,
+    names: tuple[str, ...],
+    skipped: list[tuple[str, str]],
+    mode: str,
+) -> Arrays:
+    """The pairs with their images left in files (`mode` none: decoded each epoch; disk: the
+    decode cache), as image folders stream; each mask is read and checked now (it is the
+    label, kept in memory), so a bad pair is skipped and reported before training."""
+    from cnnctl.data.folders import load_index
+    from cnnctl.data.index import checked_index
+
+    paths, masks, splits = [], [], []
+    for split, image, mask in pairs:
+        try:
+            labels = read_pair_mask(image, mask, shape, len(names), data.ignore_index)
+        except ImageError as error:
+            skipped.append(_reason(error, image))
+            continue
+        paths.append(image)
+        masks.append(labels)
+        splits.append(split)
+    if "train" not in splits:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"{folder}: no usable pair of image and mask{first}")
+    index = checked_index(paths, np.stack(masks), splits, names, str(folder))
+    arrays = load_index(index, shape, mode)
+    return replace(arrays, skipped=(*skipped, *arrays.skipped))
+
+
+def _placement(cache: str, pairs: int, shape: tuple[int, int, int]) -> str:
+    from cnnctl.data.folders import placement
+
+    return placement(cache, pairs, shape)
 
 
 def _memory_budget() -> int:
@@ -173,13 +217,27 @@ def read_pair(
     width, height = image_size(Path(image))
     labels = read_mask(Path(mask), (width, height), classes, ignore)
     pixels = load_image(Path(image), shape[0], shape[1], shape[2])
+    return pixels, _resized(labels, shape)
+
+
+def read_pair_mask(
+    image: str, mask: str, shape: tuple[int, int, int], classes: int, ignore: int
+) -> np.ndarray:
+    """The mask of a pair (its image's header read, not its pixels) at `shape`'s height and
+    width, 8 or 16 bit as its values need (a quarter or half of int32's memory); `ImageError`
+    as `read_pair` gives it."""
+    width, height = image_size(Path(image))
+    return _resized(read_mask(Path(mask), (width, height), classes, ignore), shape, compact=True)
+
+
+def _resized(labels: np.ndarray, shape: tuple[int, int, int], compact: bool = False) -> np.ndarray:
     if labels.shape != (shape[0], shape[1]):
         from PIL import Image
 
         labels = np.asarray(
             Image.fromarray(labels).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
         )
-    return pixels, labels.astype(np.int32)
+    return labels if compact else labels.astype(np.int32)
 
 
 def image_size(path: Path) -> tuple[int, int]:

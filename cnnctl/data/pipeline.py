@@ -45,7 +45,7 @@ def training_batches(
     if not isinstance(x, np.ndarray):  # images still in files: streamed
         from cnnctl.data import stream
 
-        return stream.training_batches(
+        batches, steps = stream.training_batches(
             x,
             y,
             batch_size=batch_size,
@@ -55,6 +55,9 @@ def training_batches(
             first_epoch=first_epoch,
             epochs=epochs,
         )
+        if np.ndim(y) == 3:  # masks: moved and weighed as in memory, a weight per pixel
+            batches = batches.map(_per_pixel(joint, ignore_index, pixel_weights))
+        return batches, steps
     n = len(x)
     x_t, y_t = tf.constant(x), tf.constant(y)
 
@@ -71,6 +74,25 @@ def training_batches(
     if pixel_weights is not None:
         batches = batches.map(weighed(pixel_weights, ignore_index))
     return batches.prefetch(tf.data.AUTOTUNE), math.ceil(n / batch_size)
+
+
+def _per_pixel(joint: Sequence[Any], ignore_index: int, pixel_weights: np.ndarray | None):
+    """Streamed (images, masks, weight per image) -> the same (masks int32) through `together`
+    and `weighed`, the weight spread over the pixels (Keras would broadcast a weight per image
+    along the width): an image that failed to decode (weight 0) gives its pixels weight 0."""
+    move = together(joint, ignore_index) if joint else None
+    weigh = weighed(pixel_weights, ignore_index) if pixel_weights is not None else None
+
+    def apply(images: tf.Tensor, masks: tf.Tensor, weights: tf.Tensor):
+        masks = tf.cast(masks, tf.int32)  # kept 8 or 16 bit; int32 as in memory
+        if move is not None:
+            images, masks = move(images, masks)
+        pixels = tf.ones(tf.shape(masks), tf.float32)
+        if weigh is not None:
+            _, _, pixels = weigh(images, masks)
+        return images, masks, pixels * weights[:, None, None]
+
+    return apply
 
 
 def weighed(weights: np.ndarray, ignore_index: int):
@@ -109,9 +131,10 @@ def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, num_classes: 
     ):  # images still in files: streamed (with weights: 0 if unreadable)
         from cnnctl.data import stream
 
-        return stream.eval_batches(
+        batches = stream.eval_batches(
             x, y, batch_size=batch_size, num_classes=num_classes, one_hot=one_hot
         )
+        return batches.map(_per_pixel((), 255, None)) if np.ndim(y) == 3 else batches
     x_t, y_t = tf.constant(x), tf.constant(y)
     return (
         tf.data.Dataset.range(len(x))

@@ -350,8 +350,8 @@ def worker_share(order: tf.Tensor, batch_size: int, workers: int, index: int) ->
     if workers == 1:
         return order
     n = tf.shape(order, out_type=tf.int64)[0]
-    j = tf.range(n)
-    offset, length = j % batch_size, tf.minimum(batch_size, n - (j // batch_size) * batch_size)
+    j, size = tf.range(n), tf.constant(batch_size, tf.int64)  # int64: traced, no int32 mix
+    offset, length = j % size, tf.minimum(size, n - (j // size) * size)
     mine = (offset >= length * index // workers) & (offset < length * (index + 1) // workers)
     return tf.boolean_mask(order, mine)
 

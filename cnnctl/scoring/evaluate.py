@@ -101,7 +101,7 @@ def score_split(
 
     if isinstance(model, ExportedModel):  # no TensorFlow: decode with Pillow, score with numpy
         pixels, failed = decoded(x)
-        y = np.delete(y, failed) if failed else y
+        y = np.delete(y, failed, axis=0) if failed else y
         found = model.predict(pixels.astype(np.float32), batch_size=batch_size)
         return Scored(task.score(found, y), found, failed)
     from cnnctl.data.pipeline import eval_batches  # TensorFlow: only for Keras models

@@ -39,6 +39,13 @@ class PixelLoss(keras.losses.Loss):
         self.crossentropy = float(crossentropy)
         self.dice = float(dice)
 
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """A weight per pixel (streamed pairs give each pixel its image's weight: 0 where the
+        image failed to decode) counts per image, as this loss does: its largest."""
+        if sample_weight is not None and len(sample_weight.shape) == 3:
+            sample_weight = ops.max(sample_weight, axis=(1, 2))
+        return super().__call__(y_true, y_pred, sample_weight)
+
     def call(self, y_true: Any, y_pred: Any) -> Any:
         y_pred = ops.cast(y_pred, "float32")
         labels = ops.cast(y_true, "int32")

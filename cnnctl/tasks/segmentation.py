@@ -68,6 +68,8 @@ class Segmentation(Task):
                 f"(N, height, width); got {y.dtype} shaped {y.shape}",
                 "task: segmentation reads a folder with images/ and masks/",
             )
+        if y.dtype in (np.uint8, np.uint16):  # streamed pairs' masks: kept compact
+            return y
         return y.astype(np.int32)
 
     def output_names(
