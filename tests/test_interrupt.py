@@ -69,7 +69,11 @@ def test_sigkill_in_epoch_3_then_resume_gives_exactly_5_epochs(small_config):
     assert describe(Run(run)).status == "finished"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],  # same handler
+    ids=["sigint", "sigterm"],
+)
 def test_interrupt_saves_and_prints_a_working_resume_command(small_config, sig):
     run = Path("runs/small")
     process = start(small_config)

@@ -628,6 +628,7 @@ def test_streamed_pairs_move_image_and_mask_together(scenes_csv, write):
         assert np.array_equal(y1, y2) and np.allclose(x1, x2, atol=1e-4)  # moved as in memory
 
 
+@pytest.mark.slow  # two trainings; the batches are compared in the default tests
 @pytest.mark.parametrize(
     ("cache", "loss"), [("none", "crossentropy_dice"), ("disk", "sparse_categorical_crossentropy")]
 )
