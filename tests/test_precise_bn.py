@@ -63,12 +63,14 @@ def _val_accuracy(run: Path) -> float:
     return json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
 
 
+@pytest.mark.slow  # trains two runs
 def test_precise_bn_lifts_validation_off_chance(runs):
     off, on = _val_accuracy(runs["false"][0]), _val_accuracy(runs["auto"][0])
     assert off < 0.2  # Keras' moving statistics after 226 steps: near chance (0.10)
     assert on > off + 0.3  # measured: 0.10 -> 0.64
 
 
+@pytest.mark.slow  # trains two runs
 def test_near_chance_is_said_once_where_precise_bn_is_off(runs):
     said = runs["false"][1]
     assert said.count("is near chance (0.10) while training accuracy is") == 1
@@ -83,6 +85,7 @@ def _statistics(model) -> list[np.ndarray]:
     return [np.array(v) for bn in batch_norms(model) for v in (bn.moving_mean, bn.moving_variance)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, holds", [("auto", True), ("false", False)])
 def test_saved_model_holds_the_recomputed_statistics(runs, data_dir, setting, holds):
     from cnnctl.config import load_config

@@ -21,6 +21,8 @@ from test_serve import EVIL, Server, browser, predict_json, upload  # noqa: F401
 
 from cnnctl.cli import main
 
+pytestmark = pytest.mark.slow  # three tiny runs and three servers: CI runs them
+
 LAYERS = {
     "multilabel": """\
     - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}

@@ -317,6 +317,7 @@ def test_csv_of_paths_reads_like_a_folder(runner, write, folder, tmp_path):
     assert len(dataset.x_train) == len(from_folder.x_train)
 
 
+@pytest.mark.slow  # the in-memory SIGKILL test runs by default
 def test_sigkill_mid_epoch_while_streaming_then_resume_gives_the_planned_epochs(write, folder):
     from test_interrupt import epochs_in, wait_for_epochs
 
