@@ -27,6 +27,23 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium and chromium-driver
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def require_chromium() -> None:
+    """Skip a browser test where Debian's Chromium is missing (`make test` installs it when run
+    as root), but fail it in CI (`CI` set), where a skip would hide a broken page."""
+    if CHROMIUM.is_file() and CHROMEDRIVER.is_file():
+        return
+    message = (
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
     """The real MNIST test set: 10,000 digits (28x28 uint8) and labels."""

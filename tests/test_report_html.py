@@ -10,15 +10,13 @@ import pytest
 
 from cnnctl.cli import main
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium and chromium-driver (CI installs them)
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+from conftest import CHROMEDRIVER, CHROMIUM, require_chromium
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium that can reach nothing: hosts resolve nowhere, the network is offline."""
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install them)")
+    require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

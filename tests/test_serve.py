@@ -28,7 +28,7 @@ from PIL import Image
 from cnnctl.cli import main
 from cnnctl.serve.batcher import Batcher, QueueFull
 
-from conftest import REPO
+from conftest import CHROMEDRIVER, CHROMIUM, REPO, require_chromium
 from hostile_models import png_header_bomb
 
 
@@ -509,17 +509,16 @@ EVIL = "<img src=x onerror=\"document.title='pwned'\">"
 @pytest.fixture
 def browser():
     """Debian's headless Chromium, driven by its chromedriver (Selenium downloads nothing)."""
-    if not (Path("/usr/bin/chromium").is_file() and Path("/usr/bin/chromedriver").is_file()):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install ...)")
+    require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     os.environ["SE_OFFLINE"] = "true"
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     yield driver
     driver.quit()
 
