@@ -90,8 +90,9 @@ def test_the_private_temporary_folder_goes_on_sigterm(tmp_path):
     code = (
         "import sys, time; from cnnctl.startup import private_tmp\n"
         "folder = private_tmp(); open(folder + '/x', 'w').write('x')\n"
-        "print(folder, flush=True)\n"
-        "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+        # printed inside the try: the signal may come the instant the line is read
+        "try:\n    print(folder, flush=True)\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    sys.exit(130)\n"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code], env=_child_env(tmp), stdout=subprocess.PIPE, text=True
