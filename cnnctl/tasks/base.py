@@ -292,6 +292,18 @@ class Task(ABC):
         return (plain + mirrored) / 2
 
 
+def column_names(
+    given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str, noun: str
+) -> tuple[str, ...]:
+    """One name per label column (`noun`: label, target): the source's, else "0", "1", ..."""
+    count = labels[0].shape[1]
+    if given is None:
+        return tuple(str(i) for i in range(count))
+    if len(given) != count:
+        raise DataError(f"{origin}: {len(given)} {noun} names for {count} {noun}s")
+    return tuple(given)
+
+
 def check_vector_head(
     output_shape: tuple,
     outputs: int,

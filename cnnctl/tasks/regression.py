@@ -15,7 +15,7 @@ from cnnctl import report as figures
 from cnnctl.errors import ConfigError, DataError
 from cnnctl.escape import safe
 from cnnctl.runs.results import EvaluationResult, Guess, Prediction
-from cnnctl.tasks.base import Report, Task, check_vector_head
+from cnnctl.tasks.base import Report, Task, check_vector_head, column_names
 
 if TYPE_CHECKING:
     from cnnctl.config import Config, TrainConfig
@@ -80,12 +80,7 @@ class Regression(Task):
     def output_names(
         self, given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str
     ) -> tuple[str, ...]:
-        count = labels[0].shape[1]
-        if given is None:
-            return tuple(str(i) for i in range(count))
-        if len(given) != count:
-            raise DataError(f"{origin}: {len(given)} target names for {count} targets")
-        return tuple(given)
+        return column_names(given, labels, origin, "target")
 
     def label_counts(self, y: np.ndarray, k: int) -> list[int]:
         return [len(y)] * k
