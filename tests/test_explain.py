@@ -19,6 +19,7 @@ from PIL import Image
 from cnnctl.cli import main
 from cnnctl.config import load_config
 from cnnctl.errors import DataError
+from cnnctl.explain.faithfulness import blurred, delete_top
 from cnnctl.explain.layers import conv_layers, find_layer
 from cnnctl.explain.methods import gradient_maps, occlusion_maps
 from cnnctl.model.builder import build_model
@@ -75,7 +76,7 @@ def test_gradcam_explains_the_predicted_class_of_each_image(runner, run_copy, di
         assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "saliency", "occlusion"])
+@pytest.mark.parametrize("method", ["gradcam++", "saliency", "input-x-gradient", "occlusion"])
 def test_every_method_gives_a_map_in_0_1(runner, run_copy, digits, tmp_path, method):
     out = tmp_path / "maps"
     result = explain(runner, run_copy, str(digits[0]), "--method", method, "--output", str(out))
@@ -238,6 +239,35 @@ def test_occlusion_finds_the_only_pixels_that_matter():
     maps, _ = occlusion_maps(predict, images, np.ones((2, 1), np.float32), patch=4, stride=2)
     assert maps[:, 12:].max() == 0 and maps[:, :, 12:].max() == 0  # one square away: nothing
     assert maps[:, :8, :8].max() == 1.0  # the peak is in the quarter that is scored
+
+
+def test_input_x_gradient_of_a_linear_model_is_each_pixels_share_of_the_score():
+    """Score = sum(w * x) + b: pixel (i, j) carries w_ij * x_ij of it; negative shares are 0."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    w = np.arange(-8, 8, dtype=np.float32).reshape(16, 1)
+    model.layers[-1].set_weights([w, np.array([3.0], np.float32)])
+    images = np.random.default_rng(1).uniform(0, 255, (2, 4, 4, 1)).astype(np.float32)
+    maps, _ = gradient_maps(model, images, np.ones((2, 1), np.float32), "input-x-gradient")
+    share = np.maximum(images[..., 0] * w.reshape(4, 4), 0)
+    np.testing.assert_allclose(maps, share / share.max(axis=(1, 2), keepdims=True), atol=1e-6)
+
+
+def test_blurred_removal_keeps_flat_images_and_replaces_only_the_chosen_pixels():
+    flat = np.full((1, 9, 9, 1), 70.0, np.float32)
+    np.testing.assert_allclose(blurred(flat, 2.0), flat, rtol=1e-6)
+    dot = np.zeros((1, 15, 15, 1), np.float32)
+    dot[0, 7, 7] = 100.0
+    spread = blurred(dot, 1.0)
+    assert spread.sum() == pytest.approx(100.0, rel=1e-5) and spread[0, 7, 7] < 20
+    assert spread[0, 7, 8] == pytest.approx(spread[0, 8, 7])
+    assert spread[0, 7, 8] < spread[0, 7, 7]
+    ranks = np.zeros((1, 15, 15), np.float32)
+    ranks[0, 7, 7] = 1.0
+    removed = delete_top(dot, ranks, 1 / 225, fill=spread)
+    assert removed[0, 7, 7, 0] == spread[0, 7, 7, 0] and removed.sum() == spread[0, 7, 7, 0]
 
 
 def test_task_hooks_choose_what_is_explained():

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnctl.explain import LAYER_METHODS
 from cnnctl.explain.layers import linear_head, recording
 from cnnctl.limits import EVAL_BATCH
 
@@ -30,10 +31,12 @@ def gradient_maps(
     layer: Any = None,
     batch_size: int = EVAL_BATCH,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Maps by `method` (gradcam, gradcam++, saliency) and the model's outputs.
+    """Maps by `method` (gradcam, gradcam++, saliency, input-x-gradient) and the outputs.
 
-    Grad-CAM and Grad-CAM++ are read at `layer` (a convolution, at any depth of nesting).
+    Grad-CAM and Grad-CAM++ are read at `layer` (a convolution, at any depth of nesting);
+    the other methods at the input, whatever `layer` is.
     """
+    layer = layer if method in LAYER_METHODS else None
     step = _traced(model, method, layer, images.shape[1:], weights.shape[1:])
     maps, outputs = [], []
     for start in range(0, len(images), batch_size):
@@ -65,7 +68,12 @@ def _trace(model: Any, method: str, layer: Any, image_shape: tuple, weight_shape
     graph keeps both, so it runs later without either."""
     import tensorflow as tf
 
-    combine = {"gradcam": gradcam, "gradcam++": gradcam_plus_plus, "saliency": saliency}[method]
+    combine = {
+        "gradcam": gradcam,
+        "gradcam++": gradcam_plus_plus,
+        "saliency": saliency,
+        "input-x-gradient": input_x_gradient,
+    }[method]
     height, width = image_shape[:2]
     with linear_head(model) as activation, recording([layer] if layer is not None else []) as seen:
 
@@ -133,6 +141,20 @@ def saliency(images: Any, grads: Any) -> Any:
     import tensorflow as tf
 
     return tf.reduce_max(tf.abs(grads), axis=-1)
+
+
+def input_x_gradient(images: Any, grads: Any) -> Any:
+    """Input x gradient (Shrikumar et al., 2016; Ancona et al., ICLR 2018), the part of the
+    score each pixel's value carries: M_ij = ReLU(sum_c I_ijc dS / dI_ijc).
+
+    It is the first-order estimate of how far the score falls when a pixel is set to 0, and
+    what Grad-CAM's positional weights (above) give when read at the input: a pixel that is
+    already 0 scores 0. Pixel-sharp, where Grad-CAM marks the regions of its layer; the one
+    map that passes the deletion test with black removal on the seed network (README).
+    """
+    import tensorflow as tf
+
+    return tf.nn.relu(tf.reduce_sum(grads * images, axis=-1))
 
 
 def _unit(maps: Any) -> Any:

@@ -7,6 +7,7 @@ equal steps of colour, and it reads in grey too). Names in titles are drawn as p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, title: str, path: Path)
     Drawn with Pillow, not as a matplotlib figure: a hundred overlays take a fraction of a
     second instead of half a minute. Small images are enlarged by whole steps (no blur).
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     height, width = heatmap.shape
     scale = max(1, OVERLAY_SIZE // max(height, width))
@@ -55,22 +56,41 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, title: str, path: Path)
     grey = rgb.mean(axis=-1, keepdims=True)
     lut = _lut()
     blend = (1 - ALPHA) * grey + ALPHA * lut[np.round(np.clip(heatmap, 0, 1) * 255).astype(int)]
-    font = ImageFont.load_default(size=13)
-    gap, bar, top = 10, 12, 30
-    canvas = Image.new("RGB", (3 * gap + 2 * size[0] + bar + 24, top + size[1] + gap), "white")
+    gap, top = 10, 30
+    key = _colour_key(size[1])
+    canvas = Image.new("RGB", (3 * gap + 2 * size[0] + key.width, top + size[1] + gap), "white")
     for column, picture in enumerate((rgb, blend)):
         shown = Image.fromarray(picture.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
         canvas.paste(shown, (gap + column * (size[0] + gap), top))
-    scale_bar = lut[np.linspace(255, 0, size[1]).astype(int)][:, None].repeat(bar, axis=1)
-    left = 3 * gap + 2 * size[0] - gap
-    canvas.paste(Image.fromarray(scale_bar.astype(np.uint8)), (left, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((left + bar + 3, top - 2), "1", fill="black", font=font)
-    draw.text((left + bar + 3, top + size[1] - 14), "0", fill="black", font=font)
-    draw.text((gap, 8), safe_text(title)[:120], fill="black", font=font)
+    canvas.paste(key, (2 * gap + 2 * size[0], top - 2))
+    ImageDraw.Draw(canvas).text((gap, 8), safe_text(title)[:120], fill="black", font=_font())
     canvas.save(path, format="PNG", compress_level=1)  # fast: a hundred overlays in a blink
 
 
+@functools.lru_cache(maxsize=4)
+def _colour_key(height: int) -> Any:
+    """The colour bar, labelled 1 at the top and 0 at the bottom, `height` pixels tall: drawn
+    once a size (text is the slowest part of an overlay)."""
+    from PIL import Image, ImageDraw
+
+    bar = 12
+    key = Image.new("RGB", (bar + 24, height + 4), "white")
+    colours = _lut()[np.linspace(255, 0, height).astype(int)][:, None].repeat(bar, axis=1)
+    key.paste(Image.fromarray(colours.astype(np.uint8)), (0, 2))
+    draw = ImageDraw.Draw(key)
+    draw.text((bar + 3, 0), "1", fill="black", font=_font())
+    draw.text((bar + 3, height - 12), "0", fill="black", font=_font())
+    return key
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=13)
+
+
+@functools.lru_cache(maxsize=1)
 def _lut() -> np.ndarray:
     """The heatmap's colour map as 256 RGB rows (0..255)."""
     from matplotlib import colormaps
