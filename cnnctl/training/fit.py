@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from cnnctl.config import Config, dump_config
 from cnnctl.data.checks import check_dataset
-from cnnctl.data.dataset import Dataset, dataset_for
+from cnnctl.data.dataset import Dataset, dataset_for, without
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
 from cnnctl.errors import Interrupted, TrainingFailed
@@ -329,7 +328,7 @@ def _test(
         scored = score_split(
             model, task, dataset.x_val, dataset.y_val, task.one_hot(config.train), batch_size
         )
-        truth = np.delete(dataset.y_val, scored.failed, axis=0) if scored.failed else dataset.y_val
+        truth = without(dataset.y_val, scored.failed)
         return scored.outputs, truth
 
     # What the task settles on validation (multilabel: thresholds), kept before the test uses it.
@@ -347,6 +346,6 @@ def _test(
     )
     metrics = dict(scored.metrics)
     if task.needs_test_outputs:
-        y = np.delete(dataset.y_test, scored.failed, axis=0) if scored.failed else dataset.y_test
+        y = without(dataset.y_test, scored.failed)
         metrics.update(task.test_metrics(scored.outputs, y))
     return {key: round(float(value), 6) for key, value in metrics.items()}
