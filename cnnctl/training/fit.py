@@ -49,7 +49,7 @@ from cnnctl.training.callbacks import (
 )
 from cnnctl.training.checkpoint import restore_rng
 from cnnctl.training.cluster import shared_stop, worker_lost
-from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
+from cnnctl.training.distribute import is_chief, own_shares, prepare_multi_worker, strategy_for
 from cnnctl.training.finetune import FineTune
 from cnnctl.training.plan import check_resume, need_tensorboard
 from cnnctl.training.precise_bn import precise_bn_callbacks
@@ -207,6 +207,7 @@ def _fit(
         one_hot=task_of(config).one_hot(train),
     )
     prepare_multi_worker(model, validation)
+    batches = own_shares(model, batches)  # a cluster's streamed batches: each worker's own
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
