@@ -211,3 +211,73 @@ def test_distribute_timeout_must_be_positive(small_config):
     with pytest.raises(ConfigError, match="train.distribute_timeout"):
         load_config(small_config, ["train.distribute_timeout=0"])
     assert load_config(small_config).train.distribute_timeout == 300
+
+
+PAIRS = """\
+name: pairs
+task: segmentation
+seed: 7
+data: {{path: {path}, cache: none, validation: 0.25}}
+model:
+  input_shape: [64, 64, 1]
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: 3, padding: same, activation: relu}}
+    - type: Skip
+      layers:
+        - MaxPooling2D
+        - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}
+        - {{type: UpSampling2D, size: 2}}
+    - {{type: Conv2D, filters: 11, kernel_size: 1, activation: softmax}}
+train: {{epochs: 3, batch_size: 8, distribute: multi_worker, distribute_timeout: 60}}
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_train_a_unet_on_streamed_pairs_each_decoding_its_share(
+    offline_scratch, scenes_csv
+):
+    import shutil
+
+    from cnnctl.data.dataset import load_dataset
+    from cnnctl.data.order import shuffled
+    from cnnctl.data.stream import worker_share
+    from cnnctl.tasks import task_named
+
+    folder, scenes = offline_scratch, scenes_csv.parent
+    data = folder / "scenes"  # 48 training and 16 test pairs of the fashion scenes
+    for split, count in (("train", 48), ("test", 16)):
+        for kind in ("images", "masks"):
+            (data / kind / split).mkdir(parents=True)
+            for path in sorted((scenes / kind / split).glob("*.png"))[:count]:
+                shutil.copy(path, data / kind / split / path.name)
+    shutil.copy(scenes / "classes.txt", data / "classes.txt")
+    (folder / "pairs.yaml").write_text(PAIRS.format(path=data))
+    # One training image will fail to decode (its header reads, its pixels do not): picked so
+    # that the chief's (worker 0's) share of the shuffled batches holds it in some epochs only.
+    config = load_config(folder / "pairs.yaml")
+    dataset = load_dataset(config.data, (64, 64, 1), 7, task=task_named("segmentation"))
+    n = len(dataset.x_train)
+    shares = [set(worker_share(shuffled(n, 7, e), 8, 2, 0).numpy().tolist()) for e in range(3)]
+    position = next(p for p in range(n) if 0 < sum(p in share for share in shares) < 3)
+    broken = Path(dataset.files["train"][position])
+    raw = broken.read_bytes()
+    broken.write_bytes(raw[: raw.index(b"IDAT") + 12])
+    assert finish(start(["pairs.yaml"], folder, dict(os.environ))) == [0, 0]
+
+    run = folder / "runs" / "pairs"
+    assert [p.name for p in (folder / "runs").iterdir()] == ["pairs"]  # the chief's alone
+    keras.saving.load_model(run / "model.keras")
+    with open(run / "metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert all(0 < float(row["mean_iou"]) <= 1 and float(row["val_mean_iou"]) > 0 for row in rows)
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert 0 < test["mean_iou"] <= 1 and 0 < test["pixel_accuracy"] <= 1
+
+    # The chief decoded only its share: the broken image is reported in exactly the epochs
+    # whose share of the chief holds it (the other worker decodes it in the others).
+    with open(run / "skipped.csv", newline="") as stream:
+        listed = [row for row in csv.DictReader(stream) if row["split"] == "training"]
+    assert {row["path"] for row in listed} == {str(broken)}
+    expected = [e + 1 for e in range(3) if position in shares[e]]
+    assert sorted(int(row["epoch"]) for row in listed) == expected

@@ -661,7 +661,8 @@ def test_a_bad_mask_among_streamed_pairs_is_skipped_and_reported(masks_folder, r
         assert type(arrays.x_train).__name__ == "FileImages" and len(arrays.x_train) == 8
         assert sorted(arrays.skipped) == sorted(expected.skipped)
         assert np.array_equal(np.asarray(arrays.x_train), expected.x_train)
-        assert np.array_equal(arrays.y_train, expected.y_train)
+        assert type(arrays.y_train).__name__ == "FileMasks"  # paths: read while streaming
+        assert np.array_equal(arrays.y_train, expected.y_train)  # palette: indices, as in memory
         assert arrays.y_train.dtype == np.uint8  # a quarter of the in-memory route's int32
     config = write(
         "cells.yaml",
@@ -679,3 +680,50 @@ def test_a_bad_mask_among_streamed_pairs_is_skipped_and_reported(masks_folder, r
     listed = Path("runs/unet/skipped.csv").read_text()
     assert "badvalue.png" in listed and "value 7 at x=5, y=3" in listed
     assert "good2.png,damaged or truncated image" in listed
+
+
+def test_streamed_masks_are_files_not_pixels_and_one_changed_since_is_skipped_and_named(
+    masks_folder, scenes_csv
+):
+    from cnnctl.config import DataConfig
+    from cnnctl.data.dataset import load_dataset
+    from cnnctl.data.masks import FileMasks, load_mask_folder
+    from cnnctl.data.stream import eval_batches, eval_skipped, failures
+    from cnnctl.tasks import task_named
+
+    task = task_named("segmentation")
+    for mode in ("none", "disk"):  # what is held for 384 masks of 64x64: their file names
+        data = DataConfig(path=str(scenes_csv.parent), cache=mode, validation=0.2)
+        dataset = load_dataset(data, (64, 64, 1), seed=5, task=task)
+        y = dataset.y_train
+        assert isinstance(y, FileMasks) and len(y) == 288 and y.shape == (288, 64, 64)
+        held = [v.nbytes for v in vars(y).values() if isinstance(v, np.ndarray)]
+        assert sum(held) < 64 * len(y) < 4096 * len(y)  # a few numbers a file, no pixels
+        assert np.asarray(y[:3]).shape == (3, 64, 64)
+    data = DataConfig(path=str(masks_folder), cache="none")
+    arrays = load_mask_folder(masks_folder, (16, 16, 1), data)
+    x, y = arrays.x_train, arrays.y_train
+    path = Path(y.paths[1])
+    path.write_bytes(path.read_bytes()[:60])  # checked before training; cut short since
+    (images, masks, weights), *_ = list(
+        eval_batches(x, y, batch_size=8, num_classes=3, one_hot=False)
+    )
+    assert weights.numpy().tolist() == [1, 0, 1, 1, 1, 1, 1, 1]  # left out, its place kept
+    assert not images[1].numpy().any() and not masks[1].numpy().any()
+    (position,) = eval_skipped(x)
+    ((named, reason),) = failures(x, [position], y)
+    assert named == str(path) and "damaged or truncated" in reason
+    disk = load_mask_folder(
+        masks_folder, (16, 16, 1), DataConfig(path=str(masks_folder), cache="disk")
+    )
+    assert sorted(p for p, _ in disk.skipped) == sorted(
+        [*(p for p, _ in arrays.skipped), str(path)]
+    )
+    kept = np.asarray(disk.y_train)
+    for mask in disk.y_train.paths:
+        Path(mask).unlink()  # read from the decode cache every epoch, not from the files
+    found = list(
+        eval_batches(disk.x_train, disk.y_train, batch_size=4, num_classes=3, one_hot=False)
+    )
+    assert np.array_equal(np.concatenate([m for _, m, _ in found]), kept)
+    assert all((w.numpy() == 1).all() for _, _, w in found)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,13 +53,7 @@ def cached_images(
     meta = _whole(folder, len(index.paths), image_shape) if folder.exists() else None
     if meta is None:
         if folder.exists():  # damaged: set aside (atomic), then rebuilt
-            aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
-            with contextlib.suppress(OSError):
-                os.rename(folder, aside)
-                if os.path.islink(aside) or not os.path.isdir(aside):
-                    os.unlink(aside)  # a planted symlink (or file) goes; never what it points to
-                else:
-                    shutil.rmtree(aside, ignore_errors=True)
+            _set_aside(folder)
         _build(index, image_shape, folder)
         built = True
         meta = _whole(folder, len(index.paths), image_shape)
@@ -76,7 +70,24 @@ def cached_images(
     return folder / "images.npy", meta, note
 
 
-def _whole(folder: Path, files: int, image_shape: tuple[int, int, int]) -> dict[int, str] | None:
+def _set_aside(folder: Path) -> None:
+    """A damaged cache folder moved aside (atomic) and deleted."""
+    aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
+    with contextlib.suppress(OSError):
+        os.rename(folder, aside)
+        if os.path.islink(aside) or not os.path.isdir(aside):
+            os.unlink(aside)  # a planted symlink (or file) goes; never what it points to
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _whole(
+    folder: Path,
+    files: int,
+    image_shape: tuple[int, ...],
+    dtype: Any = np.uint8,
+    name: str = "images.npy",
+) -> dict[int, str] | None:
     """The failed rows of a complete cache folder; None when anything in it is off.
 
     A cache can be damaged by a full disk, a hand edit or another user: its files are
@@ -85,14 +96,15 @@ def _whole(folder: Path, files: int, image_shape: tuple[int, int, int]) -> dict[
     shape = (files, *image_shape)
     try:
         meta = read_json(folder / "meta.json", DataError)
-        with open_regular(folder / "images.npy", DataError) as stream:
+        with open_regular(folder / name, DataError) as stream:
             layout = npy_header(stream)
-            whole = stream.tell() + int(np.prod(shape)) == os.fstat(stream.fileno()).st_size
+            data = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            whole = stream.tell() + data == os.fstat(stream.fileno()).st_size
     except (CnnctlError, OSError, ValueError):
         return None
     failed = meta.get("failed") if isinstance(meta, dict) else None
     if (
-        layout != (shape, np.dtype(np.uint8))
+        layout != (shape, np.dtype(dtype))
         or not whole
         or meta.get("version") != VERSION
         or not isinstance(failed, dict)
@@ -145,6 +157,86 @@ def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) ->
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won the race
+
+
+def cached_masks(
+    pairs: list[tuple[str, str]],
+    settings: list,
+    shape: tuple[int, ...],
+    dtype: Any,
+    fill: Callable[[Callable[[np.ndarray], None]], dict[int, str]],
+) -> tuple[Path, dict[int, str], str]:
+    """The cache's masks.npy (`shape`, `dtype`) for `pairs` (image, mask) and `settings`,
+    written by `fill` (each mask checked and decoded, in order) if missing; the failed rows ->
+    reason (a failed mask checks as before); and a note. Keyed, built and checked as the
+    images' cache is: a changed image or mask file gives a new key."""
+    digest = hashlib.blake2b(digest_size=16)
+    stamps = []
+    for image, mask in pairs:
+        for path in (image, mask):
+            try:
+                info = os.stat(path)
+                stamps.append((str(path), info.st_size, info.st_mtime_ns))
+            except (OSError, ValueError):
+                stamps.append((str(path), -1, -1))
+    digest.update(json.dumps([VERSION, "masks", settings, list(shape), stamps]).encode())
+    folder = cache_root() / f"masks-{digest.hexdigest()}"
+    built = False
+    meta = _whole(folder, shape[0], shape[1:], dtype, "masks.npy") if folder.exists() else None
+    if meta is None:
+        if folder.exists():
+            _set_aside(folder)
+        _build_rows(folder, "masks.npy", shape, dtype, fill)
+        built = True
+        meta = _whole(folder, shape[0], shape[1:], dtype, "masks.npy")
+        if meta is None:
+            raise DataError(
+                f"{folder}: the decode cache just written does not read back",
+                f"check the disk, or set data.cache: none; delete it with: rm -r {folder}",
+            )
+    size = (folder / "masks.npy").stat().st_size
+    note = (
+        f"masks {'written to' if built else 'read from'} the decode cache {folder} "
+        f"({size / 1e9:.2f} GB); delete it any time: rm -r {folder}"
+    )
+    return folder / "masks.npy", meta, note
+
+
+def _build_rows(
+    folder: Path, name: str, shape: tuple[int, ...], dtype: Any, fill: Callable
+) -> None:
+    """`fill(write)` into a fresh temporary folder's `name` (.npy), renamed into place."""
+    root = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    need = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    free = shutil.disk_usage(root).free
+    if need * 1.05 > free:
+        raise DataError(
+            f"{root}: {need / 1e9:.1f} GB needed for the decode cache, {free / 1e9:.1f} GB free",
+            "set CNNCTL_CACHE_DIR to a larger disk, or data.cache: none to stream the files",
+        )
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        with open(tmp / name, "wb") as stream:  # written row by row: memory stays flat
+            header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(stream, header)
+            failed = fill(lambda rows: stream.write(np.ascontiguousarray(rows, dtype).tobytes()))
+            stream.flush()
+            os.fsync(stream.fileno())
+        meta = {
+            "version": VERSION,
+            "shape": list(shape),
+            "failed": {str(k): v for k, v in failed.items()},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remembered_probes(

@@ -69,6 +69,14 @@ def decoded(x: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return (np.delete(pixels, failed, axis=0) if failed else pixels), failed
 
 
+def without(y: np.ndarray, failed: Sequence[int]) -> np.ndarray:
+    """Labels `y` without the positions `failed` (images left out), as an array: masks still
+    in files are read here, those left out never."""
+    if len(failed):
+        y = y[np.setdiff1d(np.arange(len(y)), failed)]
+    return np.asarray(y)
+
+
 def image_shape_of(data: DataConfig, input_shape: Sequence[int]) -> tuple[int, int, int]:
     """The size images are read at.
 

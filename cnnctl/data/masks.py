@@ -11,10 +11,11 @@ another size than its image, or holds a value that is neither a class nor data.i
 mask without an image is reported too. Every file is opened as a regular file only and its
 size checked from the header before it is decoded (limits.py). Decoded pairs are kept in
 memory, within the same budget as image folders; with data.cache none or disk (or auto, when
-the images would not fit) the images stay in files and stream as image folders do (decoded
-each epoch, or once into the decode cache), each worker of a cluster reading only its share,
-while the masks are read and checked before training and kept in memory as the labels (8 bit
-class indices, 16 where values need it: a pixel's mask takes a third of an RGB image's bytes).
+the images would not fit) pairs stream as image folders do, each worker of a cluster reading
+only its share: every mask is still read and checked before training (so a bad pair is skipped
+and reported before training), then dropped: the labels are `FileMasks`, the mask files (with
+none: decoded again beside their image every epoch; with disk: their checked decode kept in the
+decode cache), so the memory held for them grows with the number of files, not of pixels.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from struct import error as struct_error
+from typing import Any
 
 import numpy as np
 
 from cnnctl.config import DataConfig
-from cnnctl.data.images import ImageError, image_paths, load_image, size_refusal
+from cnnctl.data.images import ImageError, image_paths, load_image
 from cnnctl.data.index import SPLIT_FOLDERS
+from cnnctl.data.maskfiles import FileMasks, image_size, mask_dtype, read_mask, resized
 from cnnctl.data.sources import Arrays
 from cnnctl.errors import ConfigError, DataError
-from cnnctl.limits import open_regular, read_bounded
+from cnnctl.limits import read_bounded
 
-MASK_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")  # single channel, 8 or 16 bit
 CLASSES_FILE = "classes.txt"
 
 
@@ -73,10 +74,9 @@ def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig
     pairs = _pairs(folder, skipped)
     budget = _memory_budget()
     mode = _placement(data.cache, len(pairs), shape)
-    # in memory: the image and an int32 mask; streamed: a mask of 8 (or 16) bit class indices
-    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1] if mode == "memory" else 0
-    per_pair = per_pair or 2 * shape[0] * shape[1]
-    if len(pairs) * per_pair > budget:
+    # in memory: the image and an int32 mask; streamed: the file names
+    per_pair = int(np.prod(shape)) + 4 * shape[0] * shape[1]
+    if mode == "memory" and len(pairs) * per_pair > budget:
         raise DataError(
             f"{folder}: {len(pairs):,} pairs take {len(pairs) * per_pair:,} bytes decoded, more "
             f"than a quarter of this machine's memory ({budget:,})",
@@ -130,28 +130,63 @@ def _streamed(
     skipped: list[tuple[str, str]],
     mode: str,
 ) -> Arrays:
-    """The pairs with their images left in files (`mode` none: decoded each epoch; disk: the
-    decode cache), as image folders stream; each mask is read and checked now (it is the
-    label, kept in memory), so a bad pair is skipped and reported before training."""
+    """The pairs left in files (`mode` none: decoded each epoch; disk: the decode cache), as
+    image folders stream. Each mask is read and checked now, so a bad pair is skipped and
+    reported before training, and then dropped: the labels are `FileMasks`."""
     from cnnctl.data.folders import load_index
     from cnnctl.data.index import checked_index
 
-    paths, masks, splits = [], [], []
-    for split, image, mask in pairs:
+    classes, ignore = len(names), data.ignore_index
+    dtype = mask_dtype(classes, ignore)
+    store, failed, warnings = None, {}, ()
+    if mode == "disk":  # checked and decoded once, into the decode cache (a hit: neither)
+        from cnnctl.data.cache import cached_masks
+
+        def fill(write: Any) -> dict[int, str]:
+            failed = {}
+            for row, (_, image, mask) in enumerate(pairs):
+                try:
+                    write(read_pair_mask(image, mask, shape, classes, ignore).astype(dtype))
+                except ImageError as error:
+                    failed[row] = str(error)
+                    write(np.zeros(shape[:2], dtype))
+            return failed
+
+        signature = [(image, mask) for _, image, mask in pairs]
+        key = [list(shape[:2]), classes, ignore, np.dtype(dtype).str]
+        store, failed, note = cached_masks(signature, key, (len(pairs), *shape[:2]), dtype, fill)
+        warnings = (note,)
+    images, masks, sizes, rows, splits = [], [], [], [], []
+    for row, (split, image, mask) in enumerate(pairs):
         try:
-            labels = read_pair_mask(image, mask, shape, len(names), data.ignore_index)
+            if row in failed:
+                raise ImageError(failed[row])
+            width, height = image_size(Path(image))
+            if store is None:  # checked, then dropped: it is decoded again while streaming
+                read_mask(Path(mask), (width, height), classes, ignore)
         except ImageError as error:
             skipped.append(_reason(error, image))
             continue
-        paths.append(image)
-        masks.append(labels)
+        images.append(image)
+        masks.append(mask)
+        sizes.append((width, height))
+        rows.append(row)
         splits.append(split)
     if "train" not in splits:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise DataError(f"{folder}: no usable pair of image and mask{first}")
-    index = checked_index(paths, np.stack(masks), splits, names, str(folder))
+    labels = FileMasks(masks, sizes, shape[:2], dtype, classes, ignore, store, rows)
+    index = checked_index(images, np.arange(len(images)), splits, names, str(folder))
     arrays = load_index(index, shape, mode)
-    return replace(arrays, skipped=(*skipped, *arrays.skipped))
+    # the index keeps the pairs whose image header reads; its labels are positions in `labels`
+    return replace(
+        arrays,
+        y_train=labels[arrays.y_train],
+        y_test=None if arrays.y_test is None else labels[arrays.y_test],
+        y_val=None if arrays.y_val is None else labels[arrays.y_val],
+        skipped=(*skipped, *arrays.skipped),
+        warnings=(*warnings, *arrays.warnings),
+    )
 
 
 def _placement(cache: str, pairs: int, shape: tuple[int, int, int]) -> str:
@@ -217,7 +252,7 @@ def read_pair(
     width, height = image_size(Path(image))
     labels = read_mask(Path(mask), (width, height), classes, ignore)
     pixels = load_image(Path(image), shape[0], shape[1], shape[2])
-    return pixels, _resized(labels, shape)
+    return pixels, resized(labels, shape)
 
 
 def read_pair_mask(
@@ -227,74 +262,4 @@ def read_pair_mask(
     width, 8 or 16 bit as its values need (a quarter or half of int32's memory); `ImageError`
     as `read_pair` gives it."""
     width, height = image_size(Path(image))
-    return _resized(read_mask(Path(mask), (width, height), classes, ignore), shape, compact=True)
-
-
-def _resized(labels: np.ndarray, shape: tuple[int, int, int], compact: bool = False) -> np.ndarray:
-    if labels.shape != (shape[0], shape[1]):
-        from PIL import Image
-
-        labels = np.asarray(
-            Image.fromarray(labels).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
-        )
-    return labels if compact else labels.astype(np.int32)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """An image's width and height, from its header only."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open_regular(path, DataError) as stream, Image.open(stream) as opened:
-            return opened.width, opened.height
-    except DataError as error:
-        raise ImageError(str(error.message).removeprefix(f"{path}: ")) from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:
-        raise ImageError(f"damaged image header ({error})") from None
-
-
-def read_mask(path: Path, size: tuple[int, int], classes: int, ignore: int) -> np.ndarray:
-    """A mask's class indices (H, W), uint8 or uint16, checked: single channel, `size`
-    (width, height), and every value a class (0..classes-1) or `ignore`."""
-    from PIL import Image, UnidentifiedImageError
-
-    def refuse(reason: str) -> ImageError:
-        return ImageError(f"mask {path}: {reason}")
-
-    Image.MAX_IMAGE_PIXELS = None  # the header is checked below, with cnnctl's own limit
-    try:
-        stream = open_regular(path, DataError)
-    except DataError as error:
-        raise refuse(str(error.message).removeprefix(f"{path}: ")) from None
-    try:
-        with stream, Image.open(stream) as opened:
-            refusal = size_refusal(opened.width, opened.height, opened.mode)
-            if refusal:
-                raise refuse(refusal)
-            if opened.mode not in MASK_MODES:
-                raise refuse(
-                    f"a mask must be single-channel (8 or 16 bit grey, or palette), got "
-                    f"{opened.mode}"
-                )
-            if opened.size != size:
-                raise refuse(
-                    f"mask is {opened.width}x{opened.height} but its image is {size[0]}x{size[1]}"
-                )
-            opened.load()
-            values = np.asarray(opened)  # a palette image gives its indices
-    except UnidentifiedImageError:
-        raise refuse("not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as error:
-        raise refuse(f"damaged or truncated image ({error})") from None
-    if values.ndim != 2:
-        raise refuse(f"a mask must be single-channel, got shape {values.shape}")
-    bad = (values >= classes) & (values != ignore)
-    if bad.any():
-        row, column = (int(v) for v in np.argwhere(bad)[0])
-        raise refuse(
-            f"value {int(values[row, column])} at x={column}, y={row} is no class "
-            f"(0..{classes - 1}) and not ignore_index {ignore}"
-        )
-    return values.astype(np.uint16 if values.max(initial=0) > 255 else np.uint8)
+    return resized(read_mask(Path(mask), (width, height), classes, ignore), shape, compact=True)

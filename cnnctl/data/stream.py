@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnctl.data.images import ImageError, load_image
+from cnnctl.data.maskfiles import FileMasks
 from cnnctl.data.order import shuffled
 from cnnctl.errors import DataError
 from cnnctl.limits import EVAL_BATCH, limit, npy_header, open_regular
@@ -215,47 +216,86 @@ def _row_decoder(x: FileImages):
     return lambda row: decode(paths[row], pillow[row])
 
 
-def _batches(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
+def _batches(
+    x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int, masks: FileMasks | None = None
+) -> tf.data.Dataset:
     """(rows, images, labels, weights) batches of `size` for `rows` in order.
 
-    Read from the decode cache a batch at a time, else decoded file by file.
+    Read from the decode cache a batch at a time, else decoded file by file. With `masks`
+    (the labels of streamed pairs), `labels` are positions in it, and each mask is read
+    beside its image (from its files, or from the decode cache).
     """
     if x.store is not None:
-        return _from_store(x, rows, labels, size)
-    return _decoded_in_place(x, rows, labels).batch(size)
+        return _from_store(x, rows, labels, size, masks)
+    return _decoded_in_place(x, rows, labels, masks).batch(size)
 
 
-def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
+def label_tensor(y: Any) -> tf.Tensor:
+    """Labels to gather by row: the labels, or for masks still in files their positions."""
+    return tf.range(len(y), dtype=tf.int64) if isinstance(y, FileMasks) else tf.constant(y)
+
+
+def _mask_reader(masks: FileMasks):
+    """position -> that mask, read and checked again (for a tf.data map; fails like a
+    damaged image when the file no longer reads)."""
+
+    def read(position: np.int64) -> np.ndarray:
+        return masks.one(int(position))
+
+    def mask(position: tf.Tensor) -> tf.Tensor:
+        found = tf.numpy_function(read, [position], tf.as_dtype(masks.dtype), stateful=False)
+        return tf.ensure_shape(found, masks.size)
+
+    return mask
+
+
+def _decoded_in_place(
+    x: FileImages, rows: tf.Tensor, labels: tf.Tensor, masks: FileMasks | None = None
+) -> tf.data.Dataset:
     """(row, image, label, weight) for `rows` in order; a failed decode: a blank of weight 0."""
     shape, n = x.image_shape, tf.shape(rows, out_type=tf.int64)[0]
     decode = _row_decoder(x)
+    if masks is None:
+        label_of, label_shape, label_dtype = (
+            (lambda label: label),
+            tf.shape(labels)[1:],
+            labels.dtype,
+        )
+    else:  # a mask read beside its image: either failing leaves the pair out
+        label_of, label_shape = _mask_reader(masks), tf.constant(masks.size, tf.int64)
+        label_dtype = tf.as_dtype(masks.dtype)
     items = (
         tf.data.Dataset.from_tensor_slices((tf.range(n), rows, labels))
         .map(
-            lambda pos, row, label: (pos, row, decode(row), label),
+            lambda pos, row, label: (pos, row, decode(row), label_of(label)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
         .ignore_errors()
     )
     end = tf.data.Dataset.from_tensors(
-        # a label of the labels' own shape: a class index, a multi-hot row, numbers
+        # a label of the labels' own shape: a class index, a multi-hot row, numbers, a mask
         (
             n,
             tf.constant(-1, tf.int64),
             tf.zeros(shape, tf.uint8),
-            tf.zeros(tf.shape(labels)[1:], labels.dtype),
+            tf.zeros(label_shape, label_dtype),
         )
     )
 
     def fill(expected, item):  # blanks for the positions a failed decode left empty
         pos, row, image, label = item
         gap = tf.range(expected, pos)
-        blanks = tf.zeros(tf.concat([tf.shape(gap, out_type=tf.int64), shape], 0), tf.uint8)
+        count = tf.shape(gap, out_type=tf.int64)
+        blanks = tf.zeros(tf.concat([count, shape], 0), tf.uint8)
+        if masks is None:
+            gap_labels = tf.gather(labels, gap)
+        else:
+            gap_labels = tf.zeros(tf.concat([count, label_shape], 0), label_dtype)
         return pos + 1, (
             tf.concat([tf.gather(rows, gap), [row]], 0),
             tf.concat([blanks, image[None]], 0),
-            tf.concat([tf.gather(labels, gap), [label]], 0),
+            tf.concat([gap_labels, [label]], 0),
             tf.concat([tf.zeros(tf.shape(gap), tf.float32), [1.0]], 0),
         )
 
@@ -267,13 +307,16 @@ def _decoded_in_place(x: FileImages, rows: tf.Tensor, labels: tf.Tensor) -> tf.d
     )
 
 
-def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) -> tf.data.Dataset:
+def _from_store(
+    x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int, masks: FileMasks | None = None
+) -> tf.data.Dataset:
     """The same batches copied out of a decode cache: no decoding.
 
     The cache may be shared, so it can be cut short while this process reads it: a memory
     map would then die of SIGBUS (a size check before the read races with the cut), so each
     row is read with `os.pread` into the batch. A row that is no longer there stays blank,
-    with weight 0, and is reported like a failed decode.
+    with weight 0, and is reported like a failed decode. Masks (`masks`) are read beside their
+    images, from their own decode cache.
     """
     stream, offset = x.mapped()
     row_bytes = int(np.prod(x.image_shape))
@@ -293,10 +336,26 @@ def _from_store(x: FileImages, rows: tf.Tensor, labels: tf.Tensor, size: int) ->
                 there[i] = 1.0
         return images, there
 
+    def read_pairs(batch: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, ...]:
+        images, there = read(batch)
+        found, failed = masks.read(positions)
+        there[failed] = 0.0
+        images[failed] = 0
+        return images, found, there
+
     def load(rows_batch, labels_batch):
-        images, weights = tf.numpy_function(
-            read, [rows_batch], (tf.uint8, tf.float32), stateful=False
-        )
+        if masks is None:
+            images, weights = tf.numpy_function(
+                read, [rows_batch], (tf.uint8, tf.float32), stateful=False
+            )
+        else:
+            images, labels_batch, weights = tf.numpy_function(
+                read_pairs,
+                [rows_batch, labels_batch],
+                (tf.uint8, tf.as_dtype(masks.dtype), tf.float32),
+                stateful=False,
+            )
+            labels_batch = tf.ensure_shape(labels_batch, (None, *masks.size))
         images = tf.ensure_shape(images, (None, *x.image_shape))
         return rows_batch, images, labels_batch, tf.ensure_shape(weights, (None,))
 
@@ -390,11 +449,11 @@ def training_batches(
     n = len(x)
     workers, index = worker_of()
     local = batch_size * (index + 1) // workers - batch_size * index // workers
-    labels = tf.constant(y)
+    labels, masks = label_tensor(y), y if isinstance(y, FileMasks) else None
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         rows = worker_share(shuffled(n, seed, epoch), batch_size, workers, index)
-        return _batches(x, rows, tf.gather(labels, rows), local).map(
+        return _batches(x, rows, tf.gather(labels, rows), local, masks).map(
             _finish(x, epoch, num_classes, one_hot)
         )
 
@@ -418,7 +477,7 @@ def eval_batches(
     """Batches in order (images, labels, weights), for validation, evaluation and prediction."""
     rows = tf.range(len(x), dtype=tf.int64)
     return (
-        _batches(x, rows, tf.constant(y), batch_size)
+        _batches(x, rows, label_tensor(y), batch_size, y if isinstance(y, FileMasks) else None)
         .map(_finish(x, "eval", num_classes, one_hot))
         .apply(tf.data.experimental.assert_cardinality(math.ceil(len(x) / batch_size)))
         .prefetch(AHEAD)
@@ -482,21 +541,22 @@ def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any
             self.epoch = None
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            self._report("training", dataset.x_train, dataset.x_train.skips.pop(epoch, set()))
+            failed = dataset.x_train.skips.pop(epoch, set())
+            self._report("training", dataset.x_train, dataset.y_train, failed)
 
         def on_test_end(self, logs: Any = None) -> None:
-            split, x = (
-                ("validation", dataset.x_val)
+            split, x, y = (
+                ("validation", dataset.x_val, dataset.y_val)
                 if self.epoch is not None
-                else ("test", dataset.x_test)
+                else ("test", dataset.x_test, dataset.y_test)
             )
-            self._report(split, x, eval_skipped(x))
+            self._report(split, x, y, eval_skipped(x))
 
-        def _report(self, split: str, x: FileImages, failed: Collection[int]) -> None:
+        def _report(self, split: str, x: FileImages, y: Any, failed: Collection[int]) -> None:
             if not failed:
                 return
             when = "" if self.epoch is None else self.epoch + 1
-            reasons = failures(x, sorted(failed))
+            reasons = failures(x, sorted(failed), y)
             rows.extend({"epoch": when, "split": split, "path": p, "reason": r} for p, r in reasons)
             if write:
                 from cnnctl.runs import rows_to_csv, write_text
@@ -520,6 +580,11 @@ def eval_skipped(x: Any) -> list[int]:
     return sorted(x.skips.pop("eval", set())) if isinstance(x, FileImages) else []
 
 
-def failures(x: FileImages, positions: list[int]) -> list[tuple[str, str]]:
-    """(path, reason) of each position of `x` that failed to decode."""
-    return [(str(x.paths[r]), x.reason(r)) for r in positions]
+def failures(x: FileImages, positions: list[int], y: Any = None) -> list[tuple[str, str]]:
+    """(path, reason) of each position of `x` that failed to decode: its mask's, where `y`
+    are masks in files and that one no longer reads, else its image's."""
+    found = []
+    for r in positions:
+        why = y.reason(r) if isinstance(y, FileMasks) else None
+        found.append((str(y.paths[r]), why) if why else (str(x.paths[r]), x.reason(r)))
+    return found

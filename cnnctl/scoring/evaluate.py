@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.config import BUILTIN_DATASETS, SPLITS, DataConfig, load_config
-from cnnctl.data.dataset import Dataset, dataset_for, decoded, load_dataset
+from cnnctl.data.dataset import Dataset, dataset_for, decoded, load_dataset, without
 from cnnctl.errors import DataError, RunError
 from cnnctl.limits import EVAL_BATCH
 from cnnctl.runs import atomic_write, rows_to_csv, write_json, write_text
@@ -46,7 +46,9 @@ def evaluate_run(
     source.task.check_outputs(model.output_shape[-1], names, y, str(source.model_file))
     images, files = x, dataset.files.get(split)
     scored = score_split(model, source.task, x, y, one_hot=_one_hot(source, model))
+    labels = y
     x, y, files = _drop(scored.failed, x, y, files)
+    y = np.asarray(y)  # masks still in files: read once, here
     task_report = source.task.report(scored.outputs, y, names, files, x)
     _explain_gallery(model, source, x, task_report)
     result = EvaluationResult(
@@ -64,7 +66,7 @@ def evaluate_run(
         details=task_report.fields,
         task=source.task.name,
         tta=source.tta,
-        skipped=_described(images, scored.failed),
+        skipped=_described(images, scored.failed, labels),
     )
     folder = output if output is not None else (source.run.path if source.run else None)
     if folder is not None:
@@ -101,7 +103,7 @@ def score_split(
 
     if isinstance(model, ExportedModel):  # no TensorFlow: decode with Pillow, score with numpy
         pixels, failed = decoded(x)
-        y = np.delete(y, failed, axis=0) if failed else y
+        y = without(y, failed)
         found = model.predict(pixels.astype(np.float32), batch_size=batch_size)
         return Scored(task.score(found, y), found, failed)
     from cnnctl.data.pipeline import eval_batches  # TensorFlow: only for Keras models
@@ -157,13 +159,13 @@ def _drop(failed: list[int], *values: Any) -> tuple[Any, ...]:
     )
 
 
-def _described(x: Any, failed: list[int]) -> list[dict[str, str]]:
+def _described(x: Any, failed: list[int], y: Any = None) -> list[dict[str, str]]:
     """Path and reason of each image that failed to decode, for the report."""
     if not failed:
         return []
     from cnnctl.data.stream import failures
 
-    return [{"path": path, "reason": reason} for path, reason in failures(x, failed)]
+    return [{"path": path, "reason": reason} for path, reason in failures(x, failed, y)]
 
 
 def _dataset(source: ScoringSource, model: Any, data: str | None, offline: bool) -> Dataset:

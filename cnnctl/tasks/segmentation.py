@@ -33,6 +33,7 @@ MAX_DROP_POINTS = 1.0  # a quantized file may lose at most this much mean IoU (p
 # 1,000 64x64 images of 11 classes, 4,096 times a classifier's): allowed 10x the per-image bound.
 PIXEL_TOLERANCE = 10.0
 GALLERY = 8  # worst images drawn
+PART = 1024  # masks counted at a time
 DICE_WEIGHTS = {"dice": (0.0, 1.0), "crossentropy_dice": (1.0, 1.0)}  # (crossentropy, dice)
 
 
@@ -62,20 +63,20 @@ class Segmentation(Task):
             )
 
     def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
+        if not isinstance(y, np.ndarray) and y.ndim == 3:  # masks in files, checked when read
+            return y
         if y.ndim != 3 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
             raise DataError(
                 f"{origin}: segmentation labels must be masks of class indices shaped "
                 f"(N, height, width); got {y.dtype} shaped {y.shape}",
                 "task: segmentation reads a folder with images/ and masks/",
             )
-        if y.dtype in (np.uint8, np.uint16):  # streamed pairs' masks: kept compact
-            return y
         return y.astype(np.int32)
 
     def output_names(
         self, given: Sequence[str] | None, labels: Sequence[np.ndarray], origin: str
     ) -> tuple[str, ...]:
-        seen = max(int(y[y != self.ignore].max(initial=0)) for y in labels) + 1
+        seen = max(_top(y, self.ignore) for y in labels) + 1
         if given is None:
             return tuple(str(i) for i in range(seen))
         if len(given) < seen:
@@ -83,9 +84,12 @@ class Segmentation(Task):
         return tuple(given)
 
     def label_counts(self, y: np.ndarray, k: int) -> list[int]:
-        """Pixels of each class (ignored ones left out)."""
-        values = y[(y != self.ignore) & (y < k)]
-        return np.bincount(values.ravel(), minlength=k).tolist()
+        """Pixels of each class (ignored ones left out); masks in files read a part at a time."""
+        counts = np.zeros(k, dtype=np.int64)
+        for start in range(0, len(y), PART):
+            part = np.asarray(y[start : start + PART])
+            counts += np.bincount(part[(part != self.ignore) & (part < k)].ravel(), minlength=k)
+        return counts.tolist()
 
     def check_outputs(self, outputs: int, names: Sequence[str], y: np.ndarray, where: str) -> None:
         if outputs != len(names):
@@ -191,7 +195,7 @@ class Segmentation(Task):
 
     def confusion(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
         """Pixel counts: rows true classes, columns predicted ones; ignored pixels left out."""
-        k = outputs.shape[-1]
+        k, truth = outputs.shape[-1], np.asarray(truth)
         predicted = outputs.argmax(axis=-1) if outputs.ndim == truth.ndim + 1 else outputs
         keep = (truth != self.ignore) & (truth >= 0) & (truth < k)
         pairs = truth[keep].astype(np.int64) * k + predicted[keep]
@@ -204,6 +208,7 @@ class Segmentation(Task):
 
     def score(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         """Cross-entropy over the pixels not ignored, and the pixel figures."""
+        truth = np.asarray(truth)
         keep = truth != self.ignore
         if keep.any():
             picked = np.take_along_axis(
@@ -222,6 +227,7 @@ class Segmentation(Task):
         files: Sequence[str] | None,
         images: np.ndarray,
     ) -> Report:
+        truth = np.asarray(truth)
         matrix = self.confusion(outputs, truth)
         found = scores(matrix)
         per_class = {
@@ -409,3 +415,11 @@ def scores(matrix: np.ndarray) -> dict[str, Any]:
 
 def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     return np.divide(top, bottom, out=np.zeros_like(top, dtype=float), where=bottom > 0)
+
+
+def _top(y: Any, ignore: int) -> int:
+    """The largest class value of masks `y`: masks in files say (each was checked against the
+    class names), arrays are searched."""
+    if not isinstance(y, np.ndarray) and hasattr(y, "top"):
+        return int(y.top)
+    return int(y[y != ignore].max(initial=0))

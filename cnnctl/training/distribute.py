@@ -57,6 +57,27 @@ def strategy_for(config: Config) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+def own_shares(model: Any, batches: Any) -> Any:
+    """Streamed training batches as Keras must see them in a cluster: each worker's own share.
+
+    The streamed route (data/stream.py) already gives each worker only its part of every
+    global batch (and says so by turning tf.data's auto-sharding off). Handed to `fit` as a
+    dataset, tf.distribute would still split each of those batches across the cluster's
+    replicas (a worker's step then took half its share, and an epoch half the data);
+    `distribute_datasets_from_function` takes them as they are. Other batches go through.
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    if (
+        not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        or batches.options().experimental_distribute.auto_shard_policy != off
+    ):
+        return batches
+    return strategy.distribute_datasets_from_function(lambda context: batches)
+
+
 def prepare_multi_worker(model: Any, batches: Any) -> None:
     """Work around two gaps of Keras 3.15's `fit` under MultiWorkerMirroredStrategy.
 

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from cnnctl.config import Config, dump_config
 from cnnctl.data.checks import check_dataset
-from cnnctl.data.dataset import Dataset, dataset_for
+from cnnctl.data.dataset import Dataset, dataset_for, without
 from cnnctl.data.pipeline import eval_batches, training_batches
 from cnnctl.data.stream import skip_reporter
 from cnnctl.errors import Interrupted, TrainingFailed
@@ -50,7 +49,7 @@ from cnnctl.training.callbacks import (
 )
 from cnnctl.training.checkpoint import restore_rng
 from cnnctl.training.cluster import shared_stop, worker_lost
-from cnnctl.training.distribute import is_chief, prepare_multi_worker, strategy_for
+from cnnctl.training.distribute import is_chief, own_shares, prepare_multi_worker, strategy_for
 from cnnctl.training.finetune import FineTune
 from cnnctl.training.plan import check_resume, need_tensorboard
 from cnnctl.training.precise_bn import precise_bn_callbacks
@@ -208,6 +207,7 @@ def _fit(
         one_hot=task_of(config).one_hot(train),
     )
     prepare_multi_worker(model, validation)
+    batches = own_shares(model, batches)  # a cluster's streamed batches: each worker's own
     recorder = EpochRecorder(run, config, state, len(dataset.x_train), display, write)
     progress = display.progress() if display is not None and write else contextlib.nullcontext()
     with stop_on_signals() as stop, progress as bar:
@@ -329,7 +329,7 @@ def _test(
         scored = score_split(
             model, task, dataset.x_val, dataset.y_val, task.one_hot(config.train), batch_size
         )
-        truth = np.delete(dataset.y_val, scored.failed, axis=0) if scored.failed else dataset.y_val
+        truth = without(dataset.y_val, scored.failed)
         return scored.outputs, truth
 
     # What the task settles on validation (multilabel: thresholds), kept before the test uses it.
@@ -347,6 +347,6 @@ def _test(
     )
     metrics = dict(scored.metrics)
     if task.needs_test_outputs:
-        y = np.delete(dataset.y_test, scored.failed, axis=0) if scored.failed else dataset.y_test
+        y = without(dataset.y_test, scored.failed)
         metrics.update(task.test_metrics(scored.outputs, y))
     return {key: round(float(value), 6) for key, value in metrics.items()}
