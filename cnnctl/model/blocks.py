@@ -27,7 +27,8 @@ from cnnctl.suggest import suggest
 BLOCK_TYPES = ("Residual", "Skip", "Backbone")
 RESIDUAL_ARGS = ("layers", "shortcut", "activation", "name")
 SKIP_ARGS = ("layers", "merge", "name")
-BACKBONE_ARGS = ("name", "weights", "trainable", "pooling")
+BACKBONE_ARGS = ("name", "weights", "trainable", "pooling", "decoder", "decoder_filters")
+UNET_FILTERS = (256, 128, 64, 32, 16)  # per decoder level, deepest first (segmentation_models')
 MAX_WEIGHTS_BYTES = 2 * 2**30
 PREPROCESS = "preprocess"  # the name of a Backbone's frozen input-preprocessing layer
 
@@ -292,7 +293,8 @@ def _stride(size: Any, out: Any) -> int | None:
 def _backbone(
     spec: ObjectSpec, shape: tuple, config: Config, path: tuple, offline: bool
 ) -> keras.Model:
-    """Frozen preprocessing (as the application's preprocess_input does it) -> the application."""
+    """Frozen preprocessing (as the application's preprocess_input does it) -> the application;
+    with `decoder: unet`, a U-Net decoder after it back to the input's height and width."""
     _check_args(spec, BACKBONE_ARGS, config, path)
     app_name = spec.args.get("name")
     if app_name not in APPLICATIONS:
@@ -302,7 +304,21 @@ def _backbone(
             f"choose one of: {', '.join(APPLICATIONS)}",
         )
     app = APPLICATIONS[app_name]
-    pooling = _choice(spec, "pooling", ("avg", "max", "none", None), "avg", config, path)
+    decoder = _choice(spec, "decoder", ("none", "unet"), "none", config, path)
+    default_pooling = "none" if decoder == "unet" else "avg"
+    pooling = _choice(spec, "pooling", ("avg", "max", "none", None), default_pooling, config, path)
+    if decoder == "unet" and pooling not in ("none", None):
+        raise ConfigError(
+            f"{config.where((*path, 'pooling'))}: a U-Net decoder needs the encoder's feature "
+            f"map, not pooling: {pooling}",
+            "remove pooling (decoder: unet keeps every position)",
+        )
+    if decoder == "none" and "decoder_filters" in spec.args:
+        raise ConfigError(
+            f"{config.where((*path, 'decoder_filters'), at_key=True)}: decoder_filters needs "
+            "decoder: unet",
+            "add decoder: unet, or remove decoder_filters",
+        )
     pooling = None if pooling == "none" else pooling
     weights = spec.args.get("weights", "imagenet")
     if not isinstance(weights, str):
@@ -360,7 +376,85 @@ def _backbone(
             ) from None
     model.trainable = trainable
     index = "_".join(str(p) for p in path[2:] if isinstance(p, int))
+    if decoder == "unet":
+        return _unet(model, inputs, x, spec, config, path, f"backbone_{index}")
     return keras.Model(inputs, model(x), name=f"backbone_{index}")
+
+
+def _unet(
+    app: keras.Model,
+    inputs: Any,
+    x: Any,
+    spec: ObjectSpec,
+    config: Config,
+    path: tuple,
+    name: str,
+) -> keras.Model:
+    """The application as a U-Net's encoder (Ronneberger et al., 2015): at each level, upsample,
+    concatenate the encoder's last feature map of that size, then two 3x3 Conv-BN-ReLU; a last
+    level without skip back to the input's size (as segmentation_models' Unet).
+
+    The skips are found, not listed per application: the last layer at each height the
+    encoder passes through, where the height at least halves (`unet_levels`).
+    """
+    height = inputs.shape[1]
+    sizes = [
+        (layer.name, layer.output.shape[1])
+        for layer in app.layers
+        if len(getattr(layer.output, "shape", ())) == 4
+        and not isinstance(layer, keras.layers.ZeroPadding2D)  # a pad is no level
+    ]
+    skips = unet_levels(sizes, height)
+    encoder = keras.Model(
+        app.input, [app.get_layer(n).output for n in skips] + [app.output], name=app.name
+    )
+    levels = len(skips) + 1
+    filters = spec.args.get("decoder_filters", list(UNET_FILTERS[:levels]))
+    if len(UNET_FILTERS) < levels and "decoder_filters" not in spec.args:
+        filters = list(UNET_FILTERS) + [UNET_FILTERS[-1]] * (levels - len(UNET_FILTERS))
+    if (
+        not isinstance(filters, list)
+        or len(filters) != levels
+        or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters)
+    ):
+        raise ConfigError(
+            f"{config.where((*path, 'decoder_filters'))}: {spec.args['name']} at this size has "
+            f"{levels} decoder levels; give {levels} positive whole numbers, got {filters!r}",
+            f"for example decoder_filters: {list(UNET_FILTERS[:levels])}",
+        )
+    *features, y = encoder(x)
+    targets = [*reversed(features), inputs]
+    for level, (skip, width) in enumerate(zip(targets, filters, strict=True)):
+        size = tuple(skip.shape[1:3])
+        if tuple(y.shape[1:3]) == (size[0] // 2, size[1] // 2) and size[0] % 2 == size[1] % 2 == 0:
+            y = keras.layers.UpSampling2D(2, name=f"{name}_up{level}")(y)
+        else:  # valid-padded encoders (Inception, Xception) do not halve exactly
+            y = keras.layers.Resizing(*size, "bilinear", name=f"{name}_up{level}")(y)
+        if skip is not inputs:
+            y = keras.layers.Concatenate(name=f"{name}_concat{level}")([y, skip])
+        for conv in range(2):
+            y = keras.layers.Conv2D(
+                width, 3, padding="same", use_bias=False, name=f"{name}_dec{level}_conv{conv}"
+            )(y)
+            y = keras.layers.BatchNormalization(name=f"{name}_dec{level}_bn{conv}")(y)
+            y = keras.layers.Activation("relu", name=f"{name}_dec{level}_relu{conv}")(y)
+    return keras.Model(inputs, y, name=name)
+
+
+def unet_levels(sizes: list[tuple[str, int]], height: int) -> list[str]:
+    """The skip layers of an encoder, shallowest first: from (layer name, output height) in the
+    encoder's order, the last layer of each height that is at most 2/3 of the previous level's
+    (the input's first), before the encoder's deepest height."""
+    deepest = sizes[-1][1]
+    last_of: dict[int, str] = {}
+    for layer, size in sizes:
+        last_of[size] = layer
+    chosen, above = [], height
+    for size in sorted(last_of, reverse=True):
+        if deepest < size <= above * 2 / 3:
+            chosen.append(last_of[size])
+            above = size
+    return chosen
 
 
 def preprocess_weights(mode: str, channels: int, scale: float) -> list[np.ndarray]:
