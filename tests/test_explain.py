@@ -87,6 +87,18 @@ def test_every_method_gives_a_map_in_0_1(runner, run_copy, digits, tmp_path, met
     assert npy_less[0].parent == out and npy_less[0].suffix == ".png"
 
 
+def test_a_chosen_layer_is_named_in_the_file_so_two_layers_never_overwrite(
+    runner, run_copy, digits
+):
+    layer = conv_name(run_copy)
+    default = json.loads(explain(runner, run_copy, str(digits[0])).stdout)[0]["files"][0]
+    chosen = explain(runner, run_copy, str(digits[0]), "--layer", layer)
+    assert chosen.exit_code == 0, chosen.output
+    named = json.loads(chosen.stdout)[0]["files"][0]
+    assert f"-gradcam-{layer}-" in Path(named).name and layer not in Path(default).name
+    assert Path(named).is_file() and Path(default).is_file()
+
+
 def test_json_format_holds_the_maps_and_top_k_explains_k_classes(runner, run_copy, digits):
     result = explain(runner, run_copy, str(digits[0]), "--top-k", "2", "--format", "json")
     assert result.exit_code == 0, result.output

@@ -54,10 +54,9 @@ def test_image_folder_trains_like_the_same_images_as_arrays(
         main, ["train", str(folder_config(write, str(digit_folder))), "--json"]
     )
     assert from_folder.exit_code == 0, from_folder.output
-    assert (
-        "1 unreadable files skipped (first: " in from_folder.stderr
-        and "broken.png" in from_folder.stderr
-    )
+    assert "1 files skipped (first: " in from_folder.stderr and "broken.png" in from_folder.stderr
+    listed = (Path(json.loads(from_folder.stdout)["run"]) / "skipped.csv").read_text()
+    assert "broken.png" in listed  # in memory too, the run lists what it left out
     np.savez(
         tmp_path / "same.npz",
         x_train=np.concatenate([x[:3000], x[3000:3002]]),

@@ -255,7 +255,7 @@ def test_datasets_check_lists_every_skipped_pair(runner, masks_folder, write):
     done = runner.invoke(main, ["datasets", "check", str(config)])
     assert done.exit_code == 0, done.output
     text = " ".join(done.output.split())
-    assert "5 unreadable files skipped" in text
+    assert "5 files skipped" in text
     for name in (
         "badvalue.png: value 7",
         "nomask.png: no mask",
@@ -676,7 +676,7 @@ def test_a_bad_mask_among_streamed_pairs_is_skipped_and_reported(masks_folder, r
     done = runner.invoke(main, ["train", str(config)])
     assert done.exit_code == 0, done.output
     text = " ".join(done.output.split())
-    assert "5 unreadable files skipped" in text and "could not be decoded" in text
+    assert "5 files skipped" in text and "could not be decoded" in text
     listed = Path("runs/unet/skipped.csv").read_text()
     assert "badvalue.png" in listed and "value 7 at x=5, y=3" in listed
     assert "good2.png,damaged or truncated image" in listed

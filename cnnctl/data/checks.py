@@ -68,7 +68,10 @@ def check_dataset(dataset: Dataset, task: Task | None = None) -> Checks:
     if dataset.skipped:
         path, reason = dataset.skipped[0]
         checks.warnings.append(  # escaped here: train prints these lines as they are
-            safe_text(f"{len(dataset.skipped)} unreadable files skipped (first: {path}: {reason})")
+            safe_text(
+                f"{len(dataset.skipped)} files skipped (first: {path}: {reason}); "
+                "a training run lists them all in its skipped.csv"
+            )
         )
     return checks
 

@@ -518,18 +518,22 @@ def files_for(paths: list[Path], image_shape: tuple[int, int, int]) -> FileImage
 
 
 def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any]:
-    """A callback reporting files that failed to decode, where the images are streamed.
+    """A callback reporting files that failed to decode, where the images are streamed; the
+    files refused before training go to skipped.csv at once, on every route.
 
     Training's after each epoch, validation's after each pass, and the test split's after
     the final test (given to that `evaluate` too): on the display and in skipped.csv.
     """
-    if not isinstance(dataset.x_train, FileImages):
-        return []
-    import keras
-
     rows: list[dict[str, Any]] = [
         {"epoch": "", "split": "", "path": p, "reason": r} for p, r in dataset.skipped
     ]
+    if rows and write:  # what was refused before training, whatever the route: listed now
+        from cnnctl.runs import rows_to_csv, write_text
+
+        write_text(run.path / "skipped.csv", rows_to_csv(rows))
+    if not isinstance(dataset.x_train, FileImages):
+        return []
+    import keras
 
     class SkipReport(keras.callbacks.Callback):
         epoch: int | None = None  # the epoch being trained; None once fit is over

@@ -107,7 +107,11 @@ def explain_images(
                 str(kept[i]), target.label, target.index, target.value, method, layer_path
             )
             item.heatmap = heatmap if fmt == "json" else None
-            stem = _unique(f"{_slug(kept[i].stem)}-{_slug(method)}-{_slug(target.label)}", taken)
+            # a chosen --layer is named too: maps of two layers never overwrite each other
+            at = f"-{_slug(layer_path)}" if layer_name is not None and layer_path else ""
+            stem = _unique(
+                f"{_slug(kept[i].stem)}-{_slug(method)}{at}-{_slug(target.label)}", taken
+            )
             item.files = _write(folder, stem, pixels[i], heatmap, _title(kept[i], item), fmt)
             result.items.append(item)
     if fmt == "json":
