@@ -541,7 +541,7 @@ def _show_predictions(result, paths: tuple[str, ...], output: Path | None, fmt: 
     else:
         console = _console()
         base = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
-        table = report.predictions_table(result.items, _width(console), base)
+        table = report.predictions_table(result.items, _width(console), base, result.columns)
         _render(table, rows, fmt == "json", console)
 
 

@@ -101,6 +101,10 @@ def test_train_evaluate_predict_export_and_predict_with_the_export(runner, train
     )
     # in the targets' own units (counts of 1 to 3, and their halves), not standardized ones
     assert values.shape == (4, 2) and 0.3 < values[:, 0].mean() < 4.5
+    table = runner.invoke(main, ["predict", "--runs-dir", str(trained), *images])
+    assert table.exit_code == 0, table.output
+    header = [cell for cell in table.stdout.splitlines()[0].split() if cell.isalpha()]
+    assert header[:3] == ["image", "target", "value"]  # a count is no class or probability
     exported = runner.invoke(
         main, ["export", "count", "--runs-dir", str(trained), "--format", "tflite"]
     )

@@ -219,7 +219,10 @@ def evaluation_lines(result: EvaluationResult) -> tuple[Text, Text]:
 
 
 def predictions_table(
-    predictions: Sequence[Prediction], width: int | None = None, base: Path | None = None
+    predictions: Sequence[Prediction],
+    width: int | None = None,
+    base: Path | None = None,
+    columns: tuple[str, str] = ("class", "prob"),
 ) -> Table:
     """One row per image: path, then its top classes with probabilities.
 
@@ -242,10 +245,8 @@ def predictions_table(
         paths = [_cut_left(path, max(room, 8)) for path in paths]
     table = Table(show_edge=False)
     table.add_column("image", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    # a mask's rows give each class's share of the pixels, not a probability
-    measure = "share" if any(item.mask is not None for item in predictions) else "prob"
-    table.add_column(measure, justify="right", no_wrap=True)
+    table.add_column(columns[0], no_wrap=True)  # the task's words: class / target, prob / value
+    table.add_column(columns[1], justify="right", no_wrap=True)
     if keep_rest:
         table.add_column("next", no_wrap=True, overflow="ellipsis", style="dim")
     for path, label, item, others in zip(paths, labels, predictions, rest, strict=True):

@@ -107,3 +107,4 @@ class Predictions:
 
     items: list[Prediction] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    columns: tuple[str, str] = ("class", "prob")  # the task's names for a row's label and value

@@ -34,7 +34,7 @@ def predict_images(
     Each row is the task's (top-k classes for classification); TTA is the source's.
     """
     paths, failures = expand_paths(inputs)
-    result = Predictions(failures=failures)
+    result = Predictions(failures=failures, columns=source.task.prediction_columns)
     if not paths:
         return result
     model = source.load(compile=False)

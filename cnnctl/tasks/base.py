@@ -68,6 +68,8 @@ class Task(ABC):
     # The one test figure that ranks runs of this task (compare, report, tracking), and whether
     # higher ("max") or lower ("min") is better: a key of metrics.json's "test".
     headline: ClassVar[tuple[str, str]] = ("accuracy", "max")
+    # what predict's table calls a row's label and its value
+    prediction_columns: ClassVar[tuple[str, str]] = ("class", "prob")
     # Whether labels are images too (masks beside the images: data/masks.py reads them).
     mask_labels: ClassVar[bool] = False
     counted: ClassVar[str] = "images"  # what label_counts counts, for `datasets check`

@@ -33,6 +33,7 @@ MAX_DROP_POINTS = 1.0  # a quantized file may lose at most this much micro-F1 (p
 class Multilabel(Task):
     name = "multilabel"
     headline = ("micro_f1", "max")  # at the thresholds chosen on validation
+    prediction_columns = ("label", "prob")
     needs_test_outputs = True
 
     def __init__(self) -> None:

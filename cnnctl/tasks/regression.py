@@ -27,6 +27,7 @@ MAX_MAE_RISE = 0.05  # a quantized file may raise the MAE by at most this fracti
 class Regression(Task):
     name = "regression"
     headline = ("mae", "min")
+    prediction_columns = ("target", "value")
     needs_test_outputs = True  # the headline MAE whatever train.metrics compiled
 
     # --------------------------------------------------------------------------- labels

@@ -44,6 +44,7 @@ class Segmentation(Task):
     counted = "pixels"
     needs_test_outputs = True
     headline = ("mean_iou", "max")
+    prediction_columns = ("class", "share")
 
     def __init__(self) -> None:
         self.ignore = 255
