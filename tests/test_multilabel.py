@@ -17,6 +17,7 @@ from cnnctl.review.compare import read_run
 from cnnctl.runs import Run
 from cnnctl.tasks.multilabel import Multilabel, _best_threshold
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = """\
 name: {name}
 task: multilabel
@@ -239,3 +240,19 @@ def test_streamed_files_carry_label_rows(runner, write, tmp_path, scenes_csv):
     result = runner.invoke(main, ["train", "stream.yaml"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "ml" / "thresholds.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("config", "setting", "said"),
+    [
+        ("scenes_multilabel.yaml", "model.layers.9.activation=softmax", "needs sigmoid"),
+        ("scenes_count.yaml", "model.layers.7.activation=relu", "remove its activation"),
+    ],
+)
+def test_validate_checks_the_heads_activation_before_any_data_is_read(
+    runner, config, setting, said
+):
+    """The labels' count needs the CSV; the head's shape and activation do not."""
+    done = runner.invoke(main, ["validate", str(REPO / "configs" / config), "--set", setting])
+    assert done.exit_code == 2, done.output
+    assert "last layer's activation" in done.output and said in done.output

@@ -108,8 +108,8 @@ def _build(
                 f"{first_line(error)}",
                 "check the sizes of this layer and of the layers before it",
             ) from None
-    if outputs is not None:
-        task_of(config).check_head(model.output_shape, outputs, config)
+    # the head's shape and activation always; its size where the data's classes are known
+    task_of(config).check_head(model.output_shape, outputs, config)
     return model
 
 

@@ -148,7 +148,7 @@ class Task(ABC):
     # --------------------------------------------------------------------------- the model
 
     @abstractmethod
-    def check_head(self, output_shape: tuple, outputs: int, config: Config) -> None:
+    def check_head(self, output_shape: tuple, outputs: int | None, config: Config) -> None:
         """The network's output must fit the data; a `ConfigError` at the last layer if not."""
 
     @abstractmethod
@@ -308,21 +308,23 @@ def column_names(
 
 def check_vector_head(
     output_shape: tuple,
-    outputs: int,
+    outputs: int | None,
     config: Config,
     noun: str,
     activations: tuple[str | None, ...],
 ) -> None:
     """A head of `outputs` values (`noun`: labels, targets) whose activation is one of
-    `activations` (None: no activation), as far as the config says which it is."""
+    `activations` (None: no activation), as far as the config says which it is; `outputs`
+    None: not known before the data is read (`validate`), so not checked."""
     last = ("model", "layers", len(config.model.layers) - 1)
     if len(output_shape) != 2:
         raise ConfigError(
             f"{config.where(last)}: the network ends with shape {output_shape}, not one value "
             f"per {noun[:-1]}",
-            f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with {outputs} units",
+            f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with "
+            f"{outputs or 'one'} units{'' if outputs else f' per {noun[:-1]}'}",
         )
-    if output_shape[-1] != outputs:
+    if outputs is not None and output_shape[-1] != outputs:
         raise ConfigError(
             f"{config.where(last)}: the last layer gives {output_shape[-1]} outputs but the "
             f"data has {outputs} {noun}",

@@ -62,16 +62,17 @@ class Classification(Task):
             raise DataError(f"{origin}: {len(given)} class names for labels up to {seen - 1}")
         return tuple(given)
 
-    def check_head(self, output_shape: tuple, outputs: int, config: Config) -> None:
+    def check_head(self, output_shape: tuple, outputs: int | None, config: Config) -> None:
         """The network must end in one score per class; caught here, not in `fit`."""
         last = ("model", "layers", len(config.model.layers) - 1)
         if len(output_shape) != 2:
             raise ConfigError(
                 f"{config.where(last)}: the network ends with shape {output_shape}, not one "
                 "score per class",
-                f"add Flatten (or GlobalAveragePooling2D) and a Dense layer with {outputs} units",
+                "add Flatten (or GlobalAveragePooling2D) and a Dense layer with "
+                f"{outputs or 'one'} units{'' if outputs else ' per class'}",
             )
-        if output_shape[-1] != outputs:
+        if outputs is not None and output_shape[-1] != outputs:
             raise ConfigError(
                 f"{config.where(last)}: the last layer gives {output_shape[-1]} outputs but the "
                 f"data has {outputs} classes",

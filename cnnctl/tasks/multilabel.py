@@ -107,7 +107,7 @@ class Multilabel(Task):
 
     # --------------------------------------------------------------------------- the model
 
-    def check_head(self, output_shape: tuple, outputs: int, config: Config) -> None:
+    def check_head(self, output_shape: tuple, outputs: int | None, config: Config) -> None:
         check_vector_head(output_shape, outputs, config, "labels", ("sigmoid",))
 
     def one_hot(self, train: TrainConfig) -> bool:

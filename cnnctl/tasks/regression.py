@@ -94,7 +94,7 @@ class Regression(Task):
 
     # --------------------------------------------------------------------------- the model
 
-    def check_head(self, output_shape: tuple, outputs: int, config: Config) -> None:
+    def check_head(self, output_shape: tuple, outputs: int | None, config: Config) -> None:
         check_vector_head(output_shape, outputs, config, "targets", (None,))
 
     def one_hot(self, train: TrainConfig) -> bool:

@@ -101,7 +101,7 @@ class Segmentation(Task):
 
     # --------------------------------------------------------------------------- the model
 
-    def check_head(self, output_shape: tuple, outputs: int, config: Config) -> None:
+    def check_head(self, output_shape: tuple, outputs: int | None, config: Config) -> None:
         """(H, W, classes) at the input's height and width, softmax where the config says."""
         last = ("model", "layers", len(config.model.layers) - 1)
         height, width = config.model.input_shape[:2]
@@ -112,7 +112,7 @@ class Segmentation(Task):
                 "end with {type: Conv2D, filters: <classes>, kernel_size: 1, activation: softmax} "
                 "and upsample as often as you pool (a Skip block keeps the size)",
             )
-        if output_shape[-1] != outputs:
+        if outputs is not None and output_shape[-1] != outputs:
             raise ConfigError(
                 f"{config.where(last)}: the last layer gives {output_shape[-1]} classes per pixel "
                 f"but the data has {outputs} classes",
