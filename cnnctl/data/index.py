@@ -223,7 +223,7 @@ def _checked(
     """Keep the files whose header reads; note each one's decoder."""
     from cnnctl.data.cache import remembered_probes
 
-    unique = list(dict.fromkeys(paths))  # a CSV may list one file a million times: probe once
+    unique = list(dict.fromkeys(paths))  # each file probed once, however often it is listed
     answers = remembered_probes(
         unique, origin, probe, settings=f"pixels<={limit('pixels')},bytes<={limit('image_bytes')}"
     )
