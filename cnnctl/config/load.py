@@ -158,6 +158,7 @@ def validate_config(data: Any, source: Source, default_name: str) -> Config:
         raise _explain(_first(error.errors()), data, source) from None
     config._source = config.data._source = source
     _check_task_loss(config)
+    _check_classes(config)
     _check_monitors(config)
     _check_fine_tune(config)
     return config
@@ -199,6 +200,26 @@ def _check_task_loss(config: Config) -> None:
             f"task: {config.task}",
             f"use loss: {' or '.join(allowed)}",
         )
+
+
+def _check_classes(config: Config) -> None:
+    """data.classes: one name per mask value, none empty, none twice (spaces aside): a repeated
+    name makes two outputs that `explain --class` and the reports cannot tell apart."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(config.data.classes or ()):
+        key = name.strip()
+        if not key:
+            raise ConfigError(
+                f"{config.where(('data', 'classes', i))}: empty class name",
+                "give each mask value a name: data.classes: [background, cell, ...]",
+            )
+        if key in seen:
+            raise ConfigError(
+                f"{config.where(('data', 'classes', i))}: duplicate class name {key!r}, "
+                f"already data.classes[{seen[key]}]",
+                "each mask value needs its own name; rename or remove one of them",
+            )
+        seen[key] = i
 
 
 def _check_monitors(config: Config) -> None:

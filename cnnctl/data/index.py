@@ -135,6 +135,7 @@ def index_csv(path: Path, label_column: str | Sequence[str], task: Task | None =
                     "set data.label_column to the column that holds the class",
                 )
         table, cells = [], []
+        seen: dict[str, int] = {}  # path -> its first line: bounded by csv_rows, as `table` is
         for number, row in _rows(path, rows):
             file = (row.get(column) or "").strip()
             labels = tuple((row.get(c) or "").strip() for c in columns)
@@ -149,7 +150,15 @@ def index_csv(path: Path, label_column: str | Sequence[str], task: Task | None =
                 raise DataError(
                     f"{path}:{number}: split '{row['split']}' is not train, val or test"
                 )
-            table.append((str(path.parent / file), number, split))
+            image = str(path.parent / file)
+            if image in seen:  # labels agreeing or not: one image could be in train and validation
+                raise DataError(
+                    f"{path}:{number}: image {file!r} is listed twice, lines {seen[image]} "
+                    f"and {number}",
+                    "list each image once: delete one of the two rows",
+                )
+            seen[image] = number
+            table.append((image, number, split))
             cells.append(labels)
     if not table:
         raise DataError(f"{path}: no rows")
@@ -214,7 +223,7 @@ def _checked(
     """Keep the files whose header reads; note each one's decoder."""
     from cnnctl.data.cache import remembered_probes
 
-    unique = list(dict.fromkeys(paths))  # a CSV may list one file a million times: probe once
+    unique = list(dict.fromkeys(paths))  # each file probed once, however often it is listed
     answers = remembered_probes(
         unique, origin, probe, settings=f"pixels<={limit('pixels')},bytes<={limit('image_bytes')}"
     )

@@ -54,11 +54,33 @@ def class_names(folder: Path, data: DataConfig) -> tuple[str, ...]:
             "list the class of each mask value: data.classes: [background, cell, ...], "
             f"or write {file} with one name a line",
         )
-    text = read_bounded(file, DataError).decode("utf-8", errors="replace")
-    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    text = read_bounded(file, DataError).decode("utf-8-sig", errors="replace")
+    names = _names_of(file, text.splitlines())
     if len(names) < 2:
         raise DataError(f"{file}: {len(names)} class names; a mask needs at least 2 classes")
     return names
+
+
+def _names_of(file: Path, lines: list[str]) -> tuple[str, ...]:
+    """The names of classes.txt, line n = mask value n-1: blank lines only at the end (one in
+    between would shift every later value), each name once, spaces around it dropped."""
+    while lines and not lines[-1].strip():
+        lines.pop()
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name:
+            raise DataError(
+                f"{file}:{number}: empty line; line n names mask value n-1",
+                "delete the line, or name the class of that mask value",
+            )
+        if name in seen:
+            raise DataError(
+                f"{file}:{number}: duplicate class name {name!r}, already on line {seen[name]}",
+                "each mask value needs its own name; rename or remove one of them",
+            )
+        seen[name] = number
+    return tuple(seen)
 
 
 def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig) -> Arrays:
