@@ -499,11 +499,14 @@ def test_class_weights_go_to_each_pixel_and_need_cross_entropy(write, scenes_csv
         task.pixel_weights(
             load_config(write("w.yaml", text + "  class_weight: {nope: 2}\n")), truth, names
         )
-    dice = load_config(write("d.yaml", _unet(scenes_csv.parent) + "  class_weight: balanced\n"))
+    dice_text = _unet(scenes_csv.parent) + "  class_weight: balanced\n"
+    dice = load_config(write("d.yaml", dice_text))
     with pytest.raises(
         ConfigError, match=r"d.yaml:\d+:\d+: train.class_weight: .*not crossentropy_dice"
     ):
         task.class_weights(dice, truth, names)
+    checked = runner.invoke(main, ["validate", str(write("d2.yaml", dice_text))])
+    assert checked.exit_code == 2 and "not crossentropy_dice" in checked.output  # no masks read
     done = runner.invoke(main, ["train", "b.yaml", "--set", "data.limit=64"])
     assert done.exit_code == 0, done.output
     assert "mean_iou" in json.loads(Path("runs/seg/metrics.json").read_text())["test"]

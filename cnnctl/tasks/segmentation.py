@@ -144,13 +144,7 @@ class Segmentation(Task):
         wanted = config.train.class_weight
         if wanted is None:
             return None
-        where = config.where(("train", "class_weight"))
-        if config.train.loss != "sparse_categorical_crossentropy":
-            raise ConfigError(
-                f"{where}: class weights apply to loss: sparse_categorical_crossentropy, not "
-                f"{config.train.loss}",
-                "remove train.class_weight: Dice already weighs every class alike",
-            )
+        _check_weighted_loss(config)
         if wanted == "balanced":
             counts = np.asarray(self.label_counts(y, len(names)), dtype=np.float64)
             total = counts.sum()
@@ -172,6 +166,7 @@ class Segmentation(Task):
     def loss_object(self, config: Config, outputs: int) -> Any:
         import keras
 
+        _check_weighted_loss(config)  # here too: `validate` compiles, and reads no masks
         loss = config.train.loss
         if loss in DICE_WEIGHTS:
             from cnnctl.tasks.pixel_loss import PixelLoss
@@ -424,3 +419,14 @@ def _top(y: Any, ignore: int) -> int:
     if not isinstance(y, np.ndarray) and hasattr(y, "top"):
         return int(y.top)
     return int(y[y != ignore].max(initial=0))
+
+
+def _check_weighted_loss(config: Config) -> None:
+    """train.class_weight goes with cross-entropy only: Dice already weighs every class alike."""
+    loss = config.train.loss
+    if config.train.class_weight is not None and loss != "sparse_categorical_crossentropy":
+        raise ConfigError(
+            f"{config.where(('train', 'class_weight'))}: class weights apply to loss: "
+            f"sparse_categorical_crossentropy, not {loss}",
+            "remove train.class_weight: Dice already weighs every class alike",
+        )
