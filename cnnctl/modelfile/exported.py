@@ -114,7 +114,9 @@ def exported_facts(path: Path) -> FileFacts:
     path = Path(path)
     data = _read_bounded(path)
     if path.suffix.lower() == ".onnx":
-        return onnx_facts(path, _parse_onnx(path, data))
+        proto = _parse_onnx(path, data)
+        _vet_onnx(path, proto)  # a refused file is named before anything is read from it
+        return onnx_facts(path, proto)
     if data[4:8] != b"TFL3":
         raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)")
     return tflite_facts(path, data)

@@ -126,7 +126,7 @@ def tflite_facts(path: Path, data: bytes) -> FileFacts:
         raise
     except Exception as error:  # struct.error, IndexError, ...: damaged bytes
         raise ModelFileError(
-            f"{path}: damaged or not a TFLite model ({first_line(error, 120)})"
+            f"{path}: damaged or unusable TFLite model ({first_line(error, 120)})"
         ) from None
     return FileFacts(_parsed(path, text) if text is not None else None, rank)
 
