@@ -410,7 +410,10 @@ def _scoring_source(run: str | None, model_file: Path | None, tta: str | None, l
         raise click.UsageError("give a RUN or --model FILE, not both")
     from cnnctl.scoring.source import resolve_source
 
-    return resolve_source(run, model_file, _setting("runs_dir"), tta, legacy_h5)
+    source = resolve_source(run, model_file, _setting("runs_dir"), tta, legacy_h5)
+    if source.warning:  # what was guessed about a bare exported file
+        _note(source.warning)
+    return source
 
 
 def _warn_if_training(source, model_file: Path | None) -> None:

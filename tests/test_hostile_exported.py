@@ -195,3 +195,78 @@ def outside(tmp_path) -> Path:
     folder.mkdir()
     (folder / "secret.txt").write_text("sk-live-0123456789\n")
     return folder
+
+
+def _with_record(path: Path, text: str) -> Path:
+    """A good classifier whose embedded cnnctl record is `text`."""
+    _classifier(path)
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="cnnctl", value=text)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+NAMES = [f"n{i}" for i in range(10)]
+RECORDS = {  # an embedded record -> the line cnnctl answers with (exit 2), or None: it is used
+    "huge": (json.dumps({"task": "classification", "pad": "x" * 2**20}), "record is 1,048,"),
+    "not-json": ("{task: multilabel", "embedded cnnctl record: not valid JSON"),
+    "deep": ("[" * 100_000, "embedded cnnctl record: refused: the JSON is nested too deeply"),
+    "list": ("[1, 2]", "embedded cnnctl record: not a JSON object"),
+    "names-type": ('{"class_names": 5}', "'class_names' is a int, not a list"),
+    "names-items": ('{"class_names": [1, 2]}', "'class_names' holds something else than names"),
+    "task-type": ('{"task": true}', "'task' is a bool, not a str"),
+    "task-unknown": ('{"task": "telepathy"}', "record names an unknown task 'telepathy'"),
+    "kept": (
+        '{"task": "multilabel", "kept": {"thresholds.json": 5}}',
+        "its cnnctl record: thresholds.json: not a thresholds file",
+    ),
+    "per-pixel": ('{"task": "segmentation"}', "its outputs are shaped [None, 10], not what task"),
+    "good": (json.dumps({"task": "multilabel", "class_names": NAMES}), None),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDS))
+def test_an_embedded_record_is_read_through_the_limits(runner, tmp_path, case):
+    """The record inside an exported file is untrusted input: bounded, parsed defensively, each
+    field checked; a bad one is one or two lines and exit 2, never a traceback."""
+    text, phrase = RECORDS[case]
+    model = _with_record(tmp_path / "model.onnx", text)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    args = ["predict", str(tmp_path / "x.png"), "--model", str(model), "--json", "--top-k", "1"]
+    result = runner.invoke(main, args)
+    if phrase is None:  # read as multilabel: every label under its threshold (0.1 < 0.5)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)[0]["top"][0]["label"] in NAMES
+        assert "warning" not in result.stderr
+        return
+    assert result.exit_code == 2, result.output
+    assert phrase in result.stderr and str(model) in result.stderr
+    assert "internal error" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_a_tflite_record_is_read_through_the_limits(tmp_path):
+    """TFLite keeps the record as a named metadata buffer: the same checks."""
+    import tensorflow as tf
+
+    from cnnctl.errors import ModelFileError
+    from cnnctl.modelfile.exported import exported_facts
+    from cnnctl.modelfile.record import embed_tflite
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 28, 28, 1], tf.float32)])
+    def small(x):
+        return tf.nn.softmax(tf.reshape(x, [1, 784])[:, :10])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [small.get_concrete_function()], small
+    )
+    path = tmp_path / "model.tflite"
+    path.write_bytes(converter.convert())
+    assert exported_facts(path).record is None and exported_facts(path).output_rank == 2
+    embed_tflite(path, json.dumps({"task": "multilabel", "class_names": NAMES}))
+    assert exported_facts(path).record == {"task": "multilabel", "class_names": NAMES}
+    embed_tflite(path, "x" * (2**20 + 1))  # replaces the first
+    with pytest.raises(ModelFileError, match="record is 1,048,577 bytes"):
+        exported_facts(path)
+    embed_tflite(path, '{"kept": []}')
+    with pytest.raises(ModelFileError, match="'kept' is a list, not a dict"):
+        exported_facts(path)

@@ -256,3 +256,32 @@ def test_validate_checks_the_heads_activation_before_any_data_is_read(
     done = runner.invoke(main, ["validate", str(REPO / "configs" / config), "--set", setting])
     assert done.exit_code == 2, done.output
     assert "last layer's activation" in done.output and said in done.output
+
+
+def test_a_bare_copy_of_the_export_keeps_its_task_and_thresholds_from_inside_the_file(
+    runner, trained, scenes_csv, tmp_path
+):
+    """model.onnx copied alone reads its task, names and thresholds from the record inside it:
+    the same rows as with its export.json; a file with no record at all says it reads its
+    outputs as a classifier's, and how to fix it."""
+    from bare_copies import copies, predict_rows, without_record
+
+    run = trained / "ml"
+    if not (run / "export" / "model.onnx").is_file():
+        done = runner.invoke(main, ["export", "ml", "--runs-dir", str(trained), "--format", "onnx"])
+        assert done.exit_code == 0, done.output
+    beside, bare = copies(run / "export" / "model.onnx", tmp_path)
+    images = [str(scenes_csv.parent / "images" / "test" / f"0000{i}.png") for i in range(4)]
+    want, _ = predict_rows(runner, beside, images)
+    got, warned = predict_rows(runner, bare, images)
+    assert got == want and "warning" not in warned
+    names = json.loads((run / "classes.json").read_text())
+    assert {t["label"] for row in got for t in row["top"]} <= set(names)
+
+    old = without_record(bare, tmp_path / "old" / "model.onnx")
+    _, warned = predict_rows(runner, old, images)
+    assert (
+        f"warning: {old}: no export.json beside it and no cnnctl record inside; its outputs are "
+        "read as a classifier's probabilities (to be sure: copy its export.json beside it, or "
+        "re-export it with this version of cnnctl)"
+    ) in warned.replace("\n", " ")

@@ -202,3 +202,24 @@ def test_tune_minimizes_the_validation_mae(runner, write, tmp_path, scenes_csv):
     rows = list(csv.DictReader(open(tmp_path / "runs" / "count-tune" / "trials.csv")))
     assert study["direction"] == "minimize" and len(rows) == 2
     assert study["best"]["value"] == pytest.approx(min(float(r["value"]) for r in rows))
+
+
+def test_a_bare_copy_of_the_tflite_export_reads_its_task_from_inside_the_file(
+    runner, trained, scenes_csv, tmp_path
+):
+    """model.tflite copied alone carries its record in the flatbuffer's metadata: targets and
+    their names, not 'class 0, prob 2.284'."""
+    from bare_copies import copies, predict_rows
+
+    run = trained / "count"
+    if not (run / "export" / "model.tflite").is_file():
+        done = runner.invoke(
+            main, ["export", "count", "--runs-dir", str(trained), "--format", "tflite"]
+        )
+        assert done.exit_code == 0, done.output
+    beside, bare = copies(run / "export" / "model.tflite", tmp_path)
+    images = [str(scenes_csv.parent / "images" / "test" / f"0000{i}.png") for i in range(4)]
+    want, _ = predict_rows(runner, beside, images)
+    got, warned = predict_rows(runner, bare, images)
+    assert got == want and "warning" not in warned
+    assert [t["label"] for t in got[0]["top"]] == json.loads((run / "classes.json").read_text())

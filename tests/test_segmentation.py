@@ -860,3 +860,53 @@ def test_a_backbone_unet_trains_evaluates_and_exports(runner, scenes_csv, write,
     )
     assert exported.exit_code == 0, exported.output
     assert "pixel agreement" in exported.output
+
+
+def test_a_bare_copy_of_the_export_predicts_and_evaluates_as_with_its_export_json(
+    runner, trained, scenes_csv, tmp_path
+):
+    """The review's finding: model.onnx copied alone was read as a classifier (an internal
+    TypeError). The file carries its record: the copy gives the same masks, rows and mean IoU;
+    one without any record is still read per pixel, with a warning; one whose export.json says
+    classification stops in one line."""
+    from bare_copies import copies, predict_rows, without_record
+
+    run = trained / "seg"
+    if not (run / "export" / "model.onnx").is_file():
+        done = runner.invoke(
+            main, ["export", "seg", "--runs-dir", str(trained), "--format", "onnx"]
+        )
+        assert done.exit_code == 0, done.output
+    beside, bare = copies(run / "export" / "model.onnx", tmp_path)
+    images = [str(scenes_csv.parent / "images" / "test" / f"0000{i}.png") for i in range(3)]
+    want, _ = predict_rows(runner, beside, images, "--output", str(tmp_path / "beside-masks"))
+    got, warned = predict_rows(runner, bare, images, "--output", str(tmp_path / "bare-masks"))
+    assert got == want and "warning" not in warned
+    assert want[0]["top"][0]["label"] == json.loads((run / "classes.json").read_text())[0]
+    for name in (Path(p).stem + ".mask.png" for p in images):
+        a = np.asarray(Image.open(tmp_path / "beside-masks" / name))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "bare-masks" / name)))
+    config = str(trained.parent / "seg.yaml")
+    scores = [
+        runner.invoke(main, ["evaluate", "--model", str(m), "--data", config, "--json"])
+        for m in (beside, bare)
+    ]
+    assert [s.exit_code for s in scores] == [0, 0], scores[1].output
+    assert json.loads(scores[1].stdout)["mean_iou"] == json.loads(scores[0].stdout)["mean_iou"]
+
+    old = without_record(bare, tmp_path / "old" / "model.onnx")
+    rows, warned = predict_rows(runner, old, images)
+    assert [r["top"][0]["index"] for r in rows] == [r["top"][0]["index"] for r in want]
+    assert f"warning: {old}: no export.json beside it and no cnnctl record inside" in warned
+    assert "read as segmentation masks" in warned and len(warned.strip().splitlines()) == 1
+
+    (tmp_path / "old" / "export.json").write_text(
+        json.dumps({"exports": [{"file": "model.onnx", "task": "classification"}]})
+    )
+    for command in (["predict", *images], ["explain", images[0], "--method", "occlusion"]):
+        refused = runner.invoke(main, [*command, "--model", str(old)])
+        assert refused.exit_code == 2, refused.output
+        assert "its outputs are shaped [None, 64, 64, 11], not what task: classification" in (
+            refused.stderr
+        )
+        assert "internal error" not in refused.stderr

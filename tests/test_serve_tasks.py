@@ -211,3 +211,28 @@ def test_the_page_shows_segmentation_overlays_grad_cam_and_class_names_as_text(
     assert caption.startswith(f"gradcam of {EVIL}")  # the class name, as text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) == 3
     assert browser.title == "cnnctl serve"  # no onerror ran
+
+
+def test_a_bare_copy_of_a_segmentation_export_serves_masks(serving, scene_pngs, tmp_path):
+    """The review's finding: serve --model lonely.onnx started as a classifier of 11 outputs and
+    answered 500 in plain text. The record inside the file makes it a segmentation server that
+    answers what the file answers with its export.json beside it."""
+    from bare_copies import copies
+
+    runs, _ = serving["segmentation"]
+    done = CliRunner().invoke(
+        main, ["export", "segmentation", "--runs-dir", str(runs), "--format", "onnx"]
+    )
+    assert done.exit_code == 0, done.output
+    beside, bare = copies(runs / "segmentation" / "export" / "model.onnx", tmp_path)
+    servers = [Server(["--model", str(m)], tmp_path) for m in (beside, bare)]
+    try:
+        answers = [upload(s.url, scene_pngs) for s in servers]
+        assert [a.status_code for a in answers] == [200, 200], answers[1].text
+        assert answers[1].json() == answers[0].json()
+        assert "task segmentation, 11 outputs" in servers[1].stderr
+        assert "warning" not in servers[1].stderr
+    finally:
+        for server in servers:
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=60)

@@ -22,6 +22,7 @@ import numpy as np
 from cnnctl.errors import CnnctlError, ModelFileError, first_line
 from cnnctl.escape import safe_text
 from cnnctl.limits import EVAL_BATCH, limit, read_bounded, read_json
+from cnnctl.modelfile.record import FileFacts, onnx_facts, tflite_facts
 
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
 MAX_BYTES = 2 * 2**30  # protobuf's own limit; no CNN cnnctl trains is near it
@@ -59,11 +60,11 @@ def require_extra(module: str, load: bool = True) -> Any:
 class ExportedModel:
     """An .onnx or .tflite image classifier: `model(batch)` -> probabilities, like Keras."""
 
-    def __init__(self, path: Path, run: Any, input_shape: tuple, num_classes: int) -> None:
+    def __init__(self, path: Path, run: Any, input_shape: tuple, output_shape: tuple) -> None:
         self.path = path
         self._run = run
         self.input_shape = (None, *input_shape)  # (None, height, width, channels), as Keras says
-        self.output_shape = (None, num_classes)
+        self.output_shape = (None, *output_shape)  # (None, outputs) or (None, H, W, classes)
 
     def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
@@ -71,7 +72,7 @@ class ExportedModel:
     def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH, verbose: int = 0) -> np.ndarray:
         """Probabilities for every image of `x`, in batches."""
         parts = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[-1]), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, *self.output_shape[1:]), np.float32)
 
 
 def load_exported(path: Path) -> ExportedModel:
@@ -107,6 +108,20 @@ def _read_bounded(path: Path) -> bytes:
     return data
 
 
+def exported_facts(path: Path) -> FileFacts:
+    """The record an exported file carries inside itself (None: none) and its output's rank,
+    read without a runtime; a damaged file or a malformed record is a ModelFileError."""
+    path = Path(path)
+    data = _read_bounded(path)
+    if path.suffix.lower() == ".onnx":
+        proto = _parse_onnx(path, data)
+        _vet_onnx(path, proto)  # a refused file is named before anything is read from it
+        return onnx_facts(path, proto)
+    if data[4:8] != b"TFL3":
+        raise ModelFileError(f"{path}: damaged or not a TFLite model (no TFL3 identifier)")
+    return tflite_facts(path, data)
+
+
 def _onnx_model_proto() -> Any:
     """onnx's ModelProto class, without importing the onnx package.
 
@@ -127,9 +142,8 @@ def _onnx_model_proto() -> Any:
     return module.ModelProto
 
 
-def _load_onnx(path: Path, data: bytes) -> ExportedModel:
+def _parse_onnx(path: Path, data: bytes) -> Any:
     model_proto = _onnx_model_proto()
-    ort = require_extra("onnxruntime")
     try:
         proto = model_proto.FromString(data)
     except Exception as error:  # protobuf raises DecodeError and others for damaged bytes
@@ -137,6 +151,12 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
         raise ModelFileError(f"{path}: damaged or not an ONNX model ({why})") from None
     if not proto.graph.node:
         raise ModelFileError(f"{path}: damaged or not an ONNX model (its graph is empty)")
+    return proto
+
+
+def _load_onnx(path: Path, data: bytes) -> ExportedModel:
+    proto = _parse_onnx(path, data)
+    ort = require_extra("onnxruntime")
     _vet_onnx(path, proto)
     ort.set_default_logger_severity(3)  # its coloured C++ lines would cut cnnctl's one line
     options = ort.SessionOptions()
@@ -157,7 +177,6 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
             "pass a model exported with cnnctl export",
         )
     name = inputs[0].name
-    classes = outputs[0].shape[-1] if outputs[0].shape else None
 
     def run(batch: np.ndarray) -> np.ndarray:
         try:
@@ -168,13 +187,14 @@ def _load_onnx(path: Path, data: bytes) -> ExportedModel:
             ) from None
 
     shape = tuple(inputs[0].shape[1:])
-    if not isinstance(classes, int):
-        classes = (
-            int(run(np.zeros((1, *shape), np.float32)).shape[-1])
+    given = tuple(outputs[0].shape[1:] or ())
+    if not given or not all(isinstance(n, int) for n in given):  # symbolic sizes: run one image
+        given = (
+            tuple(int(n) for n in run(np.zeros((1, *shape), np.float32)).shape[1:])
             if all(isinstance(n, int) for n in shape)
-            else None
+            else (0,)
         )
-    return ExportedModel(path, run, shape, classes or 0)
+    return ExportedModel(path, run, shape, given)
 
 
 def _vet_onnx(path: Path, proto: Any) -> None:
@@ -290,7 +310,7 @@ def _load_tflite(path: Path, data: bytes) -> ExportedModel:
             ) from None
 
     shape = tuple(int(n) for n in source["shape"][1:])
-    return ExportedModel(path, run, shape, int(target["shape"][-1]))
+    return ExportedModel(path, run, shape, tuple(int(n) for n in target["shape"][1:]))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import numpy as np
 from cnnctl.allowlist import INFERENCE_IDENTITY
 from cnnctl.errors import CnnctlError, ConfigError, ModelFileError, RunError
 from cnnctl.limits import EVAL_BATCH
+from cnnctl.modelfile.record import embed_onnx, embed_tflite, embedded_record
 from cnnctl.runs import Run, run_of_model, write_json
 from cnnctl.scoring.source import kept_state
 from cnnctl.tasks import TARGET_STATS, Task, task_named, task_of
@@ -118,13 +119,17 @@ def export_model(
     x_check, y_check, x_train, task = _check_images(source.run, offline)
     model(x_check[:1], training=False)  # a loaded model has not been called; export needs it built
     expected = model.predict(x_check, batch_size=EVAL_BATCH, verbose=0)  # the whole model
+    record = _record(source, model, output, fmt, quantize, task)
     output.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(output) as tmp:
         started = time.perf_counter()
         with _quiet(verbose):
             _write(inference_model(model, keras), fmt, quantize, tmp, x_train)
-        if fmt == "onnx":
-            name_onnx(tmp, output)
+            # The record goes inside the file before the check: the file checked is the one kept.
+            if fmt == "onnx":
+                name_onnx(tmp, output, embedded_record(record))
+            elif fmt == "tflite":
+                embed_tflite(tmp, embedded_record(record))
         seconds = time.perf_counter() - started
         try:
             got = _run_export(fmt, tmp, x_check)
@@ -140,14 +145,9 @@ def export_model(
                 "nothing was written; run with --verbose to see the converter's messages",
             )
         _replace(tmp, output)
-    record = _record(source, model, output, fmt, quantize, check, seconds)
-    record["task"] = task.name
-    kept = kept_state(task, source.run)
-    if kept:  # what the task settled on validation (multilabel: thresholds), for a bare file
-        record["kept"] = kept
-    stats = source.run.path / TARGET_STATS
-    if stats.is_file():  # standardized regression targets: the model already undoes it
-        record["target_stats"] = json.loads(stats.read_text(encoding="utf-8"))
+    record.update(
+        size_bytes=_size(output), check=check, export_seconds=round(seconds, 2), path=str(output)
+    )
     _update_index(output.parent / "export.json", record)
     return record
 
@@ -240,8 +240,9 @@ def _write(model: Any, fmt: str, quantize: str | None, path: Path, x_train: np.n
         model.export(str(path), format="litert", verbose=False, **options)
 
 
-def name_onnx(path: Path, output: Path) -> None:
-    """Name the graph's input `image`, its output `probabilities`, their first dimension `batch`.
+def name_onnx(path: Path, output: Path, record: str) -> None:
+    """Name the graph's input `image`, its output `probabilities`, their first dimension `batch`;
+    put the JSON `record` in the model's metadata_props.
 
     tf2onnx names them after the traced function (`keras_tensor`, `output_0`) and the batch
     dimension `unk__36`; a file loaded elsewhere should say what goes in and comes out.
@@ -268,6 +269,7 @@ def name_onnx(path: Path, output: Path) -> None:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
+    embed_onnx(proto, record)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -314,25 +316,20 @@ def _run_export(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _record(
-    source: Source,
-    model: Any,
-    output: Path,
-    fmt: str,
-    quantize: str | None,
-    check: dict[str, Any],
-    seconds: float,
+    source: Source, model: Any, output: Path, fmt: str, quantize: str | None, task: Task
 ) -> dict[str, Any]:
+    """export.json's record of the file, but for what the check adds (check, size, timing);
+    the file itself carries this much (modelfile/record.py)."""
     import keras
 
     _, height, width, channels = model.input_shape
     rescales = any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
     names = source.run.class_names() if source.run and source.run.classes.is_file() else None
-    return {
+    record = {
         "format": fmt,
         "quantize": quantize,
         "file": output.name,
         "path": str(output),
-        "size_bytes": _size(output),
         "source": str(source.model),
         "input": {
             "shape": [None, height, width, channels],
@@ -340,17 +337,23 @@ def _record(
             "channels": channels,
         },
         "output": {
-            "shape": [None, model.output_shape[-1]],
+            "shape": [None, *model.output_shape[1:]],
             "dtype": "float32",
             "meaning": "probabilities",
         },
         "class_names": names or [str(i) for i in range(model.output_shape[-1])],
         "preprocessing": PREPROCESSING[rescales],
-        "check": check,
-        "export_seconds": round(seconds, 2),
         "keras": keras.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "task": task.name,
     }
+    kept = kept_state(task, source.run)
+    if kept:  # what the task settled on validation (multilabel: thresholds), for a bare file
+        record["kept"] = kept
+    stats = source.run.path / TARGET_STATS
+    if stats.is_file():  # standardized regression targets: the model already undoes it
+        record["target_stats"] = json.loads(stats.read_text(encoding="utf-8"))
+    return record
 
 
 def _size(path: Path) -> int:

@@ -14,8 +14,14 @@ from typing import Any
 
 from cnnctl.config import Config, load_config
 from cnnctl.errors import DataError, ModelFileError, RunError
+from cnnctl.escape import safe_text
 from cnnctl.limits import read_json
-from cnnctl.modelfile.exported import exported_class_names, exported_record, is_exported
+from cnnctl.modelfile.exported import (
+    exported_class_names,
+    exported_facts,
+    exported_record,
+    is_exported,
+)
 from cnnctl.runs import Run, find_run, run_of_model
 from cnnctl.tasks import REGISTRY, Task, task_named, task_of
 
@@ -31,6 +37,7 @@ class ScoringSource:
     names: list[str] | None  # one per output; None where nothing records them
     tta: str = "none"
     legacy_h5: bool = False
+    warning: str | None = None  # a line for the person: what was guessed about the model file
     # What `load` and `traced` made, kept for the next call in the same process (serve, bench).
     _kept: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -54,6 +61,7 @@ class ScoringSource:
             from cnnctl.modelfile.exported import load_exported
 
             model = load_exported(self.model_file)
+            _check_rank(self.model_file, model, self.task)
         else:
             from cnnctl.modelfile.load import load_model
 
@@ -114,14 +122,74 @@ def resolve_source(
                 "give the path of a .keras, .onnx or .tflite file, or a run name (see cnnctl runs)",
             )
     config = load_config(run.effective_config) if run is not None else None
+    if config is None and is_exported(model_file):
+        return _bare_exported(model_file, run, tta)
     return ScoringSource(
         model_file=model_file,
         run=run,
         config=config,
-        task=_task(config, run, model_file),
+        task=_task(config, run),
         names=_names(run, model_file),
         tta=tta or (config.model.tta if config is not None else "none"),
         legacy_h5=legacy_h5,
+    )
+
+
+def _bare_exported(model_file: Path, run: Run | None, tta: str | None) -> ScoringSource:
+    """An exported file outside any run: its task, names and kept state from the export.json
+    beside it, else from the record inside the file, else guessed from its output's shape
+    (per pixel: segmentation; else a classifier), with a warning that says so."""
+    record, warning = exported_record(model_file), None
+    if not record:
+        facts = exported_facts(model_file)
+        record = facts.record
+        if record is None:
+            spatial = [n for n, t in REGISTRY.items() if t.spatial_output]
+            record = {"task": spatial[0] if facts.output_rank == 4 and spatial else None}
+            warning = (
+                f"warning: {model_file}: no export.json beside it and no cnnctl record inside; "
+                + (
+                    "its per-pixel outputs are read as segmentation masks"
+                    if record["task"]
+                    else "its outputs are read as a classifier's probabilities"
+                )
+                + " (to be sure: copy its export.json beside it, or re-export it with this "
+                "version of cnnctl)"
+            )
+    name = record.get("task")
+    if name is not None and name not in REGISTRY:
+        raise ModelFileError(
+            f"{model_file}: its cnnctl record names an unknown task '{safe_text(str(name)[:40])}'",
+            f"tasks: {', '.join(REGISTRY)}; re-export the model with this version of cnnctl",
+        )
+    task = task_named(name or "classification")
+    kept = record.get("kept")
+    try:
+        task.restore(kept if isinstance(kept, dict) else {})
+    except DataError as error:  # the record's kept state is not what the task wrote
+        raise ModelFileError(f"{model_file}: its cnnctl record: {error.message}") from None
+    return ScoringSource(
+        model_file=model_file,
+        run=run,
+        config=None,
+        task=task,
+        names=_names(run, model_file, record),
+        tta=tta or "none",
+        warning=warning,
+    )
+
+
+def _check_rank(path: Path, model: Any, task: Task) -> None:
+    """An exported file's outputs must have the task's shape: per pixel (N, H, W, C) for a task
+    with spatial outputs, one vector (N, C) for the others; else a ModelFileError."""
+    rank = len(model.output_shape)
+    if rank == (4 if task.spatial_output else 2):
+        return
+    shape = [None, *model.output_shape[1:]]
+    raise ModelFileError(
+        f"{path}: its outputs are shaped {shape}, not what task: {task.name} reads "
+        f"({'per-pixel (N, H, W, classes)' if task.spatial_output else 'one vector per image'})",
+        "put the file's own export.json beside it, or re-export it with this version of cnnctl",
     )
 
 
@@ -137,16 +205,8 @@ def run_source(run: Run) -> ScoringSource:
     )
 
 
-def _task(config: Config | None, run: Run | None, model_file: Path | None = None) -> Task:
-    """The run's task, with what it kept in the run folder (multilabel: its thresholds); for a
-    bare exported file, the task and state its export.json record carries."""
-    if config is None and model_file is not None and is_exported(model_file):
-        record = exported_record(model_file)
-        name = record.get("task")
-        task = task_named(name if name in REGISTRY else "classification")
-        kept = record.get("kept")
-        task.restore(kept if isinstance(kept, dict) else {})
-        return task
+def _task(config: Config | None, run: Run | None) -> Task:
+    """The run's task, with what it kept in the run folder (multilabel: its thresholds)."""
     task = task_of(config)
     if run is not None:
         task.restore(kept_state(task, run))
@@ -159,9 +219,15 @@ def kept_state(task: Task, run: Run) -> dict[str, Any]:
     return {file.name: read_json(file, RunError) for file in files if os.path.lexists(file)}
 
 
-def _names(run: Run | None, model_file: Path) -> list[str] | None:
-    """classes.json of the run (or beside a bare model), else an exported file's record."""
+def _names(
+    run: Run | None, model_file: Path, record: dict[str, Any] | None = None
+) -> list[str] | None:
+    """classes.json of the run (or beside a bare model), else an exported file's record
+    (`record`, where it was read already: export.json's or the file's own)."""
     folder = run or Run(model_file.parent)
     if folder.classes.is_file():
         return folder.class_names()
+    if record is not None:
+        found = record.get("class_names")
+        return found if isinstance(found, list) and all(isinstance(n, str) for n in found) else None
     return exported_class_names(model_file) if is_exported(model_file) else None

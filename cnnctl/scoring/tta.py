@@ -43,7 +43,7 @@ class _MirroredExported(ExportedModel):
     """An exported model whose every call merges the image's and its mirror's outputs."""
 
     def __init__(self, model: ExportedModel, task: Task) -> None:
-        super().__init__(model.path, model._run, model.input_shape[1:], model.output_shape[-1])
+        super().__init__(model.path, model._run, model.input_shape[1:], model.output_shape[1:])
         self._task = task
 
     def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, first_line
 from cnnctl.serve.batcher import Batcher, QueueFull
 from cnnctl.serve.metrics import Guard, Metrics
 from cnnctl.serve.model import ServedModel
@@ -128,11 +128,15 @@ def create_app(served: ServedModel, options: ServeOptions) -> Any:
         except CnnctlError as error:  # the runtime failed on this model
             return answer({"error": error.message}, 500)
         names = [name for name, _ in images]
-        if not overlay:
-            return answer(served.rows(outputs, names, top_k))
-        rows = await asyncio.get_running_loop().run_in_executor(
-            decoders, served.rows, outputs, names, top_k, arrays
-        )
+        try:
+            if not overlay:
+                return answer(served.rows(outputs, names, top_k))
+            rows = await asyncio.get_running_loop().run_in_executor(
+                decoders, served.rows, outputs, names, top_k, arrays
+            )
+        except Exception as error:  # outputs the task cannot read: still one line of JSON
+            why = f"{type(error).__name__}: {first_line(error, 200)}"
+            return answer({"error": f"cannot read the model's outputs ({why})"}, 500)
         return answer(rows)
 
     explaining = asyncio.Semaphore(1)  # one Grad-CAM at a time; a second waits, a third: 503
