@@ -49,25 +49,40 @@ def cached_images(
 ) -> tuple[Path, dict[int, str], str]:
     """The cache's images.npy for `index` (built if missing), failed rows -> reason, and a note."""
     folder = cache_root() / f"decoded-{cache_key(index, image_shape)}"
-    built = False
-    meta = _whole(folder, len(index.paths), image_shape) if folder.exists() else None
-    if meta is None:
+    return _read_or_build(
+        folder,
+        "images.npy",
+        lambda: _whole(folder, len(index.paths), image_shape),
+        lambda: _build(index, image_shape, folder),
+        "decode cache {done} {folder}",
+    )
+
+
+def _read_or_build(
+    folder: Path, name: str, check: Callable, build: Callable, what: str
+) -> tuple[Path, dict[int, str], str]:
+    """`folder/name` when `check()` finds it whole, else built (a damaged folder set aside
+    first) and checked again; its failed rows (`check`'s answer) and a note, `what` saying
+    where (`{done}`: written to / read from, `{folder}`)."""
+    meta = check() if folder.exists() else None
+    built = meta is None
+    if built:
         if folder.exists():  # damaged: set aside (atomic), then rebuilt
             _set_aside(folder)
-        _build(index, image_shape, folder)
-        built = True
-        meta = _whole(folder, len(index.paths), image_shape)
+        build()
+        meta = check()
         if meta is None:
             raise DataError(
                 f"{folder}: the decode cache just written does not read back",
                 f"check the disk, or set data.cache: none; delete it with: rm -r {folder}",
             )
-    size = (folder / "images.npy").stat().st_size
+    size = (folder / name).stat().st_size
+    done = "written to" if built else "read from"
     note = (
-        f"decode cache {'written to' if built else 'read from'} {folder} ({size / 1e9:.2f} GB); "
+        f"{what.format(done=done, folder=folder)} ({size / 1e9:.2f} GB); "
         f"delete it any time: rm -r {folder}"
     )
-    return folder / "images.npy", meta, note
+    return folder / name, meta, note
 
 
 def _set_aside(folder: Path) -> None:
@@ -181,25 +196,13 @@ def cached_masks(
                 stamps.append((str(path), -1, -1))
     digest.update(json.dumps([VERSION, "masks", settings, list(shape), stamps]).encode())
     folder = cache_root() / f"masks-{digest.hexdigest()}"
-    built = False
-    meta = _whole(folder, shape[0], shape[1:], dtype, "masks.npy") if folder.exists() else None
-    if meta is None:
-        if folder.exists():
-            _set_aside(folder)
-        _build_rows(folder, "masks.npy", shape, dtype, fill)
-        built = True
-        meta = _whole(folder, shape[0], shape[1:], dtype, "masks.npy")
-        if meta is None:
-            raise DataError(
-                f"{folder}: the decode cache just written does not read back",
-                f"check the disk, or set data.cache: none; delete it with: rm -r {folder}",
-            )
-    size = (folder / "masks.npy").stat().st_size
-    note = (
-        f"masks {'written to' if built else 'read from'} the decode cache {folder} "
-        f"({size / 1e9:.2f} GB); delete it any time: rm -r {folder}"
+    return _read_or_build(
+        folder,
+        "masks.npy",
+        lambda: _whole(folder, shape[0], shape[1:], dtype, "masks.npy"),
+        lambda: _build_rows(folder, "masks.npy", shape, dtype, fill),
+        "masks {done} the decode cache {folder}",
     )
-    return folder / "masks.npy", meta, note
 
 
 def _build_rows(
