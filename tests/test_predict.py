@@ -179,3 +179,58 @@ def test_out_of_memory_in_predict_names_the_model_not_the_training_batch():
         _run(exhausted, np.zeros((3, 28, 28, 1)), Path("m.keras"))
     assert "m.keras: out of memory running this model on 3 images" in info.value.format_message()
     assert "train.batch_size" not in info.value.format_message()
+
+
+def test_augmentation_in_the_model_stays_off_when_scoring(runner, tmp_path):
+    """A RandomFlip inside the model (data.augment's photometric and flip layers live there) is
+    Keras' identity only when called with training=False: one image gets one answer from
+    predict, however often, and explain explains that answer."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.Conv2D(2, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    left = np.zeros((8, 8), np.uint8)
+    left[:, :3] = 255  # bright on the left only: a flip changes what the model sees
+    Image.fromarray(left).save(tmp_path / "left.png")
+    model.save(tmp_path / "flip.keras")
+    expected = model(left[None, ..., None].astype(np.float32), training=False).numpy()[0]
+    seen = set()
+    for _ in range(8):
+        done = runner.invoke(
+            main,
+            [
+                "predict",
+                str(tmp_path / "left.png"),
+                "--model",
+                str(tmp_path / "flip.keras"),
+                "--json",
+            ],
+        )
+        assert done.exit_code == 0, done.output
+        top = json.loads(done.stdout)[0]["top"][0]
+        seen.add((top["label"], round(top["probability"], 5)))
+    assert seen == {(str(int(expected.argmax())), round(float(expected.max()), 5))}
+    explained = runner.invoke(
+        main,
+        [
+            "explain",
+            str(tmp_path / "left.png"),
+            "--model",
+            str(tmp_path / "flip.keras"),
+            "--json",
+            "--method",
+            "occlusion",
+            "--output",
+            str(tmp_path / "maps"),
+        ],
+    )
+    assert explained.exit_code == 0, explained.output
+    assert json.loads(explained.stdout)[0]["value"] == pytest.approx(
+        float(expected.max()), abs=1e-5
+    )

@@ -89,7 +89,7 @@ def explain_images(
         pixels, kept = _decode(paths[start : start + CHUNK], model.input_shape, invert, result)
         if not kept:
             continue
-        outputs = _outputs(model, pixels, batch_size)
+        outputs = _outputs(source.inference(model), pixels, batch_size)
         rows = [
             (i, target)
             for i, output in enumerate(outputs)
@@ -139,7 +139,7 @@ def explain_one(
 
     check_method(source, method, None)
     pixels = np.asarray(image, np.float32)[None]
-    output = _outputs(model, pixels, 1)[0]
+    output = _outputs(source.inference(model), pixels, 1)[0]
     target = source.task.explain_targets(output, names, None, None)[0]
     maps, layer_path = compute_maps(model, source, pixels, target.weights[None], method)
     item = Explained(name, target.label, target.index, target.value, method, layer_path)
@@ -217,7 +217,8 @@ def compute_maps(
     from cnnctl.explain.methods import gradient_maps, occlusion_maps
 
     if method == "occlusion":
-        return occlusion_maps(model, images, weights, batch_size=batch_size)[0], None
+        maps, _ = occlusion_maps(source.inference(model), images, weights, batch_size=batch_size)
+        return maps, None
     layer_path, layer = None, None
     if method in LAYER_METHODS:
         from cnnctl.explain.layers import find_layer
@@ -241,10 +242,10 @@ def _chosen(chosen: str | None, names: list[str]) -> int | None:
     )
 
 
-def _outputs(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+def _outputs(call: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(
         [
-            np.asarray(model(pixels[i : i + batch_size]), dtype=np.float32)
+            np.asarray(call(pixels[i : i + batch_size]), dtype=np.float32)
             for i in range(0, len(pixels), batch_size)
         ]
     )

@@ -47,6 +47,8 @@ def predict_images(
         return _predict_streamed(model, source, paths, names, top_k, batch_size, invert, result)
     if not source.exported and len(paths) > batch_size:  # worth one trace: fused kernels
         model = source.traced(model)
+    else:
+        model = source.inference(model)
 
     def read(path: Path) -> np.ndarray | ImageError:
         try:
@@ -109,9 +111,11 @@ def _predict_streamed(
     model_path = source.model_file
     _, height, width, channels = model.input_shape
     files = files_for(paths, (height, width, channels))
-    whole = model
+    whole = source.inference(model)
     if len(paths) > batch_size:  # worth one trace: a graph runs fused kernels, eager calls do not
-        model = source.traced(whole)
+        model = source.traced(model)
+    else:
+        model = whole
     found: dict[int, np.ndarray] = {}
     for positions, images in decode_batches(files, batch_size):
         probabilities = _run(model, 255.0 - images if invert else images, model_path)
@@ -136,7 +140,7 @@ def _run(model, batch, model_path: Path) -> np.ndarray:
     Out of memory here comes from the input or the model, not from training's batch size: say so.
     """
     try:
-        return np.asarray(model(batch))  # Keras' default outside fit: inference mode
+        return np.asarray(model(batch))  # `source.inference` or `traced`: inference mode
     except Exception as error:
         if not isinstance(error, MemoryError) and type(error).__name__ != "ResourceExhaustedError":
             raise

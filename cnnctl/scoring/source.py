@@ -80,6 +80,14 @@ class ScoringSource:
             )
         return self.names or [str(i) for i in range(outputs)]
 
+    def inference(self, model: Any) -> Any:
+        """`model` as "batch -> outputs" in inference mode. A Keras model called without
+        `training=False` runs its augmentation layers (a RandomFlip in the model flipped half
+        of predict's images: one image, two answers); an exported file has none."""
+        if self.exported:
+            return model
+        return lambda batch: model(batch, training=False)
+
     def traced(self, model: Any) -> Any:
         """`model` (a Keras model this source loaded) as a traced graph function on batches of
         any size: fused kernels instead of eager calls, traced once per source."""
