@@ -8,6 +8,7 @@ from cnnctl.config.load import (
     dump_data,
     inferred,
     load_config,
+    misnamed_class,
     validate_config,
 )
 from cnnctl.config.schema import (
@@ -57,6 +58,7 @@ __all__ = [
     "inferred",
     "dump_data",
     "load_config",
+    "misnamed_class",
     "mode_of",
     "parse_yaml",
     "validate_config",

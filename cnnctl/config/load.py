@@ -205,21 +205,35 @@ def _check_task_loss(config: Config) -> None:
 def _check_classes(config: Config) -> None:
     """data.classes: one name per mask value, none empty, none twice (spaces aside): a repeated
     name makes two outputs that `explain --class` and the reports cannot tell apart."""
+    names = config.data.classes or ()
+    found = misnamed_class(names)
+    if found is None:
+        return
+    i, first = found
+    where = config.where(("data", "classes", i))
+    if first is None:
+        raise ConfigError(
+            f"{where}: empty class name",
+            "give each mask value a name: data.classes: [background, cell, ...]",
+        )
+    raise ConfigError(
+        f"{where}: duplicate class name {names[i].strip()!r}, already data.classes[{first}]",
+        "each mask value needs its own name; rename or remove one of them",
+    )
+
+
+def misnamed_class(names: Sequence[str]) -> tuple[int, int | None] | None:
+    """The first class name that is blank, as (its position, None), or that repeats one before
+    it, spaces aside, as (its position, the first one's); None when every name is its own."""
     seen: dict[str, int] = {}
-    for i, name in enumerate(config.data.classes or ()):
+    for i, name in enumerate(names):
         key = name.strip()
         if not key:
-            raise ConfigError(
-                f"{config.where(('data', 'classes', i))}: empty class name",
-                "give each mask value a name: data.classes: [background, cell, ...]",
-            )
+            return i, None
         if key in seen:
-            raise ConfigError(
-                f"{config.where(('data', 'classes', i))}: duplicate class name {key!r}, "
-                f"already data.classes[{seen[key]}]",
-                "each mask value needs its own name; rename or remove one of them",
-            )
+            return i, seen[key]
         seen[key] = i
+    return None
 
 
 def _check_monitors(config: Config) -> None:

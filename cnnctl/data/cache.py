@@ -130,48 +130,18 @@ def _whole(
 
 
 def _build(index: FileIndex, image_shape: tuple[int, int, int], folder: Path) -> None:
+    """Every image of `index` decoded into the cache's images.npy, as it decodes."""
     from cnnctl.data.stream import FileImages, decode_all
 
-    root = folder.parent
-    root.mkdir(parents=True, exist_ok=True)
-    need = len(index.paths) * int(np.prod(image_shape))
-    free = shutil.disk_usage(root).free
-    if need * 1.05 > free:
-        raise DataError(
-            f"{root}: {need / 1e9:.1f} GB needed for the decode cache, {free / 1e9:.1f} GB free",
-            "set CNNCTL_CACHE_DIR to a larger disk, or data.cache: none to stream the files",
-        )
-    # mkdtemp: a fresh name that nobody can have planted a symlink at (the cache may be shared)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~_umask())  # readable by the others who share the cache, as before
-    try:
-        files = FileImages(index.paths, index.pillow, image_shape)
-        with open(tmp / "images.npy", "wb") as stream:  # written as it decodes: memory stays flat
-            header = {
-                "descr": "|u1",
-                "fortran_order": False,
-                "shape": (len(index.paths), *image_shape),
-            }
-            np.lib.format.write_array_header_1_0(stream, header)
-            _, failed = decode_all(files, sink=lambda images: stream.write(images.tobytes()))
-            stream.flush()
-            os.fsync(stream.fileno())
-        reasons = {str(r): files.reason(r) for r in failed}
-        meta = {
-            "version": VERSION,
-            "shape": list(image_shape),
-            "files": len(index.paths),
-            "origin": index.origin,
-            "failed": reasons,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, folder)  # atomic: readers see no folder, or a whole one
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won the race
+    files = FileImages(index.paths, index.pillow, image_shape)
+
+    def fill(write: Callable[[np.ndarray], None]) -> dict[int, str]:
+        _, failed = decode_all(files, sink=write)
+        return {r: files.reason(r) for r in failed}
+
+    shape = (len(index.paths), *image_shape)
+    about = {"shape": list(image_shape), "files": len(index.paths), "origin": index.origin}
+    _build_rows(folder, "images.npy", shape, np.uint8, fill, about)
 
 
 def cached_masks(
@@ -200,15 +170,22 @@ def cached_masks(
         folder,
         "masks.npy",
         lambda: _whole(folder, shape[0], shape[1:], dtype, "masks.npy"),
-        lambda: _build_rows(folder, "masks.npy", shape, dtype, fill),
+        lambda: _build_rows(folder, "masks.npy", shape, dtype, fill, {"shape": list(shape)}),
         "masks {done} the decode cache {folder}",
     )
 
 
 def _build_rows(
-    folder: Path, name: str, shape: tuple[int, ...], dtype: Any, fill: Callable
+    folder: Path,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    fill: Callable,
+    about: dict[str, Any],
 ) -> None:
-    """`fill(write)` into a fresh temporary folder's `name` (.npy), renamed into place."""
+    """`fill(write)` (the failed rows -> reason) writing every row, in order, into a fresh
+    temporary folder's `name` (.npy) beside meta.json (`about` and the failed rows), renamed
+    into place."""
     root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
     need = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -218,8 +195,9 @@ def _build_rows(
             f"{root}: {need / 1e9:.1f} GB needed for the decode cache, {free / 1e9:.1f} GB free",
             "set CNNCTL_CACHE_DIR to a larger disk, or data.cache: none to stream the files",
         )
+    # mkdtemp: a fresh name that nobody can have planted a symlink at (the cache may be shared)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~_umask())  # readable by the others who share the cache, as before
     try:
         with open(tmp / name, "wb") as stream:  # written row by row: memory stays flat
             header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
@@ -227,19 +205,15 @@ def _build_rows(
             failed = fill(lambda rows: stream.write(np.ascontiguousarray(rows, dtype).tobytes()))
             stream.flush()
             os.fsync(stream.fileno())
-        meta = {
-            "version": VERSION,
-            "shape": list(shape),
-            "failed": {str(k): v for k, v in failed.items()},
-        }
+        meta = {"version": VERSION, **about, "failed": {str(k): v for k, v in failed.items()}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
-            os.rename(tmp, folder)
+            os.rename(tmp, folder)  # atomic: readers see no folder, or a whole one
         except OSError:
             if not (folder / "meta.json").is_file():
                 raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won the race
 
 
 def remembered_probes(

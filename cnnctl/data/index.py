@@ -100,7 +100,7 @@ def index_folder(folder: Path) -> FileIndex:
             paths += images
             labels += [label] * len(images)
             split_of += [split] * len(images)
-    return _checked(paths, labels, split_of, tuple(names), str(folder))
+    return checked_index(paths, labels, split_of, tuple(names), str(folder))
 
 
 def _text(path: Path) -> io.TextIOWrapper:
@@ -164,7 +164,7 @@ def index_csv(path: Path, label_column: str | Sequence[str], task: Task | None =
         raise DataError(f"{path}: no rows")
     paths, lines, splits = zip(*table, strict=True)
     labels, names = task.read_labels(cells, lines, splits, columns, str(path))
-    return _checked(list(paths), labels, list(splits), tuple(names), str(path))
+    return checked_index(list(paths), labels, list(splits), tuple(names), str(path))
 
 
 def _rows(path: Path, rows: csv.DictReader) -> Iterator[tuple[int, dict]]:
@@ -204,23 +204,13 @@ def _images_in(folder: Path) -> list[str]:
 
 def checked_index(
     paths: list[str],
-    labels: np.ndarray,
-    splits: list[str],
-    names: tuple[str, ...],
-    origin: str,
-) -> FileIndex:
-    """An index of files found elsewhere (a folder of images and masks), header-checked."""
-    return _checked(paths, labels, splits, names, origin)
-
-
-def _checked(
-    paths: list[str],
     labels: list[int] | np.ndarray,
     splits: list[str],
     names: tuple[str, ...],
     origin: str,
 ) -> FileIndex:
-    """Keep the files whose header reads; note each one's decoder."""
+    """An index of `paths` (a folder's, a CSV's, or the images of a mask folder) keeping the
+    files whose header reads; each one's decoder noted."""
     from cnnctl.data.cache import remembered_probes
 
     unique = list(dict.fromkeys(paths))  # each file probed once, however often it is listed

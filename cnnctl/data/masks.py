@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnctl.config import DataConfig
+from cnnctl.config import DataConfig, misnamed_class
 from cnnctl.data.images import ImageError, image_paths, load_image
 from cnnctl.data.index import SPLIT_FOLDERS
 from cnnctl.data.maskfiles import FileMasks, image_size, mask_dtype, read_mask, resized
@@ -66,21 +66,20 @@ def _names_of(file: Path, lines: list[str]) -> tuple[str, ...]:
     between would shift every later value), each name once, spaces around it dropped."""
     while lines and not lines[-1].strip():
         lines.pop()
-    seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
+    found = misnamed_class(lines)
+    if found is not None:
+        number, first = found[0] + 1, found[1]
+        if first is None:
             raise DataError(
                 f"{file}:{number}: empty line; line n names mask value n-1",
                 "delete the line, or name the class of that mask value",
             )
-        if name in seen:
-            raise DataError(
-                f"{file}:{number}: duplicate class name {name!r}, already on line {seen[name]}",
-                "each mask value needs its own name; rename or remove one of them",
-            )
-        seen[name] = number
-    return tuple(seen)
+        raise DataError(
+            f"{file}:{number}: duplicate class name {lines[number - 1].strip()!r}, already on "
+            f"line {first + 1}",
+            "each mask value needs its own name; rename or remove one of them",
+        )
+    return tuple(line.strip() for line in lines)
 
 
 def load_mask_folder(folder: Path, shape: tuple[int, int, int], data: DataConfig) -> Arrays:

@@ -527,10 +527,15 @@ def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any
     rows: list[dict[str, Any]] = [
         {"epoch": "", "split": "", "path": p, "reason": r} for p, r in dataset.skipped
     ]
-    if rows and write:  # what was refused before training, whatever the route: listed now
-        from cnnctl.runs import rows_to_csv, write_text
 
-        write_text(run.path / "skipped.csv", rows_to_csv(rows))
+    def save() -> None:
+        if write:
+            from cnnctl.runs import rows_to_csv, write_text
+
+            write_text(run.path / "skipped.csv", rows_to_csv(rows))
+
+    if rows:  # what was refused before training, whatever the route: listed now
+        save()
     if not isinstance(dataset.x_train, FileImages):
         return []
     import keras
@@ -562,10 +567,7 @@ def skip_reporter(dataset: Any, run: Any, display: Any, write: bool) -> list[Any
             when = "" if self.epoch is None else self.epoch + 1
             reasons = failures(x, sorted(failed), y)
             rows.extend({"epoch": when, "split": split, "path": p, "reason": r} for p, r in reasons)
-            if write:
-                from cnnctl.runs import rows_to_csv, write_text
-
-                write_text(run.path / "skipped.csv", rows_to_csv(rows))
+            save()
             if display is not None:
                 from cnnctl.errors import _one_line
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,10 +46,7 @@ def predict_images(
     if not source.exported and height * width > SMALL_INPUT:
         # Large inputs: TensorFlow is loaded, decode in parallel inside tf.data.
         return _predict_streamed(model, source, paths, names, top_k, batch_size, invert, result)
-    if not source.exported and len(paths) > batch_size:  # worth one trace: fused kernels
-        model = source.traced(model)
-    else:
-        model = source.inference(model)
+    model = _scorer(source, model, len(paths), batch_size)
 
     def read(path: Path) -> np.ndarray | ImageError:
         try:
@@ -111,11 +109,8 @@ def _predict_streamed(
     model_path = source.model_file
     _, height, width, channels = model.input_shape
     files = files_for(paths, (height, width, channels))
-    whole = source.inference(model)
-    if len(paths) > batch_size:  # worth one trace: a graph runs fused kernels, eager calls do not
-        model = source.traced(model)
-    else:
-        model = whole
+    whole = source.inference(model)  # one image at a time, for the files retried below
+    model = _scorer(source, model, len(paths), batch_size)
     found: dict[int, np.ndarray] = {}
     for positions, images in decode_batches(files, batch_size):
         probabilities = _run(model, 255.0 - images if invert else images, model_path)
@@ -132,6 +127,14 @@ def _predict_streamed(
         source.task.prediction(paths[i], found[i], names, top_k) for i in sorted(found)
     )
     return result
+
+
+def _scorer(source: ScoringSource, model: Any, images: int, batch_size: int) -> Any:
+    """The model as batch -> outputs, in inference mode: traced where more than one batch
+    makes the trace pay (a graph runs fused kernels, eager calls do not), else as it is."""
+    if not source.exported and images > batch_size:
+        return source.traced(model)
+    return source.inference(model)
 
 
 def _run(model, batch, model_path: Path) -> np.ndarray:

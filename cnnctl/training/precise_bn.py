@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnctl.data.pipeline import eval_batches
 
-AUTO_STEPS = 500  # `auto`: on when the whole run takes fewer training steps than this
+AUTO_MEMORIES = 5  # `auto`: on when the run is shorter than this many memories of an average
 BATCHES = 100  # training batches averaged (fvcore's default is 200 of its larger batches)
 NEAR_CHANCE = 2.0  # validation accuracy under this many times chance ...
 HIGH_TRAIN = 0.5  # ... while training accuracy is above this: say so, once
@@ -38,15 +38,15 @@ def precise_bn_wanted(setting: str | bool, model: Any, total_steps: int) -> bool
     """`train.precise_bn`: true, false, or auto (short runs of models with BatchNormalization).
 
     "Short" is measured against the slowest moving average: at momentum m an average forgets
-    its start over about 1 / (1 - m) steps, 100 at Keras' 0.99 (AUTO_STEPS is five times
-    that), 1,000 at the 0.999 of MobileNetV2 and EfficientNet trained from scratch in a Backbone.
+    its start over about 1 / (1 - m) steps (its memory), 100 at Keras' 0.99 (so 500 steps),
+    1,000 at the 0.999 of MobileNetV2 and EfficientNet trained from scratch in a Backbone.
     """
     trainable = [layer for layer in batch_norms(model) if layer.trainable]
     if setting is False or not trainable:
         return False
     slowest = max(float(layer.momentum) for layer in trainable)
     memory = 1.0 / max(1.0 - slowest, 1e-6)
-    return setting is True or total_steps < AUTO_STEPS * memory / 100.0
+    return setting is True or total_steps < AUTO_MEMORIES * memory
 
 
 class PreciseBN(keras.callbacks.Callback):
